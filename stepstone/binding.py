@@ -1,0 +1,285 @@
+"""The Workflow binding and instance handles: Cloudflare's ``create``/``get``/``status``/``pause``/... in Python.
+
+Both Cloudflare's dict forms (``create({"id": ..., "params": ...})``, ``send_event({"type": ..., "payload": ...})``)
+and Python keyword forms are accepted.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from stepstone import codec
+from stepstone.clock import Clock
+from stepstone.durations import Duration, to_millis
+from stepstone.errors import InstanceNotFoundError, ValidationError
+from stepstone.limits import Limits, check_size, validate_batch_size, validate_event_type, validate_instance_id
+from stepstone.models import InstanceRecord, NewInstance, StepRef, TriggerSource
+from stepstone.storage.base import InstancePage, Storage
+
+
+@dataclass(slots=True)
+class Runtime:
+    """What a binding needs from its engine."""
+
+    storage: Storage
+    clock: Clock
+    limits_for: Callable[[str], Limits]
+    ensure_workflow: Callable[[str], Awaitable[str]]
+    """Makes sure the workflow is registered in the database; returns its version id."""
+    notify: Callable[[int, str], None]
+    """Tells the local worker about a change: ``new``, ``pause``, ``resume`` or ``abort``."""
+
+
+@dataclass(frozen=True, slots=True)
+class InstanceError:
+    """Why an instance errored: ``name`` and ``message``."""
+
+    name: str
+    message: str
+
+    def __getitem__(self, key: str) -> str:
+        return {"name": self.name, "message": self.message}[key]
+
+
+@dataclass(frozen=True, slots=True)
+class InstanceStatus:
+    """What ``status()`` returns: ``status`` (Cloudflare's strings), ``output`` and ``error``."""
+
+    status: str
+    output: Any = None
+    error: InstanceError | None = None
+
+    def __getitem__(self, key: str) -> Any:
+        if key not in ("status", "output", "error"):
+            raise KeyError(key)
+        return getattr(self, key)
+
+
+def _retention_ms(value: Mapping[str, object] | None, key: str) -> float | None:
+    if value is None:
+        return None
+    raw = value.get(key, value.get(key.replace("_retention", "Retention")))
+    if raw is None:
+        return None
+    if not isinstance(raw, int | float | str):
+        raise ValidationError(f"retention {key}: expected a duration, got {type(raw).__name__}")
+    return to_millis(raw, what=f"retention {key}")
+
+
+class Workflow:
+    """A workflow binding: create instances and get handles to them."""
+
+    def __init__(self, runtime: Runtime, name: str) -> None:
+        self._rt = runtime
+        self.name = name
+
+    def __repr__(self) -> str:
+        return f"Workflow({self.name!r})"
+
+    @property
+    def limits(self) -> Limits:
+        """The limits that apply to this workflow."""
+        return self._rt.limits_for(self.name)
+
+    def _new(
+        self,
+        options: object,
+        *,
+        version: str,
+        now: float,
+        trigger: TriggerSource,
+    ) -> NewInstance:
+        limits = self.limits
+        if not isinstance(options, Mapping):
+            raise ValidationError(f"instance options must be a dict, got {type(options).__name__}")
+        unknown = set(options) - {"id", "params", "retention", "locationHint", "location_hint", "schedule"}
+        if unknown:
+            raise ValidationError(
+                f"unknown instance option(s) {sorted(unknown)}: expected id, params, retention"
+            )
+        raw_id = options.get("id")
+        instance_id = str(uuid.uuid4()) if raw_id is None else validate_instance_id(raw_id, limits)
+        params = codec.encode(options.get("params", {}), what=f"params of instance {instance_id!r}")
+        check_size(len(params.encode()), limits.payload_bytes, what=f"params of instance {instance_id!r}")
+        retention = options.get("retention")
+        if retention is not None and not isinstance(retention, Mapping):
+            raise ValidationError("retention must be a dict with success_retention / error_retention")
+        schedule = options.get("schedule")
+        return NewInstance(
+            workflow=self.name,
+            id=instance_id,
+            params=params,
+            created_on=now,
+            trigger_source=trigger,
+            version_id=version,
+            schedule=codec.encode(schedule, what="schedule") if schedule is not None else None,
+            success_retention_ms=_retention_ms(retention, "success_retention"),
+            error_retention_ms=_retention_ms(retention, "error_retention"),
+        )
+
+    async def create(
+        self,
+        id: str | Mapping[str, Any] | None = None,  # noqa: A002 - Cloudflare's name
+        params: Any = None,
+        *,
+        retention: Mapping[str, Duration] | None = None,
+        trigger: TriggerSource = "binding",
+        schedule: Mapping[str, Any] | None = None,
+    ) -> WorkflowInstance:
+        """Create an instance; it starts asynchronously. An id in use raises InstanceExistsError."""
+        if isinstance(id, Mapping):
+            options: dict[str, Any] = dict(id)
+        else:
+            options = {"id": id, "params": {} if params is None else params}
+            if retention is not None:
+                options["retention"] = retention
+            if schedule is not None:
+                options["schedule"] = schedule
+        version = await self._rt.ensure_workflow(self.name)
+        new = self._new(options, version=version, now=self._rt.clock.now(), trigger=trigger)
+        (record,) = await self._rt.storage.create_instances([new], skip_existing=False)
+        self._rt.notify(record.pk, "new")
+        return WorkflowInstance(self, record.id)
+
+    async def create_batch(
+        self, batch: Sequence[Mapping[str, Any]], *, trigger: TriggerSource = "binding"
+    ) -> list[WorkflowInstance]:
+        """Create 1..100 instances at once; ids already in use are skipped and left out of the result."""
+        if isinstance(batch, Mapping | str | bytes):
+            raise ValidationError("create_batch expects a list of {'id': ..., 'params': ...} dicts")
+        validate_batch_size(len(batch), self.limits)
+        version = await self._rt.ensure_workflow(self.name)
+        now = self._rt.clock.now()
+        rows = [self._new(options, version=version, now=now, trigger=trigger) for options in batch]
+        records = await self._rt.storage.create_instances(rows, skip_existing=True)
+        if records:
+            self._rt.notify(records[0].pk, "new")
+        return [WorkflowInstance(self, r.id) for r in records]
+
+    async def get(self, id: str) -> WorkflowInstance:  # noqa: A002 - Cloudflare's name
+        """A handle to an existing instance; raises InstanceNotFoundError."""
+        if not isinstance(id, str) or not id:
+            raise ValidationError(f"instance id must be a non-empty string, got {id!r}")
+        record = await self._rt.storage.get_instance(self.name, id)
+        if record is None:
+            raise InstanceNotFoundError(f"instance {id!r} not found in workflow {self.name!r}")
+        return WorkflowInstance(self, id)
+
+    async def list_instances(
+        self,
+        *,
+        status: str | None = None,
+        limit: int = 50,
+        offset: int = 0,
+        newest_first: bool = True,
+        created_after: float | None = None,
+        created_before: float | None = None,
+    ) -> InstancePage:
+        """A page of this workflow's instances."""
+        return await self._rt.storage.list_instances(
+            self.name,
+            status=status,
+            limit=limit,
+            offset=offset,
+            newest_first=newest_first,
+            created_after=created_after,
+            created_before=created_before,
+        )
+
+    async def delete_instances(self, ids: Sequence[str]) -> list[str]:
+        """Delete instances (running ones stop); returns the ids that existed."""
+        found = await self._rt.storage.delete_instances(self.name, ids)
+        return found
+
+
+class WorkflowInstance:
+    """A handle to one instance."""
+
+    def __init__(self, workflow: Workflow, instance_id: str) -> None:
+        self.workflow = workflow
+        self.id = instance_id
+        self._rt = workflow._rt
+
+    def __repr__(self) -> str:
+        return f"WorkflowInstance({self.workflow.name!r}, {self.id!r})"
+
+    async def record(self) -> InstanceRecord:
+        """The raw instance record; raises InstanceNotFoundError."""
+        rec = await self._rt.storage.get_instance(self.workflow.name, self.id)
+        if rec is None:
+            raise InstanceNotFoundError(f"instance {self.id!r} not found in workflow {self.workflow.name!r}")
+        return rec
+
+    async def status(self) -> InstanceStatus:
+        """The instance's status, output and error."""
+        rec = await self.record()
+        error = (
+            InstanceError(rec.error_name, rec.error_message or "") if rec.error_name is not None else None
+        )
+        output = codec.decode(rec.output) if rec.output is not None else None
+        return InstanceStatus(rec.status, output, error)
+
+    async def pause(self) -> None:
+        """Pause: in-flight steps finish, then the instance parks (``waitingForPause`` → ``paused``)."""
+        rec = await self._rt.storage.pause(self.workflow.name, self.id, now=self._rt.clock.now())
+        self._rt.notify(rec.pk, "pause")
+
+    async def resume(self) -> None:
+        """Resume a paused instance, shifting its timers by the time it was paused; no-op otherwise."""
+        rec = await self._rt.storage.resume(self.workflow.name, self.id, now=self._rt.clock.now())
+        self._rt.notify(rec.pk, "resume")
+
+    async def terminate(self) -> None:
+        """Stop the instance now; raises InvalidStateError if it already finished."""
+        limits = self.workflow.limits
+        rec = await self._rt.storage.terminate(
+            self.workflow.name, self.id, now=self._rt.clock.now(), retention_ms=limits.error_retention_ms
+        )
+        self._rt.notify(rec.pk, "abort")
+
+    async def restart(self, from_step: Mapping[str, Any] | StepRef | None = None) -> None:
+        """Run again from the start, or ``from_step={"name", "count", "type"}`` keeping earlier steps."""
+        ref: StepRef | None
+        if from_step is None or isinstance(from_step, StepRef):
+            ref = from_step
+        else:
+            if "from" in from_step and isinstance(from_step["from"], Mapping):
+                from_step = from_step["from"]
+            name = from_step.get("name")
+            count = from_step.get("count", 1)
+            kind = from_step.get("type", "do")
+            if not isinstance(name, str):
+                raise ValidationError(f"restart from_step needs a step name, got {name!r}")
+            if not isinstance(count, int) or isinstance(count, bool) or count < 1:
+                raise ValidationError(f"restart from_step count must be a positive integer, got {count!r}")
+            if kind not in ("do", "sleep", "waitForEvent"):
+                raise ValidationError(f"restart from_step type must be do, sleep or waitForEvent, got {kind!r}")
+            ref = StepRef(name, count, kind)
+        rec = await self._rt.storage.restart(self.workflow.name, self.id, now=self._rt.clock.now(), from_step=ref)
+        self._rt.notify(rec.pk, "abort")
+        self._rt.notify(rec.pk, "new")
+
+    async def send_event(
+        self, type: str | Mapping[str, Any] | None = None, payload: Any = None  # noqa: A002
+    ) -> None:
+        """Send an event; a ``wait_for_event`` of that type receives it (buffered until then)."""
+        if isinstance(type, Mapping):
+            payload = type.get("payload")
+            type = type.get("type")
+        limits = self.workflow.limits
+        event_type = validate_event_type(type, limits)
+        encoded = codec.encode(payload, what=f"payload of event {event_type!r}")
+        check_size(len(encoded.encode()), limits.payload_bytes, what=f"payload of event {event_type!r}")
+        await self._rt.storage.send_event(
+            self.workflow.name, self.id, event_type=event_type, payload=encoded, now=self._rt.clock.now()
+        )
+        self._rt.notify(0, "new")
+
+    async def delete(self) -> None:
+        """Delete the instance and all its state; a running instance stops."""
+        rec = await self.record()
+        await self._rt.storage.delete_instances(self.workflow.name, [self.id])
+        self._rt.notify(rec.pk, "abort")

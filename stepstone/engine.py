@@ -1,0 +1,215 @@
+"""The engine: storage, a worker in this process, and the registered workflows with their bindings."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import uuid
+from collections.abc import Mapping
+from types import SimpleNamespace, TracebackType
+from typing import Any
+
+from stepstone.binding import Runtime, Workflow
+from stepstone.clock import Clock, SystemClock
+from stepstone.errors import ValidationError, WorkflowNotFoundError
+from stepstone.executor import WorkflowDef
+from stepstone.limits import Limits, validate_workflow_name
+from stepstone.models import WorkflowRecord
+from stepstone.storage import storage_for_url
+from stepstone.storage.base import Storage
+from stepstone.worker import Worker
+from stepstone.workflow import WorkflowEntrypoint
+
+
+class Engine:
+    """Runs workflows durably on a database.
+
+    ``async with Engine(...) as engine:`` opens the database and runs an in-process worker until the block
+    exits.
+
+    Args:
+        database: ``sqlite:///path.db`` (default ``sqlite:///.stepstone/stepstone.db``) or ``postgresql://...``;
+            or an already built :class:`~stepstone.storage.Storage`.
+        clock: where time comes from (default: the wall clock).
+        limits: engine-wide limits (default: Cloudflare's paid plan); per workflow in :meth:`register`.
+        worker: run a worker in this process (False for a client that only creates and inspects).
+        concurrency: instances run at once by this process's worker.
+        lease_seconds: how long a worker's claim lasts without renewal.
+        poll_interval: how often the worker looks for work other processes created.
+        inprocess_wait_s: retry waits up to this long stay in memory; longer ones hibernate.
+        synchronous: SQLite's synchronous pragma (``FULL`` survives power loss).
+        vars: values exposed on ``env`` beside the bindings.
+    """
+
+    def __init__(
+        self,
+        database: str | Storage | None = None,
+        *,
+        clock: Clock | None = None,
+        limits: Limits | Mapping[str, object] | None = None,
+        worker: bool = True,
+        concurrency: int = 100,
+        lease_seconds: float = 30.0,
+        poll_interval: float = 1.0,
+        inprocess_wait_s: float = 1.0,
+        synchronous: str = "FULL",
+        vars: Mapping[str, Any] | None = None,  # noqa: A002 - wrangler's name
+    ) -> None:
+        if isinstance(database, str) or database is None:
+            self.storage: Storage = storage_for_url(database, synchronous=synchronous)
+        else:
+            self.storage = database
+        self.clock: Clock = clock or SystemClock()
+        if isinstance(limits, Mapping):
+            limits = Limits.from_mapping(limits)
+        self.limits: Limits = limits or Limits()
+        self.env = SimpleNamespace(**dict(vars or {}))
+        self._defs: dict[str, WorkflowDef] = {}
+        self._meta: dict[str, tuple[str, str]] = {}
+        self._versions: dict[str, str] = {}
+        self._bindings: dict[str, Workflow] = {}
+        self._run_worker = worker
+        self._worker_opts = {
+            "concurrency": concurrency,
+            "lease_seconds": lease_seconds,
+            "poll_interval": poll_interval,
+            "inprocess_wait_s": inprocess_wait_s,
+        }
+        self.worker: Worker | None = None
+        self._started = False
+        self._runtime = Runtime(
+            storage=self.storage,
+            clock=self.clock,
+            limits_for=self._limits_for,
+            ensure_workflow=self._ensure_workflow,
+            notify=self._notify,
+        )
+
+    # -- registration -----------------------------------------------------------------------------------
+    def register(
+        self,
+        cls: type[WorkflowEntrypoint],
+        *,
+        name: str,
+        binding: str | None = None,
+        limits: Limits | Mapping[str, object] | None = None,
+        class_name: str | None = None,
+        script_name: str = "",
+    ) -> Workflow:
+        """Register a workflow class under ``name`` (and ``env.<binding>``); returns its binding."""
+        if not (isinstance(cls, type) and issubclass(cls, WorkflowEntrypoint)):
+            raise ValidationError(f"register() expects a WorkflowEntrypoint subclass, got {cls!r}")
+        validate_workflow_name(name, self.limits)
+        if isinstance(limits, Mapping):
+            limits = self._merge_limits(limits)
+        self._defs[name] = WorkflowDef(name, cls, limits or self.limits, binding, lambda: self.env)
+        self._meta[name] = (class_name or cls.__name__, script_name)
+        self._versions.pop(name, None)
+        wf = self.workflow(name)
+        if binding:
+            setattr(self.env, binding, wf)
+        if self._started:
+            self.wake()
+        return wf
+
+    def _merge_limits(self, overrides: Mapping[str, object]) -> Limits:
+        return _apply(self.limits, overrides)
+
+    def workflow(self, name: str) -> Workflow:
+        """The binding for a workflow (registered here, or only known to the database)."""
+        wf = self._bindings.get(name)
+        if wf is None:
+            wf = Workflow(self._runtime, name)
+            self._bindings[name] = wf
+        return wf
+
+    @property
+    def definitions(self) -> Mapping[str, WorkflowDef]:
+        """The workflows registered in this process."""
+        return self._defs
+
+    def _limits_for(self, name: str) -> Limits:
+        definition = self._defs.get(name)
+        return definition.limits if definition is not None else self.limits
+
+    async def _ensure_workflow(self, name: str) -> str:
+        version = self._versions.get(name)
+        if version is not None:
+            return version
+        meta = self._meta.get(name)
+        if meta is None:
+            record = await self.storage.get_workflow(name)
+            if record is None:
+                raise WorkflowNotFoundError(f"workflow {name!r} is not registered")
+            self._versions[name] = record.version_id
+            return record.version_id
+        now = self.clock.now()
+        config = json.dumps({"limits": {"steps": self._limits_for(name).steps}})
+        record = await self.storage.put_workflow(
+            WorkflowRecord(name, meta[0], meta[1], str(uuid.uuid4()), now, now, None, config)
+        )
+        self._versions[name] = record.version_id
+        return record.version_id
+
+    def _notify(self, pk: int, kind: str) -> None:
+        if self.worker is None:
+            return
+        if kind == "new":
+            self.worker.wake()
+        else:
+            self.worker.signal(pk, kind)
+
+    def wake(self) -> None:
+        """Make the local worker look for work now."""
+        if self.worker is not None:
+            self.worker.wake()
+
+    # -- lifecycle --------------------------------------------------------------------------------------
+    async def start(self) -> None:
+        """Open the database, record the registered workflows, start the worker."""
+        if self._started:
+            return
+        await self.storage.open()
+        self._started = True
+        for name in self._defs:
+            await self._ensure_workflow(name)
+        if self._run_worker:
+            opts = self._worker_opts
+            self.worker = Worker(
+                storage=self.storage,
+                clock=self.clock,
+                definitions=lambda: self._defs,
+                concurrency=int(opts["concurrency"]),
+                lease_seconds=float(opts["lease_seconds"]),
+                poll_interval=float(opts["poll_interval"]),
+                inprocess_wait_s=float(opts["inprocess_wait_s"]),
+            )
+            await self.worker.start()
+
+    async def stop(self) -> None:
+        """Stop the worker and close the database. Running instances continue at the next start."""
+        if not self._started:
+            return
+        if self.worker is not None:
+            await self.worker.stop()
+            self.worker = None
+        await self.storage.close()
+        self._started = False
+
+    async def __aenter__(self) -> Engine:
+        await self.start()
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await asyncio.shield(self.stop())
+
+    # -- inspection -------------------------------------------------------------------------------------
+    async def list_workflows(self) -> list[WorkflowRecord]:
+        """Every workflow the database knows."""
+        return await self.storage.list_workflows()
+
+
+def _apply(base: Limits, overrides: Mapping[str, object]) -> Limits:
+    return Limits.from_mapping({**{f: getattr(base, f) for f in base.__dataclass_fields__}, **overrides})

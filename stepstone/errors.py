@@ -1,0 +1,120 @@
+"""The errors stepstone raises, and the two a workflow author raises.
+
+The tree::
+
+    Exception
+    ├── NonRetryableError               raised by user code: stop retrying this step now
+    └── StepstoneError                  root of everything stepstone raises
+        ├── ValidationError (ValueError)      bad input: an id, a duration, a config, a value
+        │   ├── LimitExceededError            a documented limit was exceeded
+        │   └── SerializationError            a value cannot be stored (type, size)
+        ├── NotFoundError (LookupError)
+        │   ├── WorkflowNotFoundError
+        │   └── InstanceNotFoundError
+        ├── InstanceExistsError               create() with an id already in use
+        ├── InvalidStateError                 an operation the instance's status refuses
+        ├── WorkflowTimeoutError              a step attempt or an event wait timed out
+        ├── WorkflowFatalError                the instance cannot go on (step limit, bad value)
+        ├── StepFailedError                   a replayed step failure whose class cannot be rebuilt
+        └── StorageError                      the database failed or refused
+            ├── FencedError                   this worker lost the instance's lease
+            └── SchemaVersionError            the database schema is not the one this code expects
+
+Names follow Cloudflare where Cloudflare has one.
+"""
+
+from __future__ import annotations
+
+
+class NonRetryableError(Exception):
+    """Raised inside a step to fail it at once, without further retries.
+
+    Args:
+        message: what went wrong.
+        name: the error name recorded on the step and the instance (Cloudflare's second argument).
+    """
+
+    def __init__(self, message: str = "", name: str = "NonRetryableError") -> None:
+        super().__init__(message)
+        self.name = name
+
+
+class StepstoneError(Exception):
+    """The root of every error stepstone raises."""
+
+
+class ValidationError(StepstoneError, ValueError):
+    """An argument was malformed: the message names the value and what was expected."""
+
+
+class LimitExceededError(ValidationError):
+    """A documented limit was exceeded: the message names the value and the limit."""
+
+
+class SerializationError(ValidationError):
+    """A value cannot be stored: not JSON, bytes or datetime, or too large."""
+
+
+class NotFoundError(StepstoneError, LookupError):
+    """Something named does not exist."""
+
+
+class WorkflowNotFoundError(NotFoundError):
+    """No workflow is registered under this name."""
+
+
+class InstanceNotFoundError(NotFoundError):
+    """No instance with this id exists in this workflow (or it was deleted after its retention)."""
+
+
+class InstanceExistsError(StepstoneError):
+    """An instance with this id already exists; use restart() to run it again."""
+
+
+class InvalidStateError(StepstoneError):
+    """The instance's status does not allow this operation (terminating a finished instance)."""
+
+
+class WorkflowTimeoutError(StepstoneError):
+    """A step attempt ran past its timeout, or a wait_for_event passed its deadline."""
+
+
+class WorkflowFatalError(StepstoneError):
+    """The instance cannot continue: a limit was reached or a value cannot be stored. Never retried."""
+
+
+class StepFailedError(StepstoneError):
+    """A step failure replayed from history whose original exception class could not be rebuilt.
+
+    Attributes:
+        name: the recorded error name (the original class name).
+    """
+
+    def __init__(self, name: str, message: str) -> None:
+        super().__init__(message)
+        self.name = name
+
+
+class StorageError(StepstoneError):
+    """The database failed or refused an operation."""
+
+
+class FencedError(StorageError):
+    """This worker no longer holds the instance's lease; its writes are refused."""
+
+
+class SchemaVersionError(StorageError):
+    """The database schema version differs from the one this code was written for."""
+
+
+def error_name(exc: BaseException) -> str:
+    """The name recorded for an exception: its ``name`` attribute if it is a string, else its class name."""
+    name = getattr(exc, "name", None)
+    return name if isinstance(name, str) and name else type(exc).__name__
+
+
+def is_non_retryable(exc: BaseException) -> bool:
+    """Cloudflare's rule: by class, by name, or by a message starting with ``NonRetryableError``."""
+    if isinstance(exc, NonRetryableError):
+        return True
+    return error_name(exc) == "NonRetryableError" or str(exc).startswith("NonRetryableError")

@@ -1,0 +1,205 @@
+"""Runs one claimed instance from its history to its next suspension or its end."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from stepstone import codec
+from stepstone.clock import Clock
+from stepstone.errors import FencedError, SerializationError, StepstoneError, error_name
+from stepstone.limits import Limits, check_size
+from stepstone.models import Claim
+from stepstone.run_state import Abort, RunState, Suspend
+from stepstone.step import WorkflowStep
+from stepstone.storage.base import Storage
+from stepstone.workflow import WorkflowEntrypoint, WorkflowEvent
+
+log = logging.getLogger("stepstone.executor")
+
+
+@dataclass(slots=True)
+class WorkflowDef:
+    """A workflow registered with an engine: its class, its limits and how to build its ``env``."""
+
+    name: str
+    cls: type[WorkflowEntrypoint]
+    limits: Limits
+    binding: str | None = None
+    env: Callable[[], Any] = field(default=lambda: None)
+
+
+class Execution:
+    """One execution (replay) of one instance on this worker."""
+
+    def __init__(
+        self,
+        *,
+        storage: Storage,
+        clock: Clock,
+        definition: WorkflowDef,
+        claim: Claim,
+        inprocess_wait_s: float = 1.0,
+    ) -> None:
+        self.storage = storage
+        self.clock = clock
+        self.definition = definition
+        self.claim = claim
+        self.lease = claim.lease
+        self.inprocess_wait_s = inprocess_wait_s
+        self.state: RunState | None = None
+        self._pause_early = False
+        self._drained = False
+        self._run_task: asyncio.Future[Any] | None = None
+        self._watcher: asyncio.Task[None] | None = None
+
+    # -- signals from the worker ------------------------------------------------------------------------
+    def request_pause(self) -> None:
+        """Pause: let in-flight attempts finish, then park the instance."""
+        if self.state is None:
+            self._pause_early = True
+            return
+        if self.state.pausing:
+            return
+        self.state.request_pause()
+        self._watcher = asyncio.ensure_future(self._watch_drain(self.state))
+
+    def cancel_pause(self) -> None:
+        """Resume arrived before the pause drained."""
+        self._pause_early = False
+        if self.state is not None and self.state.pausing:
+            self.state.cancel_pause()
+
+    async def _watch_drain(self, state: RunState) -> None:
+        while state.pausing:
+            await state.idle.wait()
+            if state.pausing and state.inflight == 0:
+                self._drained = True
+                if self._run_task is not None:
+                    self._run_task.cancel()
+                return
+            await asyncio.sleep(0)
+
+    # -- the run ----------------------------------------------------------------------------------------
+    async def execute(self) -> str:
+        """Run the instance; returns what became of it (complete, errored, waiting, paused, aborted)."""
+        inst = self.claim.instance
+        limits = self.definition.limits
+        steps, events = await self.storage.load_history(inst.pk)
+        state = RunState(
+            storage=self.storage,
+            clock=self.clock,
+            lease=self.lease,
+            limits=limits,
+            workflow=inst.workflow,
+            instance_id=inst.id,
+            history={s.key: s for s in steps},
+            events=events,
+            inprocess_wait_s=self.inprocess_wait_s,
+        )
+        self.state = state
+        try:
+            params = codec.decode(inst.params)
+            event = WorkflowEvent(
+                payload=params,
+                timestamp=datetime.fromtimestamp(inst.created_on, UTC),
+                instance_id=inst.id,
+                workflow_name=inst.workflow,
+                schedule=_decode_dict(inst.schedule),
+            )
+            entry = self.definition.cls(None, self.definition.env())
+        except Exception as exc:
+            return await self._finish_error(exc)
+        step = WorkflowStep(state)
+        self._run_task = asyncio.ensure_future(entry.run(event, step))
+        if self._pause_early:
+            self.request_pause()
+        try:
+            output = await self._run_task
+        except Suspend:
+            return await self._suspend(state)
+        except Abort:
+            return "aborted"
+        except asyncio.CancelledError:
+            if not self._drained:
+                raise
+            return await self._guard(self.storage.pause_drained(self.lease, now=self.clock.now()), "paused")
+        except Exception as exc:
+            return await self._finish_error(state.fatal or exc)
+        finally:
+            if self._watcher is not None:
+                self._watcher.cancel()
+        if state.fatal is not None:
+            return await self._finish_error(state.fatal)
+        try:
+            encoded = codec.encode(output, what="the workflow's output")
+            check_size(len(encoded.encode()), limits.payload_bytes, what="the workflow's output")
+        except SerializationError as exc:
+            return await self._finish_error(exc, name="WorkflowFatalError")
+        return await self._guard(
+            self.storage.finish(
+                self.lease,
+                now=self.clock.now(),
+                status="complete",
+                output=encoded,
+                error_name=None,
+                error_message=None,
+                retention_ms=self._retention("success", inst.success_retention_ms),
+            ),
+            "complete",
+        )
+
+    async def _suspend(self, state: RunState) -> str:
+        await state.idle.wait()
+        if state.aborted:
+            return "aborted"
+        if state.fatal is not None:
+            return await self._finish_error(state.fatal)
+        wake, waiting_for, types = state.waiting_for()
+        try:
+            return await self.storage.suspend(
+                self.lease, now=self.clock.now(), wake_at=wake, waiting_for=waiting_for, wait_types=types
+            )
+        except FencedError:
+            return "aborted"
+
+    async def _finish_error(self, exc: BaseException, *, name: str | None = None) -> str:
+        inst = self.claim.instance
+        if not isinstance(exc, StepstoneError):
+            log.info("instance %s/%s errored: %s: %s", inst.workflow, inst.id, error_name(exc), exc)
+        return await self._guard(
+            self.storage.finish(
+                self.lease,
+                now=self.clock.now(),
+                status="errored",
+                output=None,
+                error_name=name or error_name(exc),
+                error_message=str(exc),
+                retention_ms=self._retention("error", inst.error_retention_ms),
+            ),
+            "errored",
+        )
+
+    def _retention(self, kind: str, override: float | None) -> float:
+        if override is not None:
+            return override
+        limits = self.definition.limits
+        return limits.success_retention_ms if kind == "success" else limits.error_retention_ms
+
+    async def _guard(self, aw: Any, outcome: str) -> str:
+        try:
+            await aw
+        except FencedError:
+            return "aborted"
+        return outcome
+
+
+def _decode_dict(text: str | None) -> dict[str, Any] | None:
+    if not text:
+        return None
+    value = codec.decode(text)
+    return value if isinstance(value, dict) else None

@@ -1,0 +1,282 @@
+"""Cloudflare's documented limits (paid plan) and the validators that enforce them.
+
+Validators raise :class:`ValidationError` for a malformed value and :class:`LimitExceededError` for one that
+is too long or too large; messages name the value and the limit.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime
+import math
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from stepstone.durations import format_millis, to_millis
+from stepstone.errors import LimitExceededError, ValidationError
+
+__all__ = [
+    "ID_PATTERN",
+    "MAX_STEPS",
+    "Limits",
+    "check_size",
+    "validate_batch_size",
+    "validate_event_timeout_ms",
+    "validate_event_type",
+    "validate_instance_id",
+    "validate_sleep_ms",
+    "validate_step_name",
+    "validate_workflow_name",
+]
+
+ID_PATTERN = re.compile(r"^[a-zA-Z0-9_][a-zA-Z0-9-_]*$")
+"""Instance ids, workflow names and event types: letters, digits, ``_`` and ``-``, not starting with ``-``."""
+
+MAX_STEPS = 25_000
+"""The highest ``steps`` limit a workflow may configure."""
+
+_DAY_MS = 86_400_000.0
+_CONTROL_RE = re.compile(r"[\x00-\x1f]")
+_WORKFLOW_NAME_RULE = (
+    "Workflow names must be 1-64 characters long, start with a letter, number, or underscore, "
+    "and may only contain letters, numbers, underscores, or hyphens."
+)
+
+
+@dataclass(frozen=True, slots=True)
+class Limits:
+    """The limits one workflow runs under. Defaults are Cloudflare's paid plan."""
+
+    steps: int = 10_000
+    """Max ``step.do`` calls per instance run (sleeps, waits not counted). Default 10 000, max 25 000."""
+    step_result_bytes: int = 1_048_576
+    """Max encoded size of a step result. Default 1 MiB."""
+    payload_bytes: int = 1_048_576
+    """Max encoded size of params, event payloads and outputs. Default 1 MiB."""
+    instance_id_length: int = 100
+    """Max instance id length. Default 100."""
+    workflow_name_length: int = 64
+    """Max workflow name length. Default 64."""
+    step_name_length: int = 256
+    """Max step name length. Default 256."""
+    event_type_length: int = 100
+    """Max event type length. Default 100."""
+    sleep_max_ms: float = 365 * _DAY_MS
+    """Longest sleep, in milliseconds. Default 365 days."""
+    event_timeout_min_ms: float = 1_000.0
+    """Shortest ``wait_for_event`` timeout, in milliseconds. Default 1 second."""
+    event_timeout_max_ms: float = 365 * _DAY_MS
+    """Longest ``wait_for_event`` timeout, in milliseconds. Default 365 days."""
+    retries_max: int = 10_000
+    """Max ``retries.limit`` of a step. Default 10 000."""
+    batch_max: int = 100
+    """Max instances per ``create_batch``. Default 100."""
+    success_retention_ms: float = 7 * _DAY_MS
+    """How long a completed instance is kept, in milliseconds. Default 7 days."""
+    error_retention_ms: float = 7 * _DAY_MS
+    """How long an errored instance is kept, in milliseconds. Default 7 days."""
+
+    def __post_init__(self) -> None:
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            if f.name.endswith("_ms"):
+                ok = isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+                if not ok or value <= 0:
+                    raise ValidationError(f"limit {f.name} {value!r} is invalid: expected a duration > 0")
+            elif not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ValidationError(f"limit {f.name} {value!r} is invalid: expected an integer >= 1")
+        if self.steps > MAX_STEPS:
+            raise LimitExceededError(f"limit steps {self.steps} exceeds the maximum of {MAX_STEPS} steps")
+        if self.event_timeout_min_ms > self.event_timeout_max_ms:
+            raise ValidationError(
+                f"limit event_timeout_min_ms {self.event_timeout_min_ms!r} is above "
+                f"event_timeout_max_ms {self.event_timeout_max_ms!r}"
+            )
+
+    def replace(self, **changes: object) -> Limits:
+        """A copy with some limits changed; names and values as in :meth:`from_mapping`, and checked."""
+        return dataclasses.replace(self, **_coerce(changes))
+
+    @classmethod
+    def from_mapping(cls, m: Mapping[str, object]) -> Limits:
+        """Limits from a config mapping, over the defaults.
+
+        Keys are field names; the ``*_ms`` fields also accept a duration (``"30 days"``) and may be named
+        without ``_ms`` (``{"success_retention": "30 days"}``). Cloudflare's ``{"steps": N}`` works as is.
+
+        Raises:
+            ValidationError: an unknown key or an invalid value.
+            LimitExceededError: ``steps`` above :data:`MAX_STEPS`.
+        """
+        if not isinstance(m, Mapping):
+            raise ValidationError(f"limits {m!r} are invalid: expected a mapping")
+        return dataclasses.replace(cls(), **_coerce(m))
+
+
+_FIELDS = tuple(f.name for f in dataclasses.fields(Limits))
+
+
+def _coerce(m: Mapping[str, object]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in m.items():
+        name = key if key in _FIELDS else f"{key}_ms"
+        if not isinstance(key, str) or name not in _FIELDS:
+            raise ValidationError(f"unknown limit {key!r}: allowed limits are {', '.join(_FIELDS)}")
+        if name in out:
+            raise ValidationError(f"limit {name} is given twice")
+        if name.endswith("_ms") and isinstance(value, int | float | str | datetime.timedelta):
+            value = to_millis(value, what=f"limit {key}")
+        out[name] = value
+    return out
+
+
+def _show(value: object) -> str:
+    shown = repr(value)
+    return shown if len(shown) <= 80 else shown[:77] + "..."
+
+
+def _check_id(value: object, max_length: int, what: str, rule: str) -> str:
+    if not isinstance(value, str):
+        raise ValidationError(f"{what} {_show(value)} is invalid: expected a string")
+    if len(value) > max_length:
+        raise LimitExceededError(
+            f"{what} {_show(value)} is {len(value)} characters, over the limit of {max_length}"
+        )
+    if not ID_PATTERN.fullmatch(value):
+        raise ValidationError(f"{what} {_show(value)} is invalid: {rule}")
+    return value
+
+
+def _id_rule(max_length: int) -> str:
+    return (
+        f"expected 1-{max_length} characters: letters, numbers, underscores or hyphens, "
+        "not starting with a hyphen"
+    )
+
+
+def validate_instance_id(value: object, limits: Limits) -> str:
+    """Check an instance id: 1-100 characters matching :data:`ID_PATTERN` (too long: LimitExceededError)."""
+    n = limits.instance_id_length
+    return _check_id(value, n, "instance id", _id_rule(n))
+
+
+def validate_workflow_name(value: object, limits: Limits) -> str:
+    """Check a workflow name: 1-64 characters matching :data:`ID_PATTERN` (too long: LimitExceededError)."""
+    n = limits.workflow_name_length
+    return _check_id(value, n, "workflow name", _WORKFLOW_NAME_RULE.replace("1-64", f"1-{n}"))
+
+
+def validate_event_type(value: object, limits: Limits) -> str:
+    """Check an event type: 1-100 characters matching :data:`ID_PATTERN` (too long: LimitExceededError)."""
+    n = limits.event_type_length
+    return _check_id(value, n, "event type", _id_rule(n))
+
+
+def validate_step_name(value: object, limits: Limits) -> str:
+    """Check a step name: a string of at most 256 characters with no control character; empty is allowed.
+
+    Raises:
+        ValidationError: not a string, or a control character (``\\x00``-``\\x1f``).
+        LimitExceededError: too long.
+    """
+    n = limits.step_name_length
+    if not isinstance(value, str):
+        raise ValidationError(f"step name {_show(value)} is invalid: expected a string")
+    if len(value) > n:
+        raise LimitExceededError(
+            f"step name {_show(value)} is {len(value)} characters, over the limit of {n}"
+        )
+    if _CONTROL_RE.search(value):
+        raise ValidationError(
+            f"step name {_show(value)} is invalid: control characters (\\x00-\\x1f) are not allowed"
+        )
+    return value
+
+
+def _check_ms(ms: float, what: str) -> None:
+    if isinstance(ms, bool) or not isinstance(ms, int | float) or math.isnan(ms):
+        raise ValidationError(f"{what} {ms!r} is invalid: expected a number of milliseconds")
+    if ms < 0:
+        raise ValidationError(f"{what} {format_millis(ms)} ({ms:g} ms) is invalid: must not be negative")
+
+
+def _show_ms(ms: float) -> str:
+    number = str(int(ms)) if float(ms).is_integer() else f"{ms:g}"
+    return f"{format_millis(ms)} ({number} ms)"
+
+
+def validate_sleep_ms(ms: float, limits: Limits, *, name: str) -> float:
+    """Check a sleep duration in milliseconds (``name`` is the step's, for messages): 0 to 365 days.
+
+    Raises:
+        ValidationError: negative or NaN.
+        LimitExceededError: above ``limits.sleep_max_ms``.
+    """
+    what = f'sleep "{name}" duration'
+    _check_ms(ms, what)
+    if ms > limits.sleep_max_ms:
+        raise LimitExceededError(
+            f"{what} {_show_ms(ms)} exceeds the limit of {format_millis(limits.sleep_max_ms)}"
+        )
+    return ms
+
+
+def validate_event_timeout_ms(ms: float, limits: Limits, *, name: str) -> float:
+    """Check a ``wait_for_event`` timeout in milliseconds (``name`` is the step's): 1 second to 365 days.
+
+    Raises:
+        ValidationError: negative, NaN, or below ``limits.event_timeout_min_ms``.
+        LimitExceededError: above ``limits.event_timeout_max_ms``.
+    """
+    what = f'wait_for_event "{name}" timeout'
+    _check_ms(ms, what)
+    if ms < limits.event_timeout_min_ms:
+        raise ValidationError(
+            f"{what} {_show_ms(ms)} is below the minimum of {format_millis(limits.event_timeout_min_ms)}"
+        )
+    if ms > limits.event_timeout_max_ms:
+        raise LimitExceededError(
+            f"{what} {_show_ms(ms)} exceeds the limit of {format_millis(limits.event_timeout_max_ms)}"
+        )
+    return ms
+
+
+def _format_bytes(n: int) -> str:
+    for unit, size in (("GiB", 1 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)):
+        if n >= size:
+            text = f"{n / size:.2f}".rstrip("0").rstrip(".")
+            return f"{n} bytes ({text} {unit})"
+    return f"{n} bytes"
+
+
+def check_size(nbytes: int, limit: int, *, what: str) -> None:
+    """Check an encoded size against a limit.
+
+    Args:
+        nbytes: the size in bytes.
+        limit: the largest size allowed.
+        what: what was measured, e.g. ``'step "load-1" result'``.
+
+    Raises:
+        LimitExceededError: ``nbytes > limit``, e.g. ``step "load-1" result is 1048577 bytes, over the
+            limit of 1048576 bytes (1 MiB)``.
+    """
+    if nbytes > limit:
+        raise LimitExceededError(f"{what} is {nbytes} bytes, over the limit of {_format_bytes(limit)}")
+
+
+def validate_batch_size(n: int, limits: Limits) -> None:
+    """Check the number of instances in one ``create_batch``: 1 to ``limits.batch_max``.
+
+    Raises:
+        ValidationError: fewer than 1.
+        LimitExceededError: more than ``limits.batch_max``.
+    """
+    if n < 1:
+        raise ValidationError(f"batch of {n} instances is invalid: a batch must contain at least 1 instance")
+    if n > limits.batch_max:
+        raise LimitExceededError(
+            f"batch of {n} instances exceeds the limit of {limits.batch_max} instances per batch"
+        )

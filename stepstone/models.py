@@ -1,0 +1,175 @@
+"""The records that cross the storage boundary.
+
+Only these dataclasses (and plain values) pass between the engine and a storage backend. Stored values
+(params, results, payloads, outputs) stay in their encoded text form here; see :mod:`stepstone.codec`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Final, Literal
+
+Status = Literal[
+    "queued", "running", "waiting", "waitingForPause", "paused", "complete", "errored", "terminated"
+]
+STATUSES: Final[tuple[Status, ...]] = (
+    "queued",
+    "running",
+    "waiting",
+    "waitingForPause",
+    "paused",
+    "complete",
+    "errored",
+    "terminated",
+)
+FINISHED: Final[frozenset[str]] = frozenset({"complete", "errored", "terminated"})
+
+StepKind = Literal["do", "sleep", "wait"]
+StepStatus = Literal["running", "retrying", "waiting", "success", "error", "timeout"]
+TriggerSource = Literal["api", "binding", "event", "cron", "unknown"]
+
+
+@dataclass(slots=True)
+class WorkflowRecord:
+    """A registered workflow."""
+
+    name: str
+    class_name: str
+    script_name: str
+    version_id: str
+    created_on: float
+    modified_on: float
+    triggered_on: float | None = None
+    config: str = "{}"
+    """JSON of per-workflow settings (limits, retention, schedules)."""
+
+
+@dataclass(slots=True)
+class NewInstance:
+    """An instance to create."""
+
+    workflow: str
+    id: str
+    params: str
+    created_on: float
+    trigger_source: TriggerSource = "api"
+    version_id: str = ""
+    schedule: str | None = None
+    success_retention_ms: float | None = None
+    error_retention_ms: float | None = None
+
+
+@dataclass(slots=True)
+class InstanceRecord:
+    """One instance row."""
+
+    pk: int
+    workflow: str
+    id: str
+    status: Status
+    params: str
+    created_on: float
+    modified_on: float
+    output: str | None = None
+    error_name: str | None = None
+    error_message: str | None = None
+    started_on: float | None = None
+    ended_on: float | None = None
+    runnable_at: float | None = None
+    waiting_for: str | None = None
+    """JSON describing what a waiting instance waits for: ``{"kind", "name", "until", "types"}``."""
+    paused_at: float | None = None
+    generation: int = 0
+    lease_owner: str | None = None
+    lease_token: str | None = None
+    lease_expires_at: float | None = None
+    trigger_source: TriggerSource = "api"
+    version_id: str = ""
+    schedule: str | None = None
+    success_retention_ms: float | None = None
+    error_retention_ms: float | None = None
+    expires_at: float | None = None
+    terminated_at: float | None = None
+
+
+@dataclass(slots=True)
+class Attempt:
+    """One attempt of a ``step.do``."""
+
+    start: float
+    end: float | None = None
+    success: bool | None = None
+    error_name: str | None = None
+    error_message: str | None = None
+
+
+@dataclass(slots=True)
+class StepRecord:
+    """One step of an instance's history, keyed by kind, name and occurrence count."""
+
+    key: str
+    kind: StepKind
+    name: str
+    count: int
+    seq: int
+    status: StepStatus
+    started_at: float
+    ended_at: float | None = None
+    wake_at: float | None = None
+    """Sleep end, next retry, or event-wait deadline."""
+    result: str | None = None
+    error_name: str | None = None
+    error_message: str | None = None
+    config: str | None = None
+    attempts: list[Attempt] = field(default_factory=list)
+    event_type: str | None = None
+
+
+@dataclass(slots=True)
+class EventRecord:
+    """An event sent to an instance."""
+
+    pk: int
+    type: str
+    payload: str
+    received_at: float
+    consumed_by: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Lease:
+    """The right to run one instance: every write made for the run carries it (fencing)."""
+
+    pk: int
+    token: str
+    generation: int
+
+
+@dataclass(slots=True)
+class Claim:
+    """An instance a worker claimed, with the lease it must present."""
+
+    instance: InstanceRecord
+    lease: Lease
+
+
+@dataclass(slots=True)
+class LeaseState:
+    """What a lease renewal learned about an instance this worker runs."""
+
+    held: bool
+    status: Status | None
+
+
+@dataclass(frozen=True, slots=True)
+class StepRef:
+    """A step named in a restart: ``{"name", "count", "type"}``."""
+
+    name: str
+    count: int = 1
+    type: Literal["do", "sleep", "waitForEvent"] = "do"
+
+
+def step_key(kind: StepKind, name: str, count: int, extra: str = "") -> str:
+    """The cache key of a step: kind, name (plus the sleep's target), and occurrence count."""
+    return f"{kind}\x1f{name}{extra}\x1f{count}"

@@ -1,0 +1,162 @@
+"""The state of one execution (one replay) of an instance, shared by its steps and its executor.
+
+Control flow that user code must not swallow travels as ``BaseException`` subclasses: :class:`Suspend`
+unwinds ``run()`` when the instance hibernates (a sleep, an event wait, a long retry wait, a drained pause);
+:class:`Abort` unwinds it when the run lost its lease (terminated, restarted, deleted, or taken over).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections import deque
+from dataclasses import dataclass, field
+
+from stepstone.clock import Clock
+from stepstone.errors import FencedError, WorkflowFatalError
+from stepstone.limits import Limits
+from stepstone.models import EventRecord, Lease, StepRecord
+from stepstone.storage.base import Storage
+
+
+class Suspend(BaseException):  # noqa: N818 - a signal, not an error
+    """Unwinds ``run()`` so the instance can hibernate; never seen by user code that catches Exception."""
+
+
+class Abort(BaseException):  # noqa: N818 - a signal, not an error
+    """Unwinds ``run()`` because this execution may no longer write (fenced, terminated, restarted)."""
+
+
+@dataclass(slots=True)
+class WakeReason:
+    """Why and until when a suspended step waits."""
+
+    kind: str
+    name: str
+    until: float | None
+    event_type: str | None = None
+
+
+@dataclass(slots=True)
+class RunState:
+    """Everything one execution of an instance shares between its steps and the executor."""
+
+    storage: Storage
+    clock: Clock
+    lease: Lease
+    limits: Limits
+    workflow: str
+    instance_id: str
+    history: dict[str, StepRecord]
+    events: list[EventRecord]
+    inprocess_wait_s: float = 1.0
+    counters: dict[str, int] = field(default_factory=dict)
+    do_calls: int = 0
+    seq: int = 0
+    inflight: int = 0
+    idle: asyncio.Event = field(default_factory=asyncio.Event)
+    suspending: bool = False
+    aborted: bool = False
+    pausing: bool = False
+    unpaused: asyncio.Event = field(default_factory=asyncio.Event)
+    wakes: list[WakeReason] = field(default_factory=list)
+    buffered: dict[str, deque[EventRecord]] = field(default_factory=dict)
+    fatal: BaseException | None = None
+
+    def __post_init__(self) -> None:
+        self.idle.set()
+        self.unpaused.set()
+        self.seq = max((s.seq for s in self.history.values()), default=0)
+        for event in self.events:
+            self.buffered.setdefault(event.type, deque()).append(event)
+
+    def next_count(self, counter_key: str) -> int:
+        """The next occurrence number for a counter key (first is 1), assigned at call time."""
+        count = self.counters.get(counter_key, 0) + 1
+        self.counters[counter_key] = count
+        return count
+
+    def next_seq(self) -> int:
+        """The order in which a new step first started."""
+        self.seq += 1
+        return self.seq
+
+    def count_do_call(self) -> None:
+        """Count a step.do call against the step limit."""
+        self.do_calls += 1
+        if self.do_calls > self.limits.steps:
+            raise WorkflowFatalError(
+                f"The limit of {self.limits.steps} steps has been reached. This limit can be changed in "
+                "your worker configuration."
+            )
+
+    def suspend(self, reason: WakeReason) -> Suspend:
+        """Record why the instance must hibernate and return the signal to raise."""
+        self.suspending = True
+        self.wakes.append(reason)
+        return Suspend()
+
+    def check_open(self) -> None:
+        """Raise the pending signal if this execution is unwinding."""
+        if self.aborted:
+            raise Abort()
+        if self.suspending:
+            raise Suspend()
+
+    async def gate(self) -> None:
+        """Wait here before a new attempt while a pause is draining; unwind if the run is ending."""
+        self.check_open()
+        while self.pausing:
+            await self.unpaused.wait()
+            self.check_open()
+
+    def enter(self) -> None:
+        """An attempt starts."""
+        self.inflight += 1
+        self.idle.clear()
+
+    def leave(self) -> None:
+        """An attempt ended."""
+        self.inflight -= 1
+        if self.inflight == 0:
+            self.idle.set()
+
+    def request_pause(self) -> None:
+        """Block new attempts; the executor parks the instance once in-flight ones finish."""
+        self.pausing = True
+        self.unpaused.clear()
+
+    def cancel_pause(self) -> None:
+        """Resume arrived before the pause drained."""
+        self.pausing = False
+        self.unpaused.set()
+
+    def take_event(self, event_type: str) -> EventRecord | None:
+        """The oldest buffered event of this type not yet taken in this execution."""
+        queue = self.buffered.get(event_type)
+        return queue.popleft() if queue else None
+
+    async def write(self, step: StepRecord, *, durable: bool = True) -> None:
+        """Persist a step; a lost lease unwinds the run."""
+        try:
+            await self.storage.put_step(self.lease, step, durable=durable)
+        except FencedError:
+            self.aborted = True
+            raise Abort() from None
+
+    async def consume(self, step: StepRecord, event_pk: int) -> None:
+        """Persist a wait step's result together with consuming its event."""
+        try:
+            await self.storage.consume_event(self.lease, step, event_pk)
+        except FencedError:
+            self.aborted = True
+            raise Abort() from None
+
+    def waiting_for(self) -> tuple[float | None, str, list[str]]:
+        """Earliest wake-up, the JSON description of what the instance waits for, and event types."""
+        untils = [w.until for w in self.wakes if w.until is not None]
+        wake = min(untils) if untils else None
+        first = min(self.wakes, key=lambda w: w.until if w.until is not None else float("inf"))
+        types = sorted({w.event_type for w in self.wakes if w.event_type})
+        described = {"kind": first.kind, "name": first.name, "until": wake, "types": types}
+        return wake, json.dumps(described), types

@@ -1,0 +1,259 @@
+"""``step``: the object ``run()`` receives, with ``do``, ``sleep``, ``sleep_until`` and ``wait_for_event``.
+
+Every method assigns its occurrence counter synchronously, at call time, so concurrent steps started with
+``asyncio.gather`` get the same keys on every replay. A step found in the history returns its stored result
+(or re-raises its stored error) without running.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Awaitable, Callable, Mapping
+from datetime import UTC, datetime
+from typing import Any, overload
+
+from stepstone import codec
+from stepstone.durations import Duration, to_millis
+from stepstone.errors import ValidationError, WorkflowTimeoutError
+from stepstone.limits import (
+    validate_event_timeout_ms,
+    validate_event_type,
+    validate_sleep_ms,
+    validate_step_name,
+)
+from stepstone.models import StepRecord, step_key
+from stepstone.retry import StepConfig, resolve_step_config
+from stepstone.run_state import RunState, WakeReason
+from stepstone.step_do import StepCallable, run_do
+from stepstone.workflow import WorkflowStepEvent
+
+StepFunction = Callable[..., Any]
+ConfigArg = Mapping[str, object] | StepConfig | None
+
+
+class WorkflowStep:
+    """The ``step`` argument of ``run(event, step)``."""
+
+    def __init__(self, state: RunState) -> None:
+        self._state = state
+        self._declared: dict[str, StepCallable] = {}
+
+    # -- step.do ----------------------------------------------------------------------------------------
+    @overload
+    def do(self, name: str, fn: StepFunction, /, *, config: ConfigArg = None) -> Awaitable[Any]: ...
+
+    @overload
+    def do(self, name: str, config: ConfigArg, fn: StepFunction, /) -> Awaitable[Any]: ...
+
+    @overload
+    def do(
+        self,
+        name: str | None = None,
+        /,
+        *,
+        config: ConfigArg = None,
+        concurrent: bool = False,
+        depends: list[StepCallable] | None = None,
+    ) -> Callable[[StepFunction], StepCallable]: ...
+
+    @overload
+    def do(self, fn: StepFunction, /) -> StepCallable: ...
+
+    def do(
+        self,
+        name: str | StepFunction | None = None,
+        a: Any = None,
+        b: Any = None,
+        /,
+        *,
+        config: ConfigArg = None,
+        concurrent: bool = False,
+        depends: list[StepCallable] | None = None,
+    ) -> Any:
+        """Run a durable, retried, cached step, or declare one with the decorator form.
+
+        Forms: ``await step.do(name, fn)``, ``await step.do(name, config, fn)``,
+        ``await step.do(name, fn, config=...)``, and the decorator ``@step.do("name", config=...)``
+        (name defaults to the function's name) which returns a callable to await.
+        """
+        if callable(name) and a is None and b is None:
+            return self._declare(name.__name__, name, config, concurrent, depends)
+        if name is not None and not isinstance(name, str):
+            raise ValidationError(f"step.do: the step name must be a string, got {type(name).__name__}")
+        if a is None and b is None:
+
+            def decorator(fn: StepFunction) -> StepCallable:
+                return self._declare(name if name is not None else fn.__name__, fn, config, concurrent, depends)
+
+            return decorator
+        if b is None:
+            if not callable(a):
+                raise ValidationError(f'Step "{name}" requires a callback function')
+            fn, cfg = a, config
+        else:
+            if not callable(b):
+                raise ValidationError(f'Step "{name}" requires a callback function')
+            if config is not None:
+                raise ValidationError(f'step "{name}": config given twice (positionally and as config=)')
+            fn, cfg = b, a
+        assert name is not None
+        return self.call(name, fn, cfg)
+
+    def call(self, name: str, fn: StepFunction, config: ConfigArg, kwargs: dict[str, Any] | None = None) -> Awaitable[Any]:
+        """Start a step now (counter assigned at once); await the result."""
+        state = self._state
+        state.check_open()
+        validate_step_name(name, state.limits)
+        resolved = resolve_step_config(config, step_name=name, max_retries=state.limits.retries_max)
+        state.count_do_call()
+        count = state.next_count("do-" + name)
+        return run_do(state, name, count, resolved, fn, kwargs)
+
+    def _declare(
+        self,
+        name: str,
+        fn: StepFunction,
+        config: ConfigArg,
+        concurrent: bool,
+        depends: list[StepCallable] | None,
+    ) -> StepCallable:
+        declared = StepCallable(self, name, fn, config, concurrent, depends)
+        self._declared[name] = declared
+        return declared
+
+    def declared(self, name: str) -> StepCallable | None:
+        """A step declared with the decorator form in this run, by name."""
+        return self._declared.get(name)
+
+    # -- step.sleep / sleep_until -------------------------------------------------------------------------
+    def sleep(self, name: str, duration: Duration) -> Awaitable[None]:
+        """Hibernate for ``duration`` (ms number, ``"<n> <unit>"`` or ``timedelta``); at most 365 days."""
+        state = self._state
+        state.check_open()
+        validate_step_name(name, state.limits)
+        ms = to_millis(duration, what=f'sleep "{name}"')
+        validate_sleep_ms(ms, state.limits, name=name)
+        extra = str(int(ms)) if ms == int(ms) else repr(ms)
+        count = state.next_count("sleep-" + name + extra)
+        return self._sleep(name, count, extra, ms / 1000)
+
+    def sleep_until(self, name: str, when: datetime | float | int) -> Awaitable[None]:
+        """Hibernate until ``when``: an aware ``datetime`` (naive means UTC) or epoch milliseconds."""
+        state = self._state
+        state.check_open()
+        validate_step_name(name, state.limits)
+        if isinstance(when, datetime):
+            target = (when if when.tzinfo else when.replace(tzinfo=UTC)).timestamp()
+        elif isinstance(when, int | float) and not isinstance(when, bool):
+            target = float(when) / 1000
+        else:
+            raise ValidationError(
+                f'sleep_until "{name}": expected a datetime or epoch milliseconds, got {type(when).__name__}'
+            )
+        remaining_ms = (target - state.clock.now()) * 1000
+        if remaining_ms > 0:
+            validate_sleep_ms(remaining_ms, state.limits, name=name)
+        extra = f"@{int(target * 1000)}"
+        count = state.next_count("sleep-" + name + extra)
+        return self._sleep(name, count, extra, None, until=target)
+
+    async def _sleep(
+        self, name: str, count: int, extra: str, seconds: float | None, until: float | None = None
+    ) -> None:
+        state = self._state
+        key = step_key("sleep", name, count, extra)
+        rec = state.history.get(key)
+        now = state.clock.now()
+        if rec is not None and rec.status == "success":
+            return
+        if rec is None:
+            wake = until if until is not None else now + (seconds or 0.0)
+            rec = StepRecord(key, "sleep", name, count, state.next_seq(), "waiting", now, wake_at=wake)
+            state.history[key] = rec
+        assert rec.wake_at is not None
+        if now >= rec.wake_at:
+            rec.status, rec.ended_at = "success", rec.wake_at
+            await state.write(rec, durable=False)
+            return
+        await state.write(rec, durable=False)
+        raise state.suspend(WakeReason("sleep", f"{name}-{count}", rec.wake_at))
+
+    # -- step.wait_for_event ------------------------------------------------------------------------------
+    def wait_for_event(
+        self,
+        name: str,
+        event_type: str | None = None,
+        /,
+        timeout: Duration = "24 hours",
+        *,
+        type: str | None = None,  # noqa: A002 - Cloudflare's option name
+    ) -> Awaitable[WorkflowStepEvent]:
+        """Wait for an event of ``event_type`` sent to this instance, at most ``timeout``.
+
+        Raises:
+            WorkflowTimeoutError: no event arrived in time (durable: replays raise it again).
+        """
+        state = self._state
+        state.check_open()
+        validate_step_name(name, state.limits)
+        if event_type is not None and type is not None and event_type != type:
+            raise ValidationError(f'wait_for_event "{name}": event type given twice ({event_type!r}, {type!r})')
+        kind = event_type if event_type is not None else type
+        if kind is None:
+            raise ValidationError(f'wait_for_event "{name}": an event type is required')
+        validate_event_type(kind, state.limits)
+        ms = to_millis(timeout, what=f'wait_for_event "{name}" timeout')
+        validate_event_timeout_ms(ms, state.limits, name=name)
+        count = state.next_count("waitForEvent-" + name)
+        return self._wait(name, count, kind, ms)
+
+    async def _wait(self, name: str, count: int, event_type: str, ms: float) -> WorkflowStepEvent:
+        state = self._state
+        key = step_key("wait", name, count)
+        rec = state.history.get(key)
+        if rec is not None and rec.status == "success":
+            return _event_from_result(rec.result)
+        if rec is not None and rec.status == "timeout":
+            raise WorkflowTimeoutError(rec.error_message or f"Execution timed out after {int(ms)}ms")
+        now = state.clock.now()
+        if rec is None:
+            rec = StepRecord(
+                key, "wait", name, count, state.next_seq(), "waiting", now, wake_at=now + ms / 1000,
+                event_type=event_type,
+            )
+            state.history[key] = rec
+        event = state.take_event(event_type)
+        if event is not None:
+            rec.status, rec.ended_at = "success", now
+            rec.result = (
+                f'{{"type":{json.dumps(event_type)},"timestamp":{{"$datetime":'
+                f'{json.dumps(_iso(event.received_at))}}},"payload":{event.payload}}}'
+            )
+            await state.consume(rec, event.pk)
+            return _event_from_result(rec.result)
+        assert rec.wake_at is not None
+        if now >= rec.wake_at:
+            rec.status, rec.ended_at = "timeout", now
+            rec.error_name = "WorkflowTimeoutError"
+            rec.error_message = f"Execution timed out after {int(ms)}ms"
+            await state.write(rec)
+            raise WorkflowTimeoutError(rec.error_message)
+        await state.write(rec, durable=False)
+        raise state.suspend(WakeReason("waitForEvent", f"{name}-{count}", rec.wake_at, event_type))
+
+
+def _iso(ts: float) -> str:
+    return datetime.fromtimestamp(ts, UTC).isoformat()
+
+
+def _event_from_result(result: str | None) -> WorkflowStepEvent:
+    data = codec.decode(result or "null")
+    if not isinstance(data, dict):  # pragma: no cover - written by us
+        raise ValidationError("corrupt wait_for_event result")
+    ts = data.get("timestamp")
+    return WorkflowStepEvent(
+        payload=data.get("payload"),
+        type=str(data.get("type")),
+        timestamp=ts if isinstance(ts, datetime) else datetime.now(UTC),
+    )
+

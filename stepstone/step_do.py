@@ -1,0 +1,344 @@
+"""``step.do``: the attempt loop with retries, per-attempt timeouts and durable results, and the decorator form.
+
+A result is encoded, written durably, then decoded and returned, so the live call returns exactly what a
+replay would. A failure after the last retry is stored with its class and re-raised on every replay.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import importlib
+import inspect
+import json
+from collections.abc import Awaitable, Callable, Mapping
+from typing import TYPE_CHECKING, Any
+
+from stepstone import codec
+from stepstone.clock import SystemClock
+from stepstone.durations import to_millis
+from stepstone.errors import (
+    LimitExceededError,
+    NonRetryableError,
+    SerializationError,
+    StepFailedError,
+    ValidationError,
+    WorkflowFatalError,
+    WorkflowTimeoutError,
+    error_name,
+    is_non_retryable,
+)
+from stepstone.limits import check_size
+from stepstone.models import Attempt, StepRecord, step_key
+from stepstone.retry import StepConfig, retry_delay_ms, will_retry
+from stepstone.run_state import RunState, WakeReason
+
+if TYPE_CHECKING:
+    from stepstone.step import WorkflowStep
+
+DELAY_FN_TIMEOUT_S = 5.0
+
+
+class StepContext:
+    """What a step function receives as ``ctx``: ``attempt`` (1-based), ``step`` (name, count), ``config``.
+
+    Both attribute access and Cloudflare's dict access (``ctx["attempt"]``) work.
+    """
+
+    __slots__ = ("attempt", "config", "step")
+
+    def __init__(self, attempt: int, name: str, count: int, config: dict[str, object]) -> None:
+        self.attempt = attempt
+        self.step = {"name": name, "count": count}
+        self.config = config
+
+    def __getitem__(self, key: str) -> object:
+        if key not in self.__slots__:
+            raise KeyError(key)
+        return getattr(self, key)
+
+    def __repr__(self) -> str:
+        return f"StepContext(attempt={self.attempt}, step={self.step}, config={self.config})"
+
+
+@functools.lru_cache(maxsize=4096)
+def _arity(code: object, fn: Callable[..., Any]) -> int:
+    try:
+        params = inspect.signature(fn).parameters.values()
+    except (TypeError, ValueError):
+        return 0
+    return sum(1 for p in params if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD, p.VAR_POSITIONAL))
+
+
+def _wants_ctx(fn: Callable[..., Any]) -> bool:
+    code = getattr(fn, "__code__", None)
+    if code is None:
+        return _arity(id(fn), fn) > 0
+    return _arity(code, fn) > 0
+
+
+async def _invoke(fn: Callable[..., Any], ctx: StepContext, kwargs: dict[str, Any] | None) -> Any:
+    if kwargs is not None:
+        call = functools.partial(fn, **{k: (ctx if k == "ctx" else v) for k, v in kwargs.items()})
+    elif _wants_ctx(fn):
+        call = functools.partial(fn, ctx)
+    else:
+        call = fn
+    if inspect.iscoroutinefunction(fn):
+        return await call()
+    result = await asyncio.get_running_loop().run_in_executor(None, call)
+    if inspect.isawaitable(result):
+        return await result
+    return result
+
+
+async def _with_timeout(state: RunState, aw: Awaitable[Any], seconds: float, ms: float) -> Any:
+    if isinstance(state.clock, SystemClock):
+        try:
+            async with asyncio.timeout(seconds):
+                return await aw
+        except TimeoutError:
+            raise WorkflowTimeoutError(f"Execution timed out after {int(ms)}ms") from None
+    task = asyncio.ensure_future(aw)
+    timer = asyncio.ensure_future(state.clock.sleep(seconds))
+    try:
+        done, _ = await asyncio.wait({task, timer}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        timer.cancel()
+    if task in done:
+        return task.result()
+    task.cancel()
+    raise WorkflowTimeoutError(f"Execution timed out after {int(ms)}ms")
+
+
+def _error_class_ref(exc: BaseException) -> str:
+    cls = type(exc)
+    return json.dumps({"class": f"{cls.__module__}:{cls.__qualname__}"})
+
+
+def rebuild_error(rec: StepRecord) -> BaseException:
+    """The stored failure of a step as an exception of its original class when that can be rebuilt."""
+    name = rec.error_name or "Error"
+    message = rec.error_message or ""
+    try:
+        ref = json.loads(rec.result or "{}").get("class", "")
+        module_name, _, qualname = ref.partition(":")
+        obj: Any = importlib.import_module(module_name)
+        for part in qualname.split("."):
+            obj = getattr(obj, part)
+        if isinstance(obj, type) and issubclass(obj, Exception):
+            exc = obj.__new__(obj)
+            exc.args = (message,)
+            if isinstance(exc, NonRetryableError | StepFailedError):
+                exc.name = name
+            return exc
+    except Exception:  # noqa: S110 - any failure to rebuild falls back to the generic error
+        pass
+    return StepFailedError(name, message)
+
+
+def _finish_attempt(att: Attempt, now: float, exc: BaseException | None) -> None:
+    att.end = now
+    att.success = exc is None
+    if exc is not None:
+        att.error_name, att.error_message = error_name(exc), str(exc)
+
+
+async def _retry_delay_ms(config: StepConfig, ctx: StepContext, exc: BaseException, attempt: int) -> float:
+    retries = config.retries
+    if retries.delay_fn is None:
+        return retry_delay_ms(retries, attempt)
+    try:
+        async with asyncio.timeout(DELAY_FN_TIMEOUT_S):
+            value: Any = retries.delay_fn(ctx, exc)
+            if inspect.isawaitable(value):
+                value = await value
+        base = to_millis(value, what="retry delay")
+    except TimeoutError:
+        raise NonRetryableError(
+            f'The delay function for step "{ctx.step["name"]}-{ctx.step["count"]}" did not resolve within 5 s',
+            "NonRetryableDelayError",
+        ) from exc
+    except Exception as err:
+        raise NonRetryableError(
+            f'The delay function for step "{ctx.step["name"]}-{ctx.step["count"]}" failed: {err}',
+            "NonRetryableDelayError",
+        ) from exc
+    return retry_delay_ms(retries, attempt, base)
+
+
+async def run_do(
+    state: RunState,
+    name: str,
+    count: int,
+    config: StepConfig,
+    fn: Callable[..., Any],
+    kwargs: dict[str, Any] | None,
+) -> Any:
+    """Run one ``step.do`` occurrence to its durable result or final error."""
+    key = step_key("do", name, count)
+    display = f"{name}-{count}"
+    clock = state.clock
+    rec = state.history.get(key)
+    if rec is not None:
+        if rec.status == "success":
+            return codec.decode(rec.result or "null")
+        if rec.status == "error":
+            raise rebuild_error(rec)
+        if rec.config and config.retries.delay_fn is None:
+            config = StepConfig.from_dict(json.loads(rec.config))
+        last = rec.attempts[-1] if rec.attempts else None
+        if last is not None and last.end is None:
+            # The process died during this attempt: it failed, and counts against the retry budget.
+            crash = WorkflowFatalError("Attempt failed due to internal workflows error")
+            _finish_attempt(last, clock.now(), crash)
+            last.error_name = "WorkflowInternalError"
+            if not will_retry(config.retries, len(rec.attempts)):
+                rec.status, rec.ended_at = "error", last.end
+                rec.error_name, rec.error_message = last.error_name, last.error_message
+                rec.result = _error_class_ref(crash)
+                await state.write(rec)
+                raise crash
+            assert last.end is not None
+            rec.status = "retrying"
+            rec.wake_at = last.end + retry_delay_ms(config.retries, len(rec.attempts)) / 1000
+    else:
+        rec = StepRecord(
+            key, "do", name, count, state.next_seq(), "running", clock.now(),
+            config=json.dumps(config.to_dict(), separators=(",", ":")),
+        )
+        state.history[key] = rec
+    config_dict = config.to_dict()
+    timeout_s = config.timeout_ms / 1000
+    while True:
+        await state.gate()
+        if rec.status == "retrying" and rec.wake_at is not None:
+            remaining = rec.wake_at - clock.now()
+            if remaining > state.inprocess_wait_s:
+                raise state.suspend(WakeReason("retry", display, rec.wake_at))
+            if remaining > 0:
+                await clock.sleep(remaining)
+                await state.gate()
+        attempt_no = len(rec.attempts) + 1
+        att = Attempt(clock.now())
+        rec.attempts.append(att)
+        rec.status, rec.wake_at = "running", None
+        await state.write(rec, durable=False)
+        ctx = StepContext(attempt_no, name, count, config_dict)
+        state.enter()
+        try:
+            try:
+                value = await _with_timeout(state, _invoke(fn, ctx, kwargs), timeout_s, config.timeout_ms)
+                encoded = codec.encode(value, what=f'step "{display}" result')
+                check_size(len(encoded.encode()), state.limits.step_result_bytes, what=f'step "{display}" result')
+            except SerializationError as exc:
+                if isinstance(exc, LimitExceededError):
+                    raise
+                fatal = WorkflowFatalError(
+                    f'The execution of the Workflow instance was terminated, as the step "{display}" returned '
+                    f"a value which is not serialisable: {exc}"
+                )
+                state.fatal = fatal
+                _finish_attempt(att, clock.now(), fatal)
+                rec.status, rec.ended_at = "error", att.end
+                rec.error_name, rec.error_message = "WorkflowFatalError", str(fatal)
+                rec.result = _error_class_ref(fatal)
+                await state.write(rec)
+                raise fatal from exc
+            except Exception as exc:
+                now = clock.now()
+                _finish_attempt(att, now, exc)
+                final = (
+                    is_non_retryable(exc)
+                    or isinstance(exc, LimitExceededError | ValidationError)
+                    or not will_retry(config.retries, attempt_no)
+                )
+                if not final:
+                    try:
+                        delay = await _retry_delay_ms(config, ctx, exc, attempt_no)
+                    except NonRetryableError as delay_exc:
+                        exc, final = delay_exc, True
+                        att.error_name, att.error_message = error_name(exc), str(exc)
+                if final:
+                    rec.status, rec.ended_at = "error", now
+                    rec.error_name, rec.error_message = error_name(exc), str(exc)
+                    rec.result = _error_class_ref(exc)
+                    await state.write(rec)
+                    raise exc
+                rec.status, rec.wake_at = "retrying", now + delay / 1000
+                await state.write(rec)
+                continue
+            now = clock.now()
+            _finish_attempt(att, now, None)
+            rec.status, rec.ended_at, rec.result = "success", now, encoded
+            await state.write(rec)
+        finally:
+            state.leave()
+        return codec.decode(encoded)
+
+
+class StepCallable:
+    """A step declared with the decorator form: await it (call it) to run the step.
+
+    Parameters other than ``ctx`` name earlier declared steps whose results are passed in (or come from
+    ``depends``, positionally); ``concurrent=True`` resolves them with ``asyncio.gather``.
+    """
+
+    def __init__(
+        self,
+        step: WorkflowStep,
+        name: str,
+        fn: Callable[..., Any],
+        config: Mapping[str, object] | StepConfig | None,
+        concurrent: bool,
+        depends: list[StepCallable] | None,
+    ) -> None:
+        self.name = name
+        self._step = step
+        self._fn = fn
+        self._config = config
+        self._concurrent = concurrent
+        params = list(inspect.signature(fn).parameters)
+        self._has_ctx = "ctx" in params
+        self._params = [p for p in params if p != "ctx"]
+        if depends is not None and len(depends) != len(self._params):
+            raise TypeError(
+                f"Step declares {len(self._params)} non-ctx parameter(s) but 'depends' has {len(depends)} item(s)"
+            )
+        self._depends = depends
+        self._memo: asyncio.Future[Any] | None = None
+        functools.update_wrapper(self, fn)
+
+    def __call__(self) -> Awaitable[Any]:
+        """Run the step (again: a second call is a second occurrence, ``name-2``)."""
+        if not self._params:
+            aw = self._step.call(self.name, self._fn, self._config, {"ctx": None} if self._has_ctx else {})
+        else:
+            aw = self._with_deps()
+        fut = asyncio.ensure_future(aw)
+        if self._memo is None:
+            self._memo = fut
+        return fut
+
+    async def _with_deps(self) -> Any:
+        deps: list[StepCallable] = []
+        for i, param in enumerate(self._params):
+            dep = self._depends[i] if self._depends is not None else self._step.declared(param)
+            if dep is None:
+                raise TypeError(f"Received unexpected parameter {param}")
+            deps.append(dep)
+        if self._concurrent:
+            values = list(await asyncio.gather(*(d.resolved() for d in deps)))
+        else:
+            values = [await d.resolved() for d in deps]
+        kwargs: dict[str, Any] = dict(zip(self._params, values, strict=True))
+        if self._has_ctx:
+            kwargs["ctx"] = None
+        return await self._step.call(self.name, self._fn, self._config, kwargs)
+
+    def resolved(self) -> asyncio.Future[Any]:
+        """This step's result in this run, running it once if nothing has yet."""
+        if self._memo is None:
+            self()
+        assert self._memo is not None
+        return self._memo

@@ -1,0 +1,46 @@
+"""Storage backends behind one protocol; :func:`open_storage` picks one by URL and imports its driver lazily."""
+
+from __future__ import annotations
+
+import os
+
+from stepstone.errors import ValidationError
+from stepstone.storage.base import ClaimResult, InstancePage, Storage
+
+DEFAULT_URL = "sqlite:///.stepstone/stepstone.db"
+
+__all__ = ["DEFAULT_URL", "ClaimResult", "InstancePage", "Storage", "open_storage", "storage_for_url"]
+
+
+def storage_for_url(url: str | None = None, *, synchronous: str = "FULL") -> Storage:
+    """Build (not open) the backend for ``url``: ``sqlite:///path``, ``sqlite:///:memory:`` is refused,
+    ``postgresql://...`` needs the ``postgres`` extra."""
+    url = url or DEFAULT_URL
+    if url.startswith("sqlite://"):
+        path = url[len("sqlite://") :]
+        if path.startswith("/"):
+            path = path[1:] if not path.startswith("//") else path[1:]
+        if not path or path == ":memory:":
+            raise ValidationError(f"database URL {url!r}: give a file path, e.g. sqlite:///app.db")
+        from stepstone.storage.sqlite import SQLiteStorage
+
+        return SQLiteStorage(os.path.expanduser(path), synchronous=synchronous)
+    if url.startswith(("postgresql://", "postgres://")):
+        try:
+            from stepstone.storage.postgres import PostgresStorage  # type: ignore[import-not-found,unused-ignore]
+        except ImportError as exc:  # pragma: no cover - depends on the install
+            raise ValidationError(
+                f"database URL {url!r} needs the PostgreSQL driver: pip install 'stepstone[postgres]' ({exc})"
+            ) from exc
+        storage: Storage = PostgresStorage(url)
+        return storage
+    raise ValidationError(
+        f"unsupported database URL {url!r}: expected sqlite:///path/to/file.db or postgresql://user@host/db"
+    )
+
+
+async def open_storage(url: str | None = None, *, synchronous: str = "FULL") -> Storage:
+    """Build and open the backend for ``url``."""
+    storage = storage_for_url(url, synchronous=synchronous)
+    await storage.open()
+    return storage

@@ -1,0 +1,195 @@
+"""The storage protocol: every backend implements it, and nothing above this package sees SQL.
+
+Writes made on behalf of a run carry a :class:`~stepstone.models.Lease`; a backend rejects one whose token
+no longer matches the instance's (the lease expired and another worker took it, or the instance was
+terminated or restarted) with :class:`~stepstone.errors.FencedError`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+from stepstone.models import (
+    Claim,
+    EventRecord,
+    InstanceRecord,
+    Lease,
+    LeaseState,
+    NewInstance,
+    StepRecord,
+    StepRef,
+    WorkflowRecord,
+)
+
+SCHEMA_VERSION = 1
+
+
+@dataclass(slots=True)
+class InstancePage:
+    """A page of instances and the total that matched."""
+
+    items: list[InstanceRecord]
+    total: int
+
+
+@dataclass(slots=True)
+class ClaimResult:
+    """Instances claimed, and when the next not-yet-due instance becomes runnable."""
+
+    claims: list[Claim]
+    next_due: float | None
+
+
+class Storage(Protocol):
+    """What the engine needs from a database."""
+
+    url: str
+
+    async def open(self) -> None:
+        """Connect, create or check the schema."""
+        ...
+
+    async def close(self) -> None:
+        """Flush pending writes and disconnect."""
+        ...
+
+    # -- workflows ------------------------------------------------------------------------------------
+    async def put_workflow(self, record: WorkflowRecord) -> WorkflowRecord:
+        """Create or update a workflow; keeps ``created_on``, bumps the version when the class changes."""
+        ...
+
+    async def get_workflow(self, name: str) -> WorkflowRecord | None:
+        """One workflow, or None."""
+        ...
+
+    async def list_workflows(self) -> list[WorkflowRecord]:
+        """All workflows, oldest first."""
+        ...
+
+    async def delete_workflow(self, name: str) -> bool:
+        """Delete a workflow and all its instances; False if it did not exist."""
+        ...
+
+    async def count_by_status(self, workflow: str) -> dict[str, int]:
+        """How many instances of the workflow are in each status."""
+        ...
+
+    # -- instances ------------------------------------------------------------------------------------
+    async def create_instances(
+        self, rows: Sequence[NewInstance], *, skip_existing: bool
+    ) -> list[InstanceRecord]:
+        """Insert instances, runnable now. An existing id raises InstanceExistsError, or is skipped."""
+        ...
+
+    async def get_instance(self, workflow: str, instance_id: str) -> InstanceRecord | None:
+        """One instance, or None."""
+        ...
+
+    async def list_instances(
+        self,
+        workflow: str,
+        *,
+        status: str | None = None,
+        limit: int = 50,
+        offset: int = 0,
+        newest_first: bool = True,
+        created_after: float | None = None,
+        created_before: float | None = None,
+    ) -> InstancePage:
+        """A page of a workflow's instances, by creation time."""
+        ...
+
+    async def load_history(self, pk: int) -> tuple[list[StepRecord], list[EventRecord]]:
+        """The instance's steps (by first start) and its unconsumed events (oldest first), in one read."""
+        ...
+
+    # -- the worker's side ----------------------------------------------------------------------------
+    async def claim(
+        self, *, owner: str, now: float, lease_seconds: float, limit: int, workflows: Sequence[str]
+    ) -> ClaimResult:
+        """Lease up to ``limit`` runnable instances of these workflows, earliest due first."""
+        ...
+
+    async def renew(self, *, leases: Sequence[Lease], until: float) -> dict[int, LeaseState]:
+        """Extend leases; report for each whether it is still held and the instance's status."""
+        ...
+
+    async def release_owners(self, owners: Sequence[str]) -> int:
+        """Expire the leases of workers known to be dead, so their instances can be claimed now."""
+        ...
+
+    async def lease_owners(self) -> list[str]:
+        """The distinct owners of live leases."""
+        ...
+
+    def put_step(self, lease: Lease, step: StepRecord, *, durable: bool) -> Awaitable[None]:
+        """Insert or replace a step. ``durable=False`` queues the write into the next commit."""
+        ...
+
+    async def consume_event(self, lease: Lease, step: StepRecord, event_pk: int) -> None:
+        """Record a wait step's result and mark the event it consumed, atomically."""
+        ...
+
+    async def suspend(
+        self, lease: Lease, *, now: float, wake_at: float | None, waiting_for: str, wait_types: Sequence[str]
+    ) -> str:
+        """Hibernate the instance: release the lease; runnable again at ``wake_at`` or on a matching event.
+
+        A pause requested meanwhile makes it ``paused``. Returns the new status.
+        """
+        ...
+
+    async def pause_drained(self, lease: Lease, *, now: float) -> None:
+        """Record that a pausing instance has drained its in-flight steps: it is now ``paused``."""
+        ...
+
+    async def finish(
+        self,
+        lease: Lease,
+        *,
+        now: float,
+        status: str,
+        output: str | None,
+        error_name: str | None,
+        error_message: str | None,
+        retention_ms: float,
+    ) -> None:
+        """End the instance: complete or errored, and release the lease."""
+        ...
+
+    # -- lifecycle control ----------------------------------------------------------------------------
+    async def pause(self, workflow: str, instance_id: str, *, now: float) -> InstanceRecord:
+        """Running → waitingForPause; waiting or queued → paused; otherwise unchanged."""
+        ...
+
+    async def resume(self, workflow: str, instance_id: str, *, now: float) -> InstanceRecord:
+        """waitingForPause → running; paused → queued with every timer shifted by the paused time."""
+        ...
+
+    async def terminate(
+        self, workflow: str, instance_id: str, *, now: float, retention_ms: float
+    ) -> InstanceRecord:
+        """Stop the instance now; refuses a finished one with InvalidStateError."""
+        ...
+
+    async def restart(
+        self, workflow: str, instance_id: str, *, now: float, from_step: StepRef | None
+    ) -> InstanceRecord:
+        """Run again from the start (all history erased) or from a named step (that step and later ones)."""
+        ...
+
+    async def send_event(
+        self, workflow: str, instance_id: str, *, event_type: str, payload: str, now: float
+    ) -> EventRecord:
+        """Buffer an event; an instance waiting for its type becomes runnable."""
+        ...
+
+    async def delete_instances(self, workflow: str, ids: Sequence[str]) -> list[str]:
+        """Delete instances and all their state; returns the ids that existed."""
+        ...
+
+    async def purge_expired(self, *, now: float) -> int:
+        """Delete finished instances past their retention; returns how many."""
+        ...

@@ -1,0 +1,189 @@
+"""The SQLite schema, version by version, and the row mappers shared by the SQLite backend."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from typing import Any, Final, cast
+
+from stepstone.errors import SchemaVersionError
+from stepstone.models import Attempt, EventRecord, InstanceRecord, StepRecord, WorkflowRecord
+
+MIGRATIONS: Final[tuple[str, ...]] = (
+    # version 1
+    """
+    CREATE TABLE workflows (
+        name TEXT PRIMARY KEY,
+        class_name TEXT NOT NULL,
+        script_name TEXT NOT NULL,
+        version_id TEXT NOT NULL,
+        created_on REAL NOT NULL,
+        modified_on REAL NOT NULL,
+        triggered_on REAL,
+        config TEXT NOT NULL DEFAULT '{}'
+    );
+    CREATE TABLE instances (
+        pk INTEGER PRIMARY KEY,
+        workflow TEXT NOT NULL,
+        id TEXT NOT NULL,
+        status TEXT NOT NULL,
+        params TEXT NOT NULL,
+        created_on REAL NOT NULL,
+        modified_on REAL NOT NULL,
+        output TEXT,
+        error_name TEXT,
+        error_message TEXT,
+        started_on REAL,
+        ended_on REAL,
+        runnable_at REAL,
+        waiting_for TEXT,
+        paused_at REAL,
+        generation INTEGER NOT NULL DEFAULT 0,
+        lease_owner TEXT,
+        lease_token TEXT,
+        lease_expires_at REAL,
+        trigger_source TEXT NOT NULL DEFAULT 'api',
+        version_id TEXT NOT NULL DEFAULT '',
+        schedule TEXT,
+        success_retention_ms REAL,
+        error_retention_ms REAL,
+        expires_at REAL,
+        terminated_at REAL,
+        wait_types TEXT,
+        UNIQUE (workflow, id)
+    );
+    CREATE INDEX instances_runnable ON instances (runnable_at) WHERE runnable_at IS NOT NULL;
+    CREATE INDEX instances_leased ON instances (lease_expires_at) WHERE lease_expires_at IS NOT NULL;
+    CREATE INDEX instances_by_created ON instances (workflow, created_on);
+    CREATE INDEX instances_expiring ON instances (expires_at) WHERE expires_at IS NOT NULL;
+    CREATE TABLE steps (
+        instance_pk INTEGER NOT NULL,
+        key TEXT NOT NULL,
+        kind TEXT NOT NULL,
+        name TEXT NOT NULL,
+        count INTEGER NOT NULL,
+        seq INTEGER NOT NULL,
+        status TEXT NOT NULL,
+        started_at REAL NOT NULL,
+        ended_at REAL,
+        wake_at REAL,
+        result TEXT,
+        error_name TEXT,
+        error_message TEXT,
+        config TEXT,
+        attempts TEXT,
+        event_type TEXT,
+        PRIMARY KEY (instance_pk, key)
+    ) WITHOUT ROWID;
+    CREATE TABLE events (
+        pk INTEGER PRIMARY KEY,
+        instance_pk INTEGER NOT NULL,
+        type TEXT NOT NULL,
+        payload TEXT NOT NULL,
+        received_at REAL NOT NULL,
+        consumed_by TEXT
+    );
+    CREATE INDEX events_by_instance ON events (instance_pk, pk);
+    """,
+)
+SCHEMA_VERSION: Final = len(MIGRATIONS)
+
+INSTANCE_COLUMNS: Final = (
+    "pk, workflow, id, status, params, created_on, modified_on, output, error_name, error_message, "
+    "started_on, ended_on, runnable_at, waiting_for, paused_at, generation, lease_owner, lease_token, "
+    "lease_expires_at, trigger_source, version_id, schedule, success_retention_ms, error_retention_ms, "
+    "expires_at, terminated_at"
+)
+STEP_COLUMNS: Final = (
+    "key, kind, name, count, seq, status, started_at, ended_at, wake_at, result, error_name, "
+    "error_message, config, attempts, event_type"
+)
+WORKFLOW_COLUMNS: Final = "name, class_name, script_name, version_id, created_on, modified_on, triggered_on, config"
+
+
+def migrate(conn: sqlite3.Connection) -> None:
+    """Bring the schema to :data:`SCHEMA_VERSION`, inside the caller's transaction."""
+    conn.execute("CREATE TABLE IF NOT EXISTS stepstone_meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)")
+    row = conn.execute("SELECT value FROM stepstone_meta WHERE key = 'schema_version'").fetchone()
+    current = int(row[0]) if row else 0
+    if current > SCHEMA_VERSION:
+        raise SchemaVersionError(
+            f"database schema version {current} is newer than this stepstone supports ({SCHEMA_VERSION}); "
+            "upgrade stepstone"
+        )
+    for version in range(current + 1, SCHEMA_VERSION + 1):
+        for statement in MIGRATIONS[version - 1].split(";"):
+            if statement.strip():
+                conn.execute(statement)
+    conn.execute(
+        "INSERT INTO stepstone_meta (key, value) VALUES ('schema_version', ?) "
+        "ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+        (str(SCHEMA_VERSION),),
+    )
+
+
+def instance_from_row(row: sqlite3.Row | tuple[Any, ...]) -> InstanceRecord:
+    """Map a row selected with :data:`INSTANCE_COLUMNS`."""
+    return InstanceRecord(*row)
+
+
+def workflow_from_row(row: tuple[Any, ...]) -> WorkflowRecord:
+    """Map a row selected with :data:`WORKFLOW_COLUMNS`."""
+    return WorkflowRecord(*row)
+
+
+def step_from_row(row: tuple[Any, ...]) -> StepRecord:
+    """Map a row selected with :data:`STEP_COLUMNS`."""
+    attempts = [Attempt(*a) for a in json.loads(row[13])] if row[13] else []
+    return StepRecord(
+        key=row[0],
+        kind=row[1],
+        name=row[2],
+        count=row[3],
+        seq=row[4],
+        status=row[5],
+        started_at=row[6],
+        ended_at=row[7],
+        wake_at=row[8],
+        result=row[9],
+        error_name=row[10],
+        error_message=row[11],
+        config=row[12],
+        attempts=attempts,
+        event_type=row[14],
+    )
+
+
+def step_to_row(pk: int, step: StepRecord) -> tuple[object, ...]:
+    """The parameters to insert a step, instance key first."""
+    attempts = (
+        json.dumps(
+            [[a.start, a.end, a.success, a.error_name, a.error_message] for a in step.attempts],
+            separators=(",", ":"),
+        )
+        if step.attempts
+        else None
+    )
+    return (
+        pk,
+        step.key,
+        step.kind,
+        step.name,
+        step.count,
+        step.seq,
+        step.status,
+        step.started_at,
+        step.ended_at,
+        step.wake_at,
+        step.result,
+        step.error_name,
+        step.error_message,
+        step.config,
+        attempts,
+        step.event_type,
+    )
+
+
+def event_from_row(row: tuple[Any, ...]) -> EventRecord:
+    """Map ``pk, type, payload, received_at, consumed_by``."""
+    return EventRecord(*cast(tuple[int, str, str, float, str | None], row))

@@ -1,0 +1,227 @@
+"""The worker: claims runnable instances, runs them, renews their leases, wakes for timers and signals.
+
+A worker holds no coroutine for a hibernating instance. It sleeps until the earliest due time it knows of,
+a local signal (an instance created, resumed or sent an event in this process), or the poll interval (for
+work created by other processes), whichever comes first.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import socket
+import uuid
+from collections.abc import Callable, Mapping
+
+from stepstone.clock import Clock
+from stepstone.errors import StorageError
+from stepstone.executor import Execution, WorkflowDef
+from stepstone.storage.base import Storage
+
+log = logging.getLogger("stepstone.worker")
+
+
+def new_owner_id() -> str:
+    """A worker identity: ``host:pid:random``, so a worker on the same host can tell a dead one."""
+    return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+
+
+def _is_dead_local(owner: str, me: str) -> bool:
+    host, _, rest = owner.partition(":")
+    pid_text = rest.partition(":")[0]
+    if host != me.partition(":")[0] or not pid_text.isdigit() or owner == me:
+        return False
+    pid = int(pid_text)
+    if pid == os.getpid():
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        return False
+    return False
+
+
+class Worker:
+    """Runs the instances of the given workflows.
+
+    Args:
+        storage: the database.
+        clock: where time comes from.
+        definitions: returns the workflows this worker runs, by name.
+        concurrency: how many instances run at once on this worker.
+        lease_seconds: how long a claim lasts without renewal.
+        poll_interval: how often to look for work created by other processes.
+    """
+
+    def __init__(
+        self,
+        *,
+        storage: Storage,
+        clock: Clock,
+        definitions: Callable[[], Mapping[str, WorkflowDef]],
+        concurrency: int = 100,
+        lease_seconds: float = 30.0,
+        poll_interval: float = 1.0,
+        inprocess_wait_s: float = 1.0,
+        purge_interval: float = 60.0,
+        owner: str | None = None,
+    ) -> None:
+        self.storage = storage
+        self.clock = clock
+        self.definitions = definitions
+        self.concurrency = concurrency
+        self.lease_seconds = lease_seconds
+        self.poll_interval = poll_interval
+        self.inprocess_wait_s = inprocess_wait_s
+        self.purge_interval = purge_interval
+        self.owner = owner or new_owner_id()
+        self.running: dict[int, tuple[Execution, asyncio.Task[str]]] = {}
+        self.outcomes: dict[str, int] = {}
+        self._wake = asyncio.Event()
+        self._stopping = False
+        self._tasks: list[asyncio.Task[None]] = []
+        self._last_purge = 0.0
+
+    async def start(self) -> None:
+        """Release leases of dead workers on this host, then start claiming."""
+        try:
+            dead = [o for o in await self.storage.lease_owners() if _is_dead_local(o, self.owner)]
+            if dead:
+                released = await self.storage.release_owners(dead)
+                log.info("released %d instance(s) held by dead worker(s) %s", released, dead)
+        except StorageError as exc:
+            log.warning("could not check for dead workers: %s", exc)
+        self._tasks = [
+            asyncio.create_task(self._claim_loop(), name="stepstone-claim"),
+            asyncio.create_task(self._renew_loop(), name="stepstone-renew"),
+        ]
+
+    async def stop(self) -> None:
+        """Stop claiming, stop running instances (they resume elsewhere or at next start)."""
+        self._stopping = True
+        self._wake.set()
+        for task in self._tasks:
+            task.cancel()
+        for _, task in list(self.running.values()):
+            task.cancel()
+        pending = [t for _, t in self.running.values()] + self._tasks
+        for task in pending:
+            with contextlib.suppress(BaseException):
+                await task
+        with contextlib.suppress(StorageError):
+            await self.storage.release_owners([self.owner])
+
+    def wake(self) -> None:
+        """Something may have become runnable: look now."""
+        self._wake.set()
+
+    def signal(self, pk: int, kind: str) -> None:
+        """A control operation touched instance ``pk`` in this process: pause, resume or abort its run."""
+        entry = self.running.get(pk)
+        if entry is not None:
+            execution, task = entry
+            if kind == "pause":
+                execution.request_pause()
+            elif kind == "resume":
+                execution.cancel_pause()
+            elif kind == "abort":
+                task.cancel()
+        self._wake.set()
+
+    @property
+    def busy(self) -> int:
+        """How many instances are running now."""
+        return len(self.running)
+
+    async def _claim_loop(self) -> None:
+        backoff = 0.05
+        while not self._stopping:
+            self._wake.clear()
+            defs = self.definitions()
+            free = self.concurrency - len(self.running)
+            now = self.clock.now()
+            try:
+                result = await self.storage.claim(
+                    owner=self.owner, now=now, lease_seconds=self.lease_seconds, limit=free, workflows=list(defs)
+                )
+                if now - self._last_purge >= self.purge_interval:
+                    self._last_purge = now
+                    await self.storage.purge_expired(now=now)
+                backoff = 0.05
+            except StorageError as exc:
+                log.warning("claim failed (%s); retrying in %.2fs", exc, backoff)
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, 5.0)
+                continue
+            for claim in result.claims:
+                definition = defs.get(claim.instance.workflow)
+                if definition is None:  # pragma: no cover - claims are filtered by workflow
+                    continue
+                self._start(definition, claim)
+            if free > 0 and len(result.claims) == free:
+                continue
+            timeout = self.poll_interval
+            if result.next_due is not None:
+                timeout = min(timeout, max(0.0, result.next_due - self.clock.now()))
+            await self.clock.wait(self._wake, timeout)
+
+    def _start(self, definition: WorkflowDef, claim: object) -> None:
+        from stepstone.models import Claim
+
+        assert isinstance(claim, Claim)
+        execution = Execution(
+            storage=self.storage,
+            clock=self.clock,
+            definition=definition,
+            claim=claim,
+            inprocess_wait_s=self.inprocess_wait_s,
+        )
+        pk = claim.instance.pk
+        task = asyncio.create_task(execution.execute(), name=f"stepstone-run-{claim.instance.id}")
+        self.running[pk] = (execution, task)
+        task.add_done_callback(lambda t: self._done(pk, execution, t))
+
+    def _done(self, pk: int, execution: Execution, task: asyncio.Task[str]) -> None:
+        current = self.running.get(pk)
+        if current is not None and current[0] is execution:
+            del self.running[pk]
+        if task.cancelled():
+            outcome = "cancelled"
+        elif task.exception() is not None:
+            exc = task.exception()
+            outcome = "failed"
+            log.error("execution of instance %s failed inside the engine: %r", execution.claim.instance.id, exc)
+        else:
+            outcome = task.result()
+        self.outcomes[outcome] = self.outcomes.get(outcome, 0) + 1
+        self._wake.set()
+
+    async def _renew_loop(self) -> None:
+        interval = min(self.lease_seconds / 3, 2.0)
+        while not self._stopping:
+            await asyncio.sleep(interval)
+            if not self.running:
+                continue
+            leases = {pk: ex.lease for pk, (ex, _) in self.running.items()}
+            try:
+                states = await self.storage.renew(
+                    leases=list(leases.values()), until=self.clock.now() + self.lease_seconds
+                )
+            except StorageError as exc:
+                log.warning("lease renewal failed: %s", exc)
+                continue
+            for pk, lease_state in states.items():
+                entry = self.running.get(pk)
+                if entry is None or entry[0].lease != leases[pk]:
+                    continue
+                execution, task = entry
+                if not lease_state.held:
+                    task.cancel()
+                elif lease_state.status == "waitingForPause":
+                    execution.request_pause()
+                elif lease_state.status == "running":
+                    execution.cancel_pause()

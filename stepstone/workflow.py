@@ -1,0 +1,73 @@
+"""What a workflow author writes against: the entrypoint class and the event objects."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+
+class _AttrDict:
+    """Attribute access plus Cloudflare's dict-style keys (``event["payload"]``, ``event["instanceId"]``)."""
+
+    _aliases: dict[str, str] = {}
+
+    def __getitem__(self, key: str) -> Any:
+        try:
+            return getattr(self, self._aliases.get(key, key))
+        except AttributeError:
+            raise KeyError(key) from None
+
+    def get(self, key: str, default: Any = None) -> Any:
+        """Dict-style get."""
+        try:
+            return self[key]
+        except KeyError:
+            return default
+
+
+@dataclass(frozen=True, slots=True)
+class WorkflowEvent(_AttrDict):
+    """The event ``run()`` receives.
+
+    Attributes:
+        payload: the params the instance was created with.
+        timestamp: when the instance was created (aware, UTC).
+        instance_id: the instance's id.
+        workflow_name: the workflow's name.
+        schedule: for cron-created instances, ``{"cron": ..., "scheduled_time": ...}``.
+    """
+
+    payload: Any
+    timestamp: datetime
+    instance_id: str
+    workflow_name: str
+    schedule: dict[str, Any] | None = None
+
+    _aliases = {"instanceId": "instance_id", "workflowName": "workflow_name"}  # noqa: RUF012
+
+
+@dataclass(frozen=True, slots=True)
+class WorkflowStepEvent(_AttrDict):
+    """What ``step.wait_for_event`` returns: the event's ``payload``, ``type`` and ``timestamp``."""
+
+    payload: Any
+    type: str
+    timestamp: datetime
+
+
+class WorkflowEntrypoint:
+    """Base class of a workflow: subclass it and write ``async def run(self, event, step)``.
+
+    Attributes:
+        env: the bindings (other workflows by binding name) and vars of the project.
+        ctx: the execution context (reserved; None today).
+    """
+
+    def __init__(self, ctx: Any = None, env: Any = None) -> None:
+        self.ctx = ctx
+        self.env = env
+
+    async def run(self, event: WorkflowEvent, step: Any) -> Any:
+        """The workflow body. Its return value becomes the instance's output."""
+        raise NotImplementedError(f"{type(self).__name__} must define async def run(self, event, step)")

@@ -13,9 +13,16 @@ from typing import Any
 
 from stepstone import codec
 from stepstone.clock import Clock
+from stepstone.details import instance_details
 from stepstone.durations import Duration, to_millis
 from stepstone.errors import InstanceNotFoundError, ValidationError
-from stepstone.limits import Limits, check_size, validate_batch_size, validate_event_type, validate_instance_id
+from stepstone.limits import (
+    Limits,
+    check_size,
+    validate_batch_size,
+    validate_event_type,
+    validate_instance_id,
+)
 from stepstone.models import InstanceRecord, NewInstance, StepRef, TriggerSource
 from stepstone.storage.base import InstancePage, Storage
 
@@ -97,9 +104,7 @@ class Workflow:
             raise ValidationError(f"instance options must be a dict, got {type(options).__name__}")
         unknown = set(options) - {"id", "params", "retention", "locationHint", "location_hint", "schedule"}
         if unknown:
-            raise ValidationError(
-                f"unknown instance option(s) {sorted(unknown)}: expected id, params, retention"
-            )
+            raise ValidationError(f"unknown instance option(s) {sorted(unknown)}: expected id, params, retention")
         raw_id = options.get("id")
         instance_id = str(uuid.uuid4()) if raw_id is None else validate_instance_id(raw_id, limits)
         params = codec.encode(options.get("params", {}), what=f"params of instance {instance_id!r}")
@@ -122,7 +127,7 @@ class Workflow:
 
     async def create(
         self,
-        id: str | Mapping[str, Any] | None = None,  # noqa: A002 - Cloudflare's name
+        id: str | Mapping[str, Any] | None = None,
         params: Any = None,
         *,
         retention: Mapping[str, Duration] | None = None,
@@ -159,7 +164,7 @@ class Workflow:
             self._rt.notify(records[0].pk, "new")
         return [WorkflowInstance(self, r.id) for r in records]
 
-    async def get(self, id: str) -> WorkflowInstance:  # noqa: A002 - Cloudflare's name
+    async def get(self, id: str) -> WorkflowInstance:
         """A handle to an existing instance; raises InstanceNotFoundError."""
         if not isinstance(id, str) or not id:
             raise ValidationError(f"instance id must be a non-empty string, got {id!r}")
@@ -216,9 +221,7 @@ class WorkflowInstance:
     async def status(self) -> InstanceStatus:
         """The instance's status, output and error."""
         rec = await self.record()
-        error = (
-            InstanceError(rec.error_name, rec.error_message or "") if rec.error_name is not None else None
-        )
+        error = InstanceError(rec.error_name, rec.error_message or "") if rec.error_name is not None else None
         output = codec.decode(rec.output) if rec.output is not None else None
         return InstanceStatus(rec.status, output, error)
 
@@ -262,9 +265,7 @@ class WorkflowInstance:
         self._rt.notify(rec.pk, "abort")
         self._rt.notify(rec.pk, "new")
 
-    async def send_event(
-        self, type: str | Mapping[str, Any] | None = None, payload: Any = None  # noqa: A002
-    ) -> None:
+    async def send_event(self, type: str | Mapping[str, Any] | None = None, payload: Any = None) -> None:
         """Send an event; a ``wait_for_event`` of that type receives it (buffered until then)."""
         if isinstance(type, Mapping):
             payload = type.get("payload")
@@ -277,6 +278,12 @@ class WorkflowInstance:
             self.workflow.name, self.id, event_type=event_type, payload=encoded, now=self._rt.clock.now()
         )
         self._rt.notify(0, "new")
+
+    async def describe(self, *, order: str = "asc", simple: bool = False) -> dict[str, Any]:
+        """Cloudflare's instance details document: status, params, output, error and every step."""
+        rec = await self.record()
+        steps, _ = await self._rt.storage.load_history(rec.pk)
+        return instance_details(rec, steps, order=order, simple=simple)
 
     async def delete(self) -> None:
         """Delete the instance and all its state; a running instance stops."""

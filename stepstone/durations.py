@@ -40,9 +40,7 @@ _NUMBER = r"\d+(?:\.\d+)?"
 _PLAIN_RE = re.compile(_NUMBER)
 _UNIT_RE = re.compile(rf"({_NUMBER}) ([a-zA-Z]+)")
 
-_EXPECTED = (
-    'expected milliseconds or "<number> <unit>" with unit second, minute, hour, day, week, month or year'
-)
+_EXPECTED = 'expected milliseconds or "<number> <unit>" with unit second, minute, hour, day, week, month or year'
 
 
 def _invalid(value: object, what: str, reason: str = _EXPECTED) -> ValidationError:

@@ -53,7 +53,7 @@ class Engine:
         poll_interval: float = 1.0,
         inprocess_wait_s: float = 1.0,
         synchronous: str = "FULL",
-        vars: Mapping[str, Any] | None = None,  # noqa: A002 - wrangler's name
+        vars: Mapping[str, Any] | None = None,
     ) -> None:
         if isinstance(database, str) or database is None:
             self.storage: Storage = storage_for_url(database, synchronous=synchronous)
@@ -212,4 +212,4 @@ class Engine:
 
 
 def _apply(base: Limits, overrides: Mapping[str, object]) -> Limits:
-    return Limits.from_mapping({**{f: getattr(base, f) for f in base.__dataclass_fields__}, **overrides})
+    return base.replace(**{str(k): v for k, v in overrides.items()})

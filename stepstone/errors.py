@@ -108,9 +108,10 @@ class SchemaVersionError(StorageError):
 
 
 def error_name(exc: BaseException) -> str:
-    """The name recorded for an exception: its ``name`` attribute if it is a string, else its class name."""
-    name = getattr(exc, "name", None)
-    return name if isinstance(name, str) and name else type(exc).__name__
+    """The name recorded for an exception: the ``name`` given to a NonRetryableError, else its class name."""
+    if isinstance(exc, NonRetryableError | StepFailedError) and exc.name:
+        return exc.name
+    return type(exc).__name__
 
 
 def is_non_retryable(exc: BaseException) -> bool:

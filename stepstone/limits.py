@@ -141,19 +141,14 @@ def _check_id(value: object, max_length: int, what: str, rule: str) -> str:
     if not isinstance(value, str):
         raise ValidationError(f"{what} {_show(value)} is invalid: expected a string")
     if len(value) > max_length:
-        raise LimitExceededError(
-            f"{what} {_show(value)} is {len(value)} characters, over the limit of {max_length}"
-        )
+        raise LimitExceededError(f"{what} {_show(value)} is {len(value)} characters, over the limit of {max_length}")
     if not ID_PATTERN.fullmatch(value):
         raise ValidationError(f"{what} {_show(value)} is invalid: {rule}")
     return value
 
 
 def _id_rule(max_length: int) -> str:
-    return (
-        f"expected 1-{max_length} characters: letters, numbers, underscores or hyphens, "
-        "not starting with a hyphen"
-    )
+    return f"expected 1-{max_length} characters: letters, numbers, underscores or hyphens, not starting with a hyphen"
 
 
 def validate_instance_id(value: object, limits: Limits) -> str:
@@ -185,13 +180,9 @@ def validate_step_name(value: object, limits: Limits) -> str:
     if not isinstance(value, str):
         raise ValidationError(f"step name {_show(value)} is invalid: expected a string")
     if len(value) > n:
-        raise LimitExceededError(
-            f"step name {_show(value)} is {len(value)} characters, over the limit of {n}"
-        )
+        raise LimitExceededError(f"step name {_show(value)} is {len(value)} characters, over the limit of {n}")
     if _CONTROL_RE.search(value):
-        raise ValidationError(
-            f"step name {_show(value)} is invalid: control characters (\\x00-\\x1f) are not allowed"
-        )
+        raise ValidationError(f"step name {_show(value)} is invalid: control characters (\\x00-\\x1f) are not allowed")
     return value
 
 
@@ -217,9 +208,7 @@ def validate_sleep_ms(ms: float, limits: Limits, *, name: str) -> float:
     what = f'sleep "{name}" duration'
     _check_ms(ms, what)
     if ms > limits.sleep_max_ms:
-        raise LimitExceededError(
-            f"{what} {_show_ms(ms)} exceeds the limit of {format_millis(limits.sleep_max_ms)}"
-        )
+        raise LimitExceededError(f"{what} {_show_ms(ms)} exceeds the limit of {format_millis(limits.sleep_max_ms)}")
     return ms
 
 
@@ -277,6 +266,4 @@ def validate_batch_size(n: int, limits: Limits) -> None:
     if n < 1:
         raise ValidationError(f"batch of {n} instances is invalid: a batch must contain at least 1 instance")
     if n > limits.batch_max:
-        raise LimitExceededError(
-            f"batch of {n} instances exceeds the limit of {limits.batch_max} instances per batch"
-        )
+        raise LimitExceededError(f"batch of {n} instances exceeds the limit of {limits.batch_max} instances per batch")

@@ -9,9 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Final, Literal
 
-Status = Literal[
-    "queued", "running", "waiting", "waitingForPause", "paused", "complete", "errored", "terminated"
-]
+Status = Literal["queued", "running", "waiting", "waitingForPause", "paused", "complete", "errored", "terminated"]
 STATUSES: Final[tuple[Status, ...]] = (
     "queued",
     "running",

@@ -132,9 +132,7 @@ class StepConfig:
 def _reject_unknown(keys: Iterable[object], allowed: tuple[str, ...], prefix: str, where: str) -> None:
     for key in keys:
         if key not in allowed:
-            raise ValidationError(
-                f"{prefix} has unknown key {key!r}{where}: allowed keys are {', '.join(allowed)}"
-            )
+            raise ValidationError(f"{prefix} has unknown key {key!r}{where}: allowed keys are {', '.join(allowed)}")
 
 
 def _from_mapping(config: Mapping[str, object], *, prefix: str, dynamic_marker: bool) -> StepConfig:
@@ -165,8 +163,7 @@ def _from_mapping(config: Mapping[str, object], *, prefix: str, dynamic_marker: 
         backoff = _BACKOFF_BY_NAME.get(raw_backoff) if isinstance(raw_backoff, str) else None
         if backoff is None:
             raise ValidationError(
-                f"{prefix}: retries.backoff {raw_backoff!r} is invalid: "
-                "expected constant, linear or exponential"
+                f"{prefix}: retries.backoff {raw_backoff!r} is invalid: expected constant, linear or exponential"
             )
         retries = RetryConfig(limit=limit, delay_ms=delay_ms, backoff=backoff, delay_fn=delay_fn)
     timeout_ms = _DEFAULT_TIMEOUT_MS
@@ -220,8 +217,7 @@ def resolve_step_config(
         resolved = _from_mapping(config, prefix=f'step config for "{step_name}"', dynamic_marker=False)
     else:
         raise ValidationError(
-            f'step config for "{step_name}" is invalid: expected a dict or StepConfig, '
-            f"got {type(config).__name__}"
+            f'step config for "{step_name}" is invalid: expected a dict or StepConfig, got {type(config).__name__}'
         )
     if resolved.retries.limit > max_retries:
         raise LimitExceededError(

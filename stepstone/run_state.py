@@ -19,11 +19,11 @@ from stepstone.models import EventRecord, Lease, StepRecord
 from stepstone.storage.base import Storage
 
 
-class Suspend(BaseException):  # noqa: N818 - a signal, not an error
+class Suspend(BaseException):
     """Unwinds ``run()`` so the instance can hibernate; never seen by user code that catches Exception."""
 
 
-class Abort(BaseException):  # noqa: N818 - a signal, not an error
+class Abort(BaseException):
     """Unwinds ``run()`` because this execution may no longer write (fenced, terminated, restarted)."""
 
 

@@ -99,7 +99,9 @@ class WorkflowStep:
         assert name is not None
         return self.call(name, fn, cfg)
 
-    def call(self, name: str, fn: StepFunction, config: ConfigArg, kwargs: dict[str, Any] | None = None) -> Awaitable[Any]:
+    def call(
+        self, name: str, fn: StepFunction, config: ConfigArg, kwargs: dict[str, Any] | None = None
+    ) -> Awaitable[Any]:
         """Start a step now (counter assigned at once); await the result."""
         state = self._state
         state.check_open()
@@ -186,7 +188,7 @@ class WorkflowStep:
         /,
         timeout: Duration = "24 hours",
         *,
-        type: str | None = None,  # noqa: A002 - Cloudflare's option name
+        type: str | None = None,
     ) -> Awaitable[WorkflowStepEvent]:
         """Wait for an event of ``event_type`` sent to this instance, at most ``timeout``.
 
@@ -218,7 +220,14 @@ class WorkflowStep:
         now = state.clock.now()
         if rec is None:
             rec = StepRecord(
-                key, "wait", name, count, state.next_seq(), "waiting", now, wake_at=now + ms / 1000,
+                key,
+                "wait",
+                name,
+                count,
+                state.next_seq(),
+                "waiting",
+                now,
+                wake_at=now + ms / 1000,
                 event_type=event_type,
             )
             state.history[key] = rec
@@ -256,4 +265,3 @@ def _event_from_result(result: str | None) -> WorkflowStepEvent:
         type=str(data.get("type")),
         timestamp=ts if isinstance(ts, datetime) else datetime.now(UTC),
     )
-

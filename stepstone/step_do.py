@@ -63,11 +63,15 @@ class StepContext:
 
 @functools.lru_cache(maxsize=4096)
 def _arity(code: object, fn: Callable[..., Any]) -> int:
+    # A function takes ctx if it has a parameter named ctx, or a first positional parameter with no default.
     try:
-        params = inspect.signature(fn).parameters.values()
+        params = list(inspect.signature(fn).parameters.values())
     except (TypeError, ValueError):
         return 0
-    return sum(1 for p in params if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD, p.VAR_POSITIONAL))
+    if any(p.name == "ctx" for p in params):
+        return 1
+    positional = [p for p in params if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+    return 1 if positional and positional[0].default is inspect.Parameter.empty else 0
 
 
 def _wants_ctx(fn: Callable[..., Any]) -> bool:
@@ -78,6 +82,7 @@ def _wants_ctx(fn: Callable[..., Any]) -> bool:
 
 
 async def _invoke(fn: Callable[..., Any], ctx: StepContext, kwargs: dict[str, Any] | None) -> Any:
+    call: Callable[[], Any]
     if kwargs is not None:
         call = functools.partial(fn, **{k: (ctx if k == "ctx" else v) for k, v in kwargs.items()})
     elif _wants_ctx(fn):
@@ -132,7 +137,7 @@ def rebuild_error(rec: StepRecord) -> BaseException:
             if isinstance(exc, NonRetryableError | StepFailedError):
                 exc.name = name
             return exc
-    except Exception:  # noqa: S110 - any failure to rebuild falls back to the generic error
+    except Exception:
         pass
     return StepFailedError(name, message)
 
@@ -204,7 +209,13 @@ async def run_do(
             rec.wake_at = last.end + retry_delay_ms(config.retries, len(rec.attempts)) / 1000
     else:
         rec = StepRecord(
-            key, "do", name, count, state.next_seq(), "running", clock.now(),
+            key,
+            "do",
+            name,
+            count,
+            state.next_seq(),
+            "running",
+            clock.now(),
             config=json.dumps(config.to_dict(), separators=(",", ":")),
         )
         state.history[key] = rec

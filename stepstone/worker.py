@@ -14,6 +14,7 @@ import os
 import socket
 import uuid
 from collections.abc import Callable, Mapping
+from typing import Any
 
 from stepstone.clock import Clock
 from stepstone.errors import StorageError
@@ -83,7 +84,7 @@ class Worker:
         self.outcomes: dict[str, int] = {}
         self._wake = asyncio.Event()
         self._stopping = False
-        self._tasks: list[asyncio.Task[None]] = []
+        self._tasks: list[asyncio.Task[Any]] = []
         self._last_purge = 0.0
 
     async def start(self) -> None:
@@ -108,7 +109,7 @@ class Worker:
             task.cancel()
         for _, task in list(self.running.values()):
             task.cancel()
-        pending = [t for _, t in self.running.values()] + self._tasks
+        pending: list[asyncio.Task[Any]] = [t for _, t in self.running.values()] + self._tasks
         for task in pending:
             with contextlib.suppress(BaseException):
                 await task
@@ -146,7 +147,11 @@ class Worker:
             now = self.clock.now()
             try:
                 result = await self.storage.claim(
-                    owner=self.owner, now=now, lease_seconds=self.lease_seconds, limit=free, workflows=list(defs)
+                    owner=self.owner,
+                    now=now,
+                    lease_seconds=self.lease_seconds,
+                    limit=free,
+                    workflows=list(defs),
                 )
                 if now - self._last_purge >= self.purge_interval:
                     self._last_purge = now

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import Any, ClassVar
 
 
 class _AttrDict:
     """Attribute access plus Cloudflare's dict-style keys (``event["payload"]``, ``event["instanceId"]``)."""
 
-    _aliases: dict[str, str] = {}
+    _aliases: ClassVar[dict[str, str]] = {}
 
     def __getitem__(self, key: str) -> Any:
         try:
@@ -44,7 +44,7 @@ class WorkflowEvent(_AttrDict):
     workflow_name: str
     schedule: dict[str, Any] | None = None
 
-    _aliases = {"instanceId": "instance_id", "workflowName": "workflow_name"}  # noqa: RUF012
+    _aliases: ClassVar[dict[str, str]] = {"instanceId": "instance_id", "workflowName": "workflow_name"}
 
 
 @dataclass(frozen=True, slots=True)

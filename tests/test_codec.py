@@ -159,9 +159,7 @@ def test_str_and_int_subclasses_stored_as_base() -> None:
     assert type(next(iter(back))) is str
 
 
-_offsets = st.timedeltas(
-    min_value=-dt.timedelta(hours=23, minutes=59), max_value=dt.timedelta(hours=23, minutes=59)
-)
+_offsets = st.timedeltas(min_value=-dt.timedelta(hours=23, minutes=59), max_value=dt.timedelta(hours=23, minutes=59))
 _tz = st.none() | st.just(UTC) | st.builds(dt.timezone, _offsets)
 _leaves = (
     st.none()

@@ -94,9 +94,7 @@ def test_from_mapping_rejects_non_mapping() -> None:
         Limits.from_mapping([1])  # type: ignore[arg-type]
 
 
-@pytest.mark.parametrize(
-    ("value", "ok"), [("a", True), ("_a-b", True), ("9", True), ("-a", False), ("", False)]
-)
+@pytest.mark.parametrize(("value", "ok"), [("a", True), ("_a-b", True), ("9", True), ("-a", False), ("", False)])
 def test_id_pattern(value: str, ok: bool) -> None:
     assert bool(ID_PATTERN.fullmatch(value)) is ok
 

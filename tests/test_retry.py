@@ -133,9 +133,7 @@ def test_resolve_rejects(config: dict[str, object], message: str) -> None:
 
 
 def test_resolve_rejects_non_mapping() -> None:
-    with pytest.raises(
-        ValidationError, match=r'^step config for "x" is invalid: expected a dict or StepConfig'
-    ):
+    with pytest.raises(ValidationError, match=r'^step config for "x" is invalid: expected a dict or StepConfig'):
         resolve_step_config([1], step_name="x")  # type: ignore[arg-type]
 
 
@@ -176,9 +174,7 @@ def test_retry_delay_ms(backoff: str, base: float, delays: list[float]) -> None:
     assert [retry_delay_ms(retries, n) for n in range(1, len(delays) + 1)] == delays
 
 
-@pytest.mark.parametrize(
-    ("backoff", "expected"), [("constant", 500.0), ("linear", 1_500.0), ("exponential", 2_000.0)]
-)
+@pytest.mark.parametrize(("backoff", "expected"), [("constant", 500.0), ("linear", 1_500.0), ("exponential", 2_000.0)])
 def test_retry_delay_ms_base_override(backoff: str, expected: float) -> None:
     retries = RetryConfig(delay_ms=99.0, backoff=backoff)  # type: ignore[arg-type]
     assert retry_delay_ms(retries, 3, base_ms=500.0) == expected
@@ -190,9 +186,7 @@ def test_retry_delay_ms_overflow_is_inf() -> None:
 
 @pytest.mark.parametrize("attempt", [0, -1, True])
 def test_retry_delay_ms_rejects_attempt(attempt: int) -> None:
-    with pytest.raises(
-        ValidationError, match=f"failed attempt {attempt!r} is invalid: expected an integer >= 1"
-    ):
+    with pytest.raises(ValidationError, match=f"failed attempt {attempt!r} is invalid: expected an integer >= 1"):
         retry_delay_ms(RetryConfig(), attempt)
 
 

@@ -19,7 +19,7 @@ def storage_for_url(url: str | None = None, *, synchronous: str = "FULL") -> Sto
     if url.startswith("sqlite://"):
         path = url[len("sqlite://") :]
         if path.startswith("/"):
-            path = path[1:] if not path.startswith("//") else path[1:]
+            path = path[1:]
         if not path or path == ":memory:":
             raise ValidationError(f"database URL {url!r}: give a file path, e.g. sqlite:///app.db")
         from stepstone.storage.sqlite import SQLiteStorage

@@ -77,9 +77,7 @@ class Storage(Protocol):
         ...
 
     # -- instances ------------------------------------------------------------------------------------
-    async def create_instances(
-        self, rows: Sequence[NewInstance], *, skip_existing: bool
-    ) -> list[InstanceRecord]:
+    async def create_instances(self, rows: Sequence[NewInstance], *, skip_existing: bool) -> list[InstanceRecord]:
         """Insert instances, runnable now. An existing id raises InstanceExistsError, or is skipped."""
         ...
 
@@ -168,9 +166,7 @@ class Storage(Protocol):
         """waitingForPause → running; paused → queued with every timer shifted by the paused time."""
         ...
 
-    async def terminate(
-        self, workflow: str, instance_id: str, *, now: float, retention_ms: float
-    ) -> InstanceRecord:
+    async def terminate(self, workflow: str, instance_id: str, *, now: float, retention_ms: float) -> InstanceRecord:
         """Stop the instance now; refuses a finished one with InvalidStateError."""
         ...
 

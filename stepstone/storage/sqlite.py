@@ -147,9 +147,7 @@ class SQLiteStorage:
         """Create or update a workflow."""
 
         def op(conn: Conn) -> WorkflowRecord:
-            row = conn.execute(
-                f"SELECT {WORKFLOW_COLUMNS} FROM workflows WHERE name = ?", (record.name,)
-            ).fetchone()
+            row = conn.execute(f"SELECT {WORKFLOW_COLUMNS} FROM workflows WHERE name = ?", (record.name,)).fetchone()
             if row is None:
                 conn.execute(
                     f"INSERT INTO workflows ({WORKFLOW_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
@@ -232,9 +230,7 @@ class SQLiteStorage:
         return {status: count for status, count in rows}
 
     # -- instances ------------------------------------------------------------------------------------
-    async def create_instances(
-        self, rows: Sequence[NewInstance], *, skip_existing: bool
-    ) -> list[InstanceRecord]:
+    async def create_instances(self, rows: Sequence[NewInstance], *, skip_existing: bool) -> list[InstanceRecord]:
         """Insert instances, runnable now."""
 
         def op(conn: Conn) -> list[InstanceRecord]:
@@ -276,9 +272,7 @@ class SQLiteStorage:
                 created.append(instance_from_row(row))
                 touched.add(new.workflow)
             for name in touched:
-                conn.execute(
-                    "UPDATE workflows SET triggered_on = ? WHERE name = ?", (rows[0].created_on, name)
-                )
+                conn.execute("UPDATE workflows SET triggered_on = ? WHERE name = ?", (rows[0].created_on, name))
             return created
 
         return await self._write(op)
@@ -408,8 +402,7 @@ class SQLiteStorage:
             out: dict[int, LeaseState] = {}
             for lease in leases:
                 row = conn.execute(
-                    "UPDATE instances SET lease_expires_at = ? WHERE pk = ? AND lease_token = ? "
-                    "RETURNING status",
+                    "UPDATE instances SET lease_expires_at = ? WHERE pk = ? AND lease_token = ? RETURNING status",
                     (until, lease.pk, lease.token),
                 ).fetchone()
                 if row is not None:
@@ -424,9 +417,7 @@ class SQLiteStorage:
     async def lease_owners(self) -> list[str]:
         """Owners of leases that have not expired."""
         rows = await self._read(
-            lambda c: c.execute(
-                "SELECT DISTINCT lease_owner FROM instances WHERE lease_owner IS NOT NULL"
-            ).fetchall()
+            lambda c: c.execute("SELECT DISTINCT lease_owner FROM instances WHERE lease_owner IS NOT NULL").fetchall()
         )
         return [r[0] for r in rows]
 
@@ -487,8 +478,7 @@ class SQLiteStorage:
             if types:
                 marks = ", ".join("?" * len(types))
                 pending = conn.execute(
-                    "SELECT 1 FROM events WHERE instance_pk = ? AND consumed_by IS NULL "
-                    f"AND type IN ({marks}) LIMIT 1",
+                    f"SELECT 1 FROM events WHERE instance_pk = ? AND consumed_by IS NULL AND type IN ({marks}) LIMIT 1",
                     (lease.pk, *types),
                 ).fetchone()
                 if pending:
@@ -543,9 +533,7 @@ class SQLiteStorage:
         def op(conn: Conn) -> InstanceRecord:
             pk, status = _find(conn, workflow, instance_id)
             if status == "running":
-                conn.execute(
-                    "UPDATE instances SET status = 'waitingForPause', modified_on = ? WHERE pk = ?", (now, pk)
-                )
+                conn.execute("UPDATE instances SET status = 'waitingForPause', modified_on = ? WHERE pk = ?", (now, pk))
             elif status in ("waiting", "queued"):
                 _set_paused(conn, pk, now)
             return _get(conn, pk)
@@ -576,9 +564,7 @@ class SQLiteStorage:
 
         return await self._write(op)
 
-    async def terminate(
-        self, workflow: str, instance_id: str, *, now: float, retention_ms: float
-    ) -> InstanceRecord:
+    async def terminate(self, workflow: str, instance_id: str, *, now: float, retention_ms: float) -> InstanceRecord:
         """Terminate now."""
 
         def op(conn: Conn) -> InstanceRecord:
@@ -641,16 +627,13 @@ class SQLiteStorage:
         def op(conn: Conn) -> EventRecord:
             pk, status = _find(conn, workflow, instance_id)
             if status in FINISHED:
-                raise InvalidStateError(
-                    f"cannot send event {event_type!r} to instance {instance_id!r}: it is {status}"
-                )
+                raise InvalidStateError(f"cannot send event {event_type!r} to instance {instance_id!r}: it is {status}")
             event_pk = conn.execute(
                 "INSERT INTO events (instance_pk, type, payload, received_at) VALUES (?, ?, ?, ?)",
                 (pk, event_type, payload, now),
             ).lastrowid
             conn.execute(
-                "UPDATE instances SET runnable_at = ? WHERE pk = ? AND status = 'waiting' "
-                "AND instr(wait_types, ?) > 0",
+                "UPDATE instances SET runnable_at = ? WHERE pk = ? AND status = 'waiting' AND instr(wait_types, ?) > 0",
                 (now, pk, f",{event_type},"),
             )
             assert event_pk is not None

@@ -1,0 +1,167 @@
+"""Instances and their steps as Cloudflare's REST documents (spec §14), shared by the CLI, the server and
+the dashboard. Timestamps are ISO-8601 UTC strings with milliseconds and a ``Z``."""
+
+from __future__ import annotations
+
+import base64
+import json
+from datetime import UTC, datetime
+from typing import Any
+
+from stepstone import codec
+from stepstone.models import InstanceRecord, StepRecord, WorkflowRecord
+
+REDACTED = "[REDACTED]"
+
+
+def iso(ts: float | None) -> str | None:
+    """Epoch seconds as ``2026-11-25T09:24:32.123Z`` (None stays None)."""
+    if ts is None:
+        return None
+    return datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
+
+
+def _error(name: str | None, message: str | None) -> dict[str, str] | None:
+    return None if name is None else {"name": name, "message": message or ""}
+
+
+def plain(value: object) -> Any:
+    """A stored value as plain JSON: datetimes become ISO strings, bytes base64 strings."""
+    if isinstance(value, dict):
+        return {k: plain(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [plain(v) for v in value]
+    if isinstance(value, datetime):
+        return value.isoformat()
+    if isinstance(value, bytes):
+        return base64.b64encode(value).decode()
+    return value
+
+
+def _decode(text: str | None) -> Any:
+    return None if text is None else plain(codec.decode(text))
+
+
+def instance_summary(rec: InstanceRecord) -> dict[str, Any]:
+    """An instance as a list item (``GET .../instances``)."""
+    return {
+        "id": rec.id,
+        "status": rec.status,
+        "created_on": iso(rec.created_on),
+        "modified_on": iso(rec.modified_on),
+        "started_on": iso(rec.started_on),
+        "ended_on": iso(rec.ended_on),
+        "version_id": rec.version_id,
+        "workflow_id": rec.workflow,
+        "trigger_source": rec.trigger_source,
+    }
+
+
+def workflow_summary(rec: WorkflowRecord, counts: dict[str, int]) -> dict[str, Any]:
+    """A workflow as Cloudflare lists it, with instance counts per status."""
+    statuses = [
+        "complete",
+        "errored",
+        "paused",
+        "queued",
+        "rollingBack",
+        "running",
+        "terminated",
+        "waiting",
+        "waitingForPause",
+    ]
+    return {
+        "id": rec.name,
+        "name": rec.name,
+        "class_name": rec.class_name,
+        "script_name": rec.script_name,
+        "created_on": iso(rec.created_on),
+        "modified_on": iso(rec.modified_on),
+        "triggered_on": iso(rec.triggered_on),
+        "version_id": rec.version_id,
+        "instances": {s: counts.get(s, 0) for s in statuses},
+    }
+
+
+def step_entry(step: StepRecord) -> dict[str, Any]:
+    """One step of the instance details document."""
+    name = f"{step.name}-{step.count}"
+    error = _error(step.error_name, step.error_message)
+    if step.kind == "sleep":
+        return {
+            "name": name,
+            "type": "sleep",
+            "start": iso(step.started_at),
+            "end": iso(step.ended_at if step.ended_at is not None else step.wake_at),
+            "finished": step.status == "success",
+            "error": error,
+        }
+    if step.kind == "wait":
+        return {
+            "name": name,
+            "type": "waitForEvent",
+            "start": iso(step.started_at),
+            "end": iso(step.ended_at),
+            "finished": step.status in ("success", "timeout"),
+            "timeout_at": iso(step.wake_at) if step.status == "waiting" else None,
+            "error": error,
+            "output": _decode(step.result) if step.status == "success" else None,
+            "event_type": step.event_type,
+        }
+    config = json.loads(step.config) if step.config else {}
+    sensitive = config.get("sensitive") == "output"
+    output = None
+    if step.status == "success":
+        output = REDACTED if sensitive else _decode(step.result)
+    return {
+        "name": name,
+        "type": "step",
+        "start": iso(step.started_at),
+        "end": iso(step.ended_at),
+        "success": True if step.status == "success" else False if step.status == "error" else None,
+        "attempts": [
+            {
+                "start": iso(a.start),
+                "end": iso(a.end),
+                "success": a.success,
+                "error": _error(a.error_name, a.error_message),
+            }
+            for a in step.attempts
+        ],
+        "config": config,
+        "output": output,
+        "retries_at": iso(step.wake_at) if step.status == "retrying" else None,
+    }
+
+
+def instance_details(
+    rec: InstanceRecord, steps: list[StepRecord], *, order: str = "asc", simple: bool = False
+) -> dict[str, Any]:
+    """The instance details document (``GET .../instances/{id}``)."""
+    entries = [step_entry(s) for s in sorted(steps, key=lambda s: s.seq)]
+    if rec.status == "terminated":
+        entries.append({"type": "termination", "trigger": {"source": "api"}, "start": iso(rec.terminated_at)})
+    if order == "desc":
+        entries.reverse()
+    doc: dict[str, Any] = {
+        "id": rec.id,
+        "workflow": rec.workflow,
+        "status": rec.status,
+        "params": _decode(rec.params),
+        "trigger": {"source": rec.trigger_source},
+        "versionId": rec.version_id,
+        "queued": iso(rec.created_on),
+        "start": iso(rec.started_on),
+        "end": iso(rec.ended_on),
+        "success": True if rec.status == "complete" else False if rec.status == "errored" else None,
+        "error": _error(rec.error_name, rec.error_message),
+        "output": _decode(rec.output),
+        "step_count": len(entries),
+        "rollback": None,
+        "waiting_for": json.loads(rec.waiting_for) if rec.waiting_for and rec.status == "waiting" else None,
+    }
+    if rec.schedule:
+        doc["schedule"] = _decode(rec.schedule)
+    if not simple:
+        doc["steps"] = entries
+    return doc

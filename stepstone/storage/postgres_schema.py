@@ -1,0 +1,127 @@
+"""The PostgreSQL schema, version by version, and the migration that applies it.
+
+Columns and row shapes match the SQLite backend one for one (times are epoch seconds in ``double precision``),
+so both share the row mappers of :mod:`stepstone.storage.sqlite_schema`.
+"""
+
+from __future__ import annotations
+
+from typing import Final
+
+from psycopg import AsyncConnection, sql
+
+from stepstone.errors import SchemaVersionError
+
+MIGRATIONS: Final[tuple[str, ...]] = (
+    # version 1
+    """
+    CREATE TABLE workflows (
+        name TEXT PRIMARY KEY,
+        class_name TEXT NOT NULL,
+        script_name TEXT NOT NULL,
+        version_id TEXT NOT NULL,
+        created_on DOUBLE PRECISION NOT NULL,
+        modified_on DOUBLE PRECISION NOT NULL,
+        triggered_on DOUBLE PRECISION,
+        config TEXT NOT NULL DEFAULT '{}'
+    );
+    CREATE TABLE instances (
+        pk BIGSERIAL PRIMARY KEY,
+        workflow TEXT NOT NULL,
+        id TEXT NOT NULL,
+        status TEXT NOT NULL,
+        params TEXT NOT NULL,
+        created_on DOUBLE PRECISION NOT NULL,
+        modified_on DOUBLE PRECISION NOT NULL,
+        output TEXT,
+        error_name TEXT,
+        error_message TEXT,
+        started_on DOUBLE PRECISION,
+        ended_on DOUBLE PRECISION,
+        runnable_at DOUBLE PRECISION,
+        waiting_for TEXT,
+        paused_at DOUBLE PRECISION,
+        generation INTEGER NOT NULL DEFAULT 0,
+        lease_owner TEXT,
+        lease_token TEXT,
+        lease_expires_at DOUBLE PRECISION,
+        trigger_source TEXT NOT NULL DEFAULT 'api',
+        version_id TEXT NOT NULL DEFAULT '',
+        schedule TEXT,
+        success_retention_ms DOUBLE PRECISION,
+        error_retention_ms DOUBLE PRECISION,
+        expires_at DOUBLE PRECISION,
+        terminated_at DOUBLE PRECISION,
+        wait_types TEXT,
+        UNIQUE (workflow, id)
+    );
+    CREATE INDEX instances_runnable ON instances (runnable_at) WHERE runnable_at IS NOT NULL;
+    CREATE INDEX instances_leased ON instances (lease_expires_at) WHERE lease_expires_at IS NOT NULL;
+    CREATE INDEX instances_by_created ON instances (workflow, created_on);
+    CREATE INDEX instances_expiring ON instances (expires_at) WHERE expires_at IS NOT NULL;
+    CREATE INDEX instances_running ON instances (workflow) WHERE status IN ('running', 'waitingForPause');
+    CREATE TABLE steps (
+        instance_pk BIGINT NOT NULL,
+        key TEXT NOT NULL,
+        kind TEXT NOT NULL,
+        name TEXT NOT NULL,
+        count INTEGER NOT NULL,
+        seq INTEGER NOT NULL,
+        status TEXT NOT NULL,
+        started_at DOUBLE PRECISION NOT NULL,
+        ended_at DOUBLE PRECISION,
+        wake_at DOUBLE PRECISION,
+        result TEXT,
+        error_name TEXT,
+        error_message TEXT,
+        config TEXT,
+        attempts TEXT,
+        event_type TEXT,
+        PRIMARY KEY (instance_pk, key)
+    );
+    CREATE TABLE events (
+        pk BIGSERIAL PRIMARY KEY,
+        instance_pk BIGINT NOT NULL,
+        type TEXT NOT NULL,
+        payload TEXT NOT NULL,
+        received_at DOUBLE PRECISION NOT NULL,
+        consumed_by TEXT
+    );
+    CREATE INDEX events_by_instance ON events (instance_pk, pk);
+    """,
+)
+SCHEMA_VERSION: Final = len(MIGRATIONS)
+
+# Any constant shared by every stepstone process: migrations of one schema never run concurrently.
+_MIGRATION_LOCK: Final = 0x5354_4550
+
+
+async def migrate(conn: AsyncConnection[tuple[object, ...]], schema: str | None) -> int:
+    """Bring the schema to :data:`SCHEMA_VERSION` in one transaction; returns the version found before.
+
+    Raises:
+        SchemaVersionError: the database was migrated by a newer stepstone.
+    """
+    async with conn.transaction():
+        await conn.execute("SELECT pg_advisory_xact_lock(%s)", (_MIGRATION_LOCK,))
+        if schema is not None:
+            await conn.execute(sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(sql.Identifier(schema)))
+        await conn.execute("CREATE TABLE IF NOT EXISTS stepstone_meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)")
+        cur = await conn.execute("SELECT value FROM stepstone_meta WHERE key = 'schema_version'")
+        row = await cur.fetchone()
+        current = int(str(row[0])) if row else 0
+        if current > SCHEMA_VERSION:
+            raise SchemaVersionError(
+                f"database schema version {current} is newer than this stepstone supports "
+                f"({SCHEMA_VERSION}); upgrade stepstone"
+            )
+        for version in range(current + 1, SCHEMA_VERSION + 1):
+            for statement in MIGRATIONS[version - 1].split(";"):
+                if statement.strip():
+                    await conn.execute(statement)  # type: ignore[call-overload]
+        await conn.execute(
+            "INSERT INTO stepstone_meta (key, value) VALUES ('schema_version', %s) "
+            "ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+            (str(SCHEMA_VERSION),),
+        )
+    return current

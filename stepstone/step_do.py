@@ -12,7 +12,7 @@ import importlib
 import inspect
 import json
 from collections.abc import Awaitable, Callable, Mapping
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from stepstone import codec
 from stepstone.clock import SystemClock
@@ -33,8 +33,20 @@ from stepstone.models import Attempt, StepRecord, step_key
 from stepstone.retry import StepConfig, retry_delay_ms, will_retry
 from stepstone.run_state import RunState, WakeReason
 
-if TYPE_CHECKING:
-    from stepstone.step import WorkflowStep
+
+class StepHost(Protocol):
+    """What a declared step needs from ``step``: start a step, and find an earlier declared one."""
+
+    def call(
+        self,
+        name: str,
+        fn: Callable[..., Any],
+        config: Mapping[str, object] | StepConfig | None,
+        kwargs: dict[str, Any] | None = None,
+    ) -> Awaitable[Any]: ...
+
+    def declared(self, name: str) -> StepCallable | None: ...
+
 
 DELAY_FN_TIMEOUT_S = 5.0
 
@@ -207,6 +219,7 @@ async def run_do(
             assert last.end is not None
             rec.status = "retrying"
             rec.wake_at = last.end + retry_delay_ms(config.retries, len(rec.attempts)) / 1000
+            await state.write(rec)
     else:
         rec = StepRecord(
             key,
@@ -297,7 +310,7 @@ class StepCallable:
 
     def __init__(
         self,
-        step: WorkflowStep,
+        step: StepHost,
         name: str,
         fn: Callable[..., Any],
         config: Mapping[str, object] | StepConfig | None,

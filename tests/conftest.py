@@ -1,7 +1,10 @@
-"""Shared fixtures: a fresh SQLite database file per test."""
+"""Shared fixtures: a fresh SQLite database file, or a fresh PostgreSQL database, per test."""
 
 from __future__ import annotations
 
+import os
+import uuid
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -11,3 +14,32 @@ import pytest
 def db_url(tmp_path: Path) -> str:
     """A SQLite URL for a new file in this test's temporary directory."""
     return f"sqlite:///{tmp_path / 'stepstone.db'}"
+
+
+def _postgres_server() -> str:
+    return os.environ.get("STEPSTONE_TEST_POSTGRES", "postgresql://postgres@127.0.0.1:5432/test")
+
+
+@pytest.fixture
+def postgres_url() -> Iterator[str]:
+    """A fresh, empty PostgreSQL database for this test (dropped afterwards).
+
+    Skips when no server answers at ``STEPSTONE_TEST_POSTGRES`` (default the ``test`` database on
+    127.0.0.1:5432); fails instead when ``CI=true``, so CI never silently skips the PostgreSQL suite.
+    """
+    psycopg = pytest.importorskip("psycopg")
+    admin_url = _postgres_server()
+    try:
+        admin = psycopg.connect(admin_url, autocommit=True, connect_timeout=3)
+    except psycopg.Error as exc:
+        reason = f"no PostgreSQL server at {admin_url} ({exc}); set STEPSTONE_TEST_POSTGRES"
+        if os.environ.get("CI", "").lower() == "true":
+            pytest.fail(f"CI=true and {reason}")
+        pytest.skip(reason)
+    name = f"stepstone_t_{uuid.uuid4().hex[:12]}"
+    with admin:
+        admin.execute(f'CREATE DATABASE "{name}"')
+        try:
+            yield admin_url.rsplit("/", 1)[0] + "/" + name
+        finally:
+            admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')

@@ -7,7 +7,8 @@ terminated or restarted) with :class:`~stepstone.errors.FencedError`.
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Sequence
+import json
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -42,6 +43,16 @@ class ClaimResult:
     next_due: float | None
 
 
+def concurrency_limit(config: str) -> int | None:
+    """A workflow's ``{"concurrency": {"limit": N}}`` from its config JSON: at most N instances of it run at
+    once across all workers (waiting ones do not count); None when unset or malformed."""
+    try:
+        value = json.loads(config or "{}").get("concurrency", {}).get("limit")
+    except (ValueError, AttributeError):
+        return None
+    return value if isinstance(value, int) and not isinstance(value, bool) and value >= 0 else None
+
+
 class Storage(Protocol):
     """What the engine needs from a database."""
 
@@ -53,6 +64,14 @@ class Storage(Protocol):
 
     async def close(self) -> None:
         """Flush pending writes and disconnect."""
+        ...
+
+    async def subscribe(self, on_signal: Callable[[int, str], None]) -> None:
+        """Call ``on_signal(pk, kind)`` when another process touches an instance: ``new`` (pk 0 for a
+        create: something may be runnable), ``pause``, ``resume``, ``abort`` (terminate, restart, delete).
+
+        Returns at once; backends without cross-process signals do nothing (workers poll).
+        """
         ...
 
     # -- workflows ------------------------------------------------------------------------------------
@@ -107,7 +126,11 @@ class Storage(Protocol):
     async def claim(
         self, *, owner: str, now: float, lease_seconds: float, limit: int, workflows: Sequence[str]
     ) -> ClaimResult:
-        """Lease up to ``limit`` runnable instances of these workflows, earliest due first."""
+        """Lease up to ``limit`` runnable instances of these workflows, earliest due first.
+
+        A workflow whose config sets a concurrency limit (:func:`concurrency_limit`) never has more than that
+        many instances ``running`` or ``waitingForPause`` under live leases, counted across all workers.
+        """
         ...
 
     async def renew(self, *, leases: Sequence[Lease], until: float) -> dict[int, LeaseState]:

@@ -118,7 +118,7 @@ async def migrate(conn: AsyncConnection[tuple[object, ...]], schema: str | None)
         for version in range(current + 1, SCHEMA_VERSION + 1):
             for statement in MIGRATIONS[version - 1].split(";"):
                 if statement.strip():
-                    await conn.execute(statement)  # type: ignore[call-overload]
+                    await conn.execute(statement)
         await conn.execute(
             "INSERT INTO stepstone_meta (key, value) VALUES ('schema_version', %s) "
             "ON CONFLICT (key) DO UPDATE SET value = excluded.value",

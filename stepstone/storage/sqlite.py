@@ -34,7 +34,7 @@ from stepstone.models import (
     StepRef,
     WorkflowRecord,
 )
-from stepstone.storage.base import ClaimResult, InstancePage
+from stepstone.storage.base import ClaimResult, InstancePage, concurrency_limit
 from stepstone.storage.sqlite_schema import (
     INSTANCE_COLUMNS,
     STEP_COLUMNS,
@@ -141,6 +141,10 @@ class SQLiteStorage:
             for conn in self._reader_conns:
                 conn.close()
             self._reader_conns.clear()
+
+    async def subscribe(self, on_signal: Callable[[int, str], None]) -> None:
+        """No cross-process signals on SQLite: workers on the same file poll."""
+        return None
 
     # -- workflows ------------------------------------------------------------------------------------
     async def put_workflow(self, record: WorkflowRecord) -> WorkflowRecord:
@@ -354,12 +358,7 @@ class SQLiteStorage:
         def op(conn: Conn) -> ClaimResult:
             claims: list[Claim] = []
             if limit > 0 and workflows:
-                rows = conn.execute(
-                    "SELECT pk, status FROM instances WHERE runnable_at <= ? "
-                    "AND (lease_expires_at IS NULL OR lease_expires_at < ?) "
-                    f"AND workflow IN ({marks}) ORDER BY runnable_at LIMIT ?",
-                    (now, now, *workflows, limit),
-                ).fetchall()
+                rows = _candidates(conn, now, limit, workflows)
                 for pk, status in rows:
                     if status == "waitingForPause":
                         conn.execute(
@@ -673,6 +672,36 @@ class SQLiteStorage:
     def commit_stats(self) -> tuple[int, int]:
         """(commits, writes) made by the writer so far: writes per commit shows group commit at work."""
         return self._writer.commits, self._writer.writes
+
+
+def _candidates(conn: Conn, now: float, limit: int, workflows: Sequence[str]) -> list[tuple[int, str]]:
+    """Due, unleased instances; a workflow with a concurrency limit gets at most its free slots."""
+    marks = ", ".join("?" * len(workflows))
+    limits: dict[str, int] = {}
+    for name, config in conn.execute(f"SELECT name, config FROM workflows WHERE name IN ({marks})", (*workflows,)):
+        if (lim := concurrency_limit(config)) is not None:
+            limits[name] = lim
+    groups: list[tuple[Sequence[str], int]] = []
+    free = [w for w in workflows if w not in limits]
+    if free:
+        groups.append((free, limit))
+    for name, lim in sorted(limits.items()):
+        (running,) = conn.execute(
+            "SELECT COUNT(*) FROM instances WHERE workflow = ? AND status IN ('running', 'waitingForPause') "
+            "AND lease_expires_at >= ?",
+            (name, now),
+        ).fetchone()
+        if lim - running > 0:
+            groups.append(([name], min(limit, lim - running)))
+    rows: list[tuple[float, int, str]] = []
+    for names, size in groups:
+        rows += conn.execute(
+            "SELECT runnable_at, pk, status FROM instances WHERE runnable_at <= ? "
+            "AND (lease_expires_at IS NULL OR lease_expires_at < ?) "
+            f"AND workflow IN ({', '.join('?' * len(names))}) ORDER BY runnable_at LIMIT ?",
+            (now, now, *names, size),
+        ).fetchall()
+    return [(pk, status) for _, pk, status in sorted(rows)[:limit]]
 
 
 async def _done() -> None:

@@ -1,0 +1,810 @@
+"""The PostgreSQL backend: many workers on many machines sharing one database.
+
+Semantics are the SQLite backend's, statement for statement; what differs is how they are made safe under
+concurrency:
+
+- claims pick rows with ``FOR UPDATE SKIP LOCKED``, so racing workers never wait on or share an instance;
+- every fenced write locks the instance row while it checks the lease token, and every control operation
+  locks it first, so a write and a terminate/restart never interleave;
+- a workflow with a concurrency limit serialises its claims on its ``workflows`` row before counting;
+- control operations ``pg_notify`` the change in their transaction; :meth:`PostgresStorage.subscribe`
+  ``LISTEN``\\s on a dedicated connection and reconnects with backoff;
+- transient failures (server restart, dropped connection, deadlock) are retried for ``retry_for`` seconds.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any, TypeVar
+
+import psycopg
+from psycopg import sql
+from psycopg_pool import AsyncConnectionPool
+
+from stepstone.errors import (
+    FencedError,
+    InstanceExistsError,
+    InstanceNotFoundError,
+    InvalidStateError,
+    StorageError,
+)
+from stepstone.models import (
+    FINISHED,
+    Claim,
+    EventRecord,
+    InstanceRecord,
+    Lease,
+    LeaseState,
+    NewInstance,
+    StepRecord,
+    StepRef,
+    WorkflowRecord,
+)
+from stepstone.storage.base import ClaimResult, InstancePage, concurrency_limit
+from stepstone.storage.postgres_schema import migrate
+from stepstone.storage.postgres_writer import Conn, GroupWriter, Transactor
+from stepstone.storage.sqlite_schema import (
+    INSTANCE_COLUMNS,
+    STEP_COLUMNS,
+    WORKFLOW_COLUMNS,
+    event_from_row,
+    instance_from_row,
+    step_from_row,
+    step_to_row,
+    workflow_from_row,
+)
+
+T = TypeVar("T")
+log = logging.getLogger("stepstone.storage.postgres")
+
+_KIND_OF_TYPE = {"do": "do", "sleep": "sleep", "waitForEvent": "wait"}
+_STEP_FIELDS = STEP_COLUMNS.split(", ")
+# The fence and the write in one statement: the CTE locks the instance row only if the token still matches.
+_STEP_UPSERT = (
+    "WITH fence AS (SELECT pk FROM instances WHERE pk = %s AND lease_token = %s FOR UPDATE) "
+    f"INSERT INTO steps (instance_pk, {STEP_COLUMNS}) SELECT fence.pk, "
+    + ", ".join(["%s"] * len(_STEP_FIELDS))
+    + " FROM fence ON CONFLICT (instance_pk, key) DO UPDATE SET "
+    + ", ".join(f"{c} = excluded.{c}" for c in _STEP_FIELDS if c != "key")
+)
+_RELEASE = "lease_owner = NULL, lease_token = NULL, lease_expires_at = NULL"
+
+
+class PostgresStorage:
+    """Storage on PostgreSQL.
+
+    Args:
+        url: ``postgresql://user:password@host:port/dbname``.
+        schema: keep the tables in this schema (created if missing) instead of the connection's default;
+            signals then use the channel ``stepstone:<schema>`` instead of ``stepstone``.
+        min_size: connections the pool keeps open.
+        max_size: connections the pool opens at most.
+        retry_for: how long to keep retrying while the server is unreachable before raising StorageError.
+    """
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        schema: str | None = None,
+        min_size: int = 1,
+        max_size: int = 10,
+        retry_for: float = 60.0,
+    ) -> None:
+        self.url = url
+        self.schema = schema
+        self.channel = "stepstone" if schema is None else f"stepstone:{schema}"
+        self._kwargs: dict[str, Any] = {"autocommit": False}
+        if schema is not None:
+            self._kwargs["options"] = f"-c search_path={schema}"
+        self._pool: AsyncConnectionPool[Conn] = AsyncConnectionPool(
+            url, min_size=min_size, max_size=max_size, kwargs=self._kwargs, open=False, timeout=5.0
+        )
+        self._tx = Transactor(self._pool, retry_for=retry_for)
+        self._writer = GroupWriter(self._tx)
+        self._listener: asyncio.Task[None] | None = None
+        self._open = False
+
+    # -- lifecycle ------------------------------------------------------------------------------------
+    async def open(self) -> None:
+        """Connect, create or migrate the schema (refusing a newer one), start the writer."""
+        try:
+            async with await psycopg.AsyncConnection.connect(self.url, **self._kwargs) as conn:
+                await migrate(conn, self.schema)
+            await self._pool.open(wait=True, timeout=30.0)
+        except psycopg.Error as exc:
+            raise StorageError(f"cannot open PostgreSQL database {_redact(self.url)}: {exc}") from exc
+        except Exception as exc:
+            if isinstance(exc, StorageError):
+                raise
+            raise StorageError(f"cannot open PostgreSQL database {_redact(self.url)}: {exc}") from exc
+        self._writer.start()
+        self._open = True
+
+    async def close(self) -> None:
+        """Commit queued writes, stop listening, close the pool."""
+        if not self._open:
+            return
+        self._open = False
+        await self._writer.stop()
+        if self._listener is not None:
+            self._listener.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._listener
+            self._listener = None
+        await self._pool.close()
+
+    async def subscribe(self, on_signal: Callable[[int, str], None]) -> None:
+        """``LISTEN`` for control operations of every process; reconnects with backoff."""
+        if self._listener is None:
+            self._listener = asyncio.create_task(self._listen(on_signal), name="stepstone-pg-listen")
+
+    async def _listen(self, on_signal: Callable[[int, str], None]) -> None:
+        delay = 0.05
+        connected_once = False
+        while True:
+            try:
+                async with await psycopg.AsyncConnection.connect(self.url, autocommit=True) as conn:
+                    await conn.execute(sql.SQL("LISTEN {}").format(sql.Identifier(self.channel)))
+                    delay = 0.05
+                    if connected_once:
+                        on_signal(0, "new")  # notifications sent while we were away are lost: look now
+                    connected_once = True
+                    async for note in conn.notifies():
+                        pk_text, _, kind = note.payload.partition(":")
+                        if pk_text.isdigit() and kind:
+                            on_signal(int(pk_text), kind)
+            except psycopg.Error as exc:
+                log.warning("LISTEN connection lost (%s); reconnecting in %.2fs", exc, delay)
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 2.0)
+
+    async def _notify(self, conn: Conn, pk: int, kind: str) -> None:
+        await conn.execute("SELECT pg_notify(%s, %s)", (self.channel, f"{pk}:{kind}"))
+
+    async def _run(self, fn: Callable[[Conn], Awaitable[T]], *, idempotent: bool = True) -> T:
+        return await self._tx.run(fn, idempotent=idempotent)
+
+    # -- workflows ------------------------------------------------------------------------------------
+    async def put_workflow(self, record: WorkflowRecord) -> WorkflowRecord:
+        """Create or update a workflow."""
+
+        async def op(conn: Conn) -> WorkflowRecord:
+            await conn.execute(
+                f"INSERT INTO workflows ({WORKFLOW_COLUMNS}) VALUES (%s, %s, %s, %s, %s, %s, %s, %s) "
+                "ON CONFLICT (name) DO NOTHING",
+                (
+                    record.name,
+                    record.class_name,
+                    record.script_name,
+                    record.version_id,
+                    record.created_on,
+                    record.modified_on,
+                    record.triggered_on,
+                    record.config,
+                ),
+            )
+            old = workflow_from_row(
+                await _one(conn, f"SELECT {WORKFLOW_COLUMNS} FROM workflows WHERE name = %s FOR UPDATE", record.name)
+            )
+            if (old.class_name, old.script_name, old.config) == (record.class_name, record.script_name, record.config):
+                return old
+            row = await _one(
+                conn,
+                "UPDATE workflows SET class_name = %s, script_name = %s, version_id = %s, modified_on = %s, "
+                f"config = %s WHERE name = %s RETURNING {WORKFLOW_COLUMNS}",
+                record.class_name,
+                record.script_name,
+                record.version_id,
+                record.modified_on,
+                record.config,
+                record.name,
+            )
+            return workflow_from_row(row)
+
+        return await self._run(op)
+
+    async def get_workflow(self, name: str) -> WorkflowRecord | None:
+        """One workflow, or None."""
+        row = await self._run(lambda c: _maybe(c, f"SELECT {WORKFLOW_COLUMNS} FROM workflows WHERE name = %s", name))
+        return workflow_from_row(row) if row else None
+
+    async def list_workflows(self) -> list[WorkflowRecord]:
+        """All workflows, oldest first."""
+        rows = await self._run(lambda c: _all(c, f"SELECT {WORKFLOW_COLUMNS} FROM workflows ORDER BY created_on, name"))
+        return [workflow_from_row(r) for r in rows]
+
+    async def delete_workflow(self, name: str) -> bool:
+        """Delete a workflow and its instances."""
+
+        async def op(conn: Conn) -> bool:
+            rows = await _all(conn, "SELECT pk FROM instances WHERE workflow = %s ORDER BY pk FOR UPDATE", name)
+            await self._delete_pks(conn, [r[0] for r in rows])
+            cur = await conn.execute("DELETE FROM workflows WHERE name = %s", (name,))
+            return cur.rowcount > 0
+
+        return await self._run(op)
+
+    async def count_by_status(self, workflow: str) -> dict[str, int]:
+        """Instances of the workflow per status."""
+        rows = await self._run(
+            lambda c: _all(c, "SELECT status, COUNT(*) FROM instances WHERE workflow = %s GROUP BY status", workflow)
+        )
+        return {status: int(count) for status, count in rows}
+
+    # -- instances ------------------------------------------------------------------------------------
+    async def create_instances(self, rows: Sequence[NewInstance], *, skip_existing: bool) -> list[InstanceRecord]:
+        """Insert instances, runnable now."""
+
+        async def op(conn: Conn) -> list[InstanceRecord]:
+            created: list[InstanceRecord] = []
+            touched: set[str] = set()
+            for new in rows:
+                expired = await _maybe(
+                    conn,
+                    "SELECT pk FROM instances WHERE workflow = %s AND id = %s AND expires_at <= %s FOR UPDATE",
+                    new.workflow,
+                    new.id,
+                    new.created_on,
+                )
+                if expired:
+                    await self._delete_pks(conn, [expired[0]])
+                row = await _maybe(
+                    conn,
+                    "INSERT INTO instances (workflow, id, status, params, created_on, modified_on, "
+                    "runnable_at, trigger_source, version_id, schedule, success_retention_ms, "
+                    "error_retention_ms) VALUES (%s, %s, 'queued', %s, %s, %s, %s, %s, %s, %s, %s, %s) "
+                    f"ON CONFLICT (workflow, id) DO NOTHING RETURNING {INSTANCE_COLUMNS}",
+                    new.workflow,
+                    new.id,
+                    new.params,
+                    new.created_on,
+                    new.created_on,
+                    new.created_on,
+                    new.trigger_source,
+                    new.version_id,
+                    new.schedule,
+                    new.success_retention_ms,
+                    new.error_retention_ms,
+                )
+                if row is None:
+                    if not skip_existing:
+                        raise InstanceExistsError(
+                            f"instance {new.id!r} already exists in workflow {new.workflow!r}; "
+                            "use restart() to run it again"
+                        )
+                    continue
+                created.append(instance_from_row(row))
+                touched.add(new.workflow)
+            for name in sorted(touched):
+                await conn.execute("UPDATE workflows SET triggered_on = %s WHERE name = %s", (rows[0].created_on, name))
+            if created:
+                await self._notify(conn, 0, "new")
+            return created
+
+        # A repeat after an unknown commit would report our own instances as existing.
+        return await self._run(op, idempotent=skip_existing)
+
+    async def get_instance(self, workflow: str, instance_id: str) -> InstanceRecord | None:
+        """One instance, or None."""
+        row = await self._run(
+            lambda c: _maybe(
+                c, f"SELECT {INSTANCE_COLUMNS} FROM instances WHERE workflow = %s AND id = %s", workflow, instance_id
+            )
+        )
+        return instance_from_row(row) if row else None
+
+    async def list_instances(
+        self,
+        workflow: str,
+        *,
+        status: str | None = None,
+        limit: int = 50,
+        offset: int = 0,
+        newest_first: bool = True,
+        created_after: float | None = None,
+        created_before: float | None = None,
+    ) -> InstancePage:
+        """A page of instances by creation time."""
+        where = ["workflow = %s"]
+        params: list[object] = [workflow]
+        for clause, value in (
+            ("status = %s", status),
+            ("created_on >= %s", created_after),
+            ("created_on <= %s", created_before),
+        ):
+            if value is not None:
+                where.append(clause)
+                params.append(value)
+        cond = " AND ".join(where)
+        order = "DESC" if newest_first else "ASC"
+
+        async def read(c: Conn) -> InstancePage:
+            total = (await _one(c, f"SELECT COUNT(*) FROM instances WHERE {cond}", *params))[0]
+            rows = await _all(
+                c,
+                f"SELECT {INSTANCE_COLUMNS} FROM instances WHERE {cond} "
+                f"ORDER BY created_on {order}, pk {order} LIMIT %s OFFSET %s",
+                *params,
+                limit,
+                offset,
+            )
+            return InstancePage([instance_from_row(r) for r in rows], int(total))
+
+        return await self._run(read)
+
+    async def load_history(self, pk: int) -> tuple[list[StepRecord], list[EventRecord]]:
+        """Steps by first start and unconsumed events, from one snapshot."""
+
+        async def read(c: Conn) -> tuple[list[StepRecord], list[EventRecord]]:
+            await c.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ READ ONLY")
+            steps = await _all(c, f"SELECT {STEP_COLUMNS} FROM steps WHERE instance_pk = %s ORDER BY seq", pk)
+            events = await _all(
+                c,
+                "SELECT pk, type, payload, received_at, consumed_by FROM events "
+                "WHERE instance_pk = %s AND consumed_by IS NULL ORDER BY pk",
+                pk,
+            )
+            return [step_from_row(r) for r in steps], [event_from_row(r) for r in events]
+
+        return await self._run(read)
+
+    # -- the worker's side ----------------------------------------------------------------------------
+    async def claim(
+        self, *, owner: str, now: float, lease_seconds: float, limit: int, workflows: Sequence[str]
+    ) -> ClaimResult:
+        """Lease runnable instances, earliest due first, skipping rows other claimers hold."""
+        names = list(workflows)
+
+        async def op(conn: Conn) -> ClaimResult:
+            claims: list[Claim] = []
+            if limit > 0 and names:
+                rows = await self._candidates(conn, now=now, limit=limit, names=names)
+                pausing = [pk for pk, status, _ in rows if status == "waitingForPause"]
+                runnable = [pk for pk, status, _ in rows if status != "waitingForPause"]
+                if pausing:
+                    await conn.execute(
+                        f"UPDATE instances SET status = 'paused', paused_at = %s, runnable_at = NULL, {_RELEASE}, "
+                        "modified_on = %s WHERE pk = ANY(%s)",
+                        (now, now, pausing),
+                    )
+                if runnable:
+                    claimed = await _all(
+                        conn,
+                        "UPDATE instances SET status = 'running', lease_owner = %s, "
+                        "lease_token = replace(gen_random_uuid()::text, '-', ''), lease_expires_at = %s, "
+                        "started_on = COALESCE(started_on, %s), modified_on = %s, waiting_for = NULL, "
+                        f"wait_types = NULL WHERE pk = ANY(%s) RETURNING {INSTANCE_COLUMNS}",
+                        owner,
+                        now + lease_seconds,
+                        now,
+                        now,
+                        runnable,
+                    )
+                    for record in sorted(map(instance_from_row, claimed), key=lambda r: (r.runnable_at, r.pk)):
+                        assert record.lease_token is not None
+                        claims.append(Claim(record, Lease(record.pk, record.lease_token, record.generation)))
+            next_due = None
+            if names:
+                due, expiring = await _one(
+                    conn,
+                    "SELECT (SELECT MIN(runnable_at) FROM instances WHERE runnable_at > %s AND workflow = ANY(%s)), "
+                    "(SELECT MIN(lease_expires_at) FROM instances WHERE lease_expires_at IS NOT NULL "
+                    "AND lease_owner != %s AND workflow = ANY(%s))",
+                    now,
+                    names,
+                    owner,
+                    names,
+                )
+                candidates = [t for t in (due, expiring) if t is not None]
+                next_due = min(candidates) if candidates else None
+            return ClaimResult(claims, next_due)
+
+        return await self._run(op)
+
+    async def _candidates(self, conn: Conn, *, now: float, limit: int, names: list[str]) -> list[tuple[Any, ...]]:
+        """Due, unleased rows to claim, locked; at most each limited workflow's free slots."""
+        configs = await _all(conn, "SELECT name, config FROM workflows WHERE name = ANY(%s)", names)
+        limits = {name: lim for name, config in configs if (lim := concurrency_limit(config)) is not None}
+        free = [n for n in names if n not in limits]
+        groups: list[tuple[list[str], int]] = [(free, limit)] if free else []
+        if limits:
+            limited = sorted(limits)
+            # Claims of a limited workflow take turns on its row, so counts never race.
+            await conn.execute("SELECT name FROM workflows WHERE name = ANY(%s) ORDER BY name FOR UPDATE", (limited,))
+            running = dict(
+                await _all(
+                    conn,
+                    "SELECT workflow, COUNT(*) FROM instances WHERE workflow = ANY(%s) "
+                    "AND status IN ('running', 'waitingForPause') AND lease_expires_at >= %s GROUP BY workflow",
+                    limited,
+                    now,
+                )
+            )
+            for name in limited:
+                slots = min(limit, limits[name] - int(running.get(name, 0)))
+                if slots > 0:
+                    groups.append(([name], slots))
+        rows: list[tuple[Any, ...]] = []
+        for group, size in groups:
+            rows += await _all(
+                conn,
+                "SELECT pk, status, runnable_at FROM instances WHERE runnable_at <= %s "
+                "AND (lease_expires_at IS NULL OR lease_expires_at < %s) AND workflow = ANY(%s) "
+                "ORDER BY runnable_at LIMIT %s FOR UPDATE SKIP LOCKED",
+                now,
+                now,
+                group,
+                size,
+            )
+        rows.sort(key=lambda r: (r[2], r[0]))
+        return rows[:limit]
+
+    async def renew(self, *, leases: Sequence[Lease], until: float) -> dict[int, LeaseState]:
+        """Extend leases and report on each."""
+        ordered = sorted(leases, key=lambda lease: lease.pk)
+
+        async def op(conn: Conn) -> dict[int, LeaseState]:
+            # Rows are locked in pk order, the order every multi-row writer uses, so renewals never deadlock.
+            rows = await _all(
+                conn,
+                "WITH l AS (SELECT pk, token FROM unnest(%s::bigint[], %s::text[]) AS l(pk, token)), "
+                "locked AS (SELECT i.pk FROM instances i JOIN l ON i.pk = l.pk ORDER BY i.pk FOR UPDATE OF i), "
+                "renewed AS (UPDATE instances i SET lease_expires_at = %s FROM l "
+                "WHERE i.pk = l.pk AND i.lease_token = l.token AND i.pk IN (SELECT pk FROM locked) "
+                "RETURNING i.pk) "
+                "SELECT i.pk, i.status, i.pk IN (SELECT pk FROM renewed) FROM instances i JOIN l ON i.pk = l.pk",
+                [lease.pk for lease in ordered],
+                [lease.token for lease in ordered],
+                until,
+            )
+            found = {pk: (status, held) for pk, status, held in rows}
+            return {
+                lease.pk: LeaseState(bool(found[lease.pk][1]), found[lease.pk][0])
+                if lease.pk in found
+                else LeaseState(False, None)
+                for lease in ordered
+            }
+
+        return await self._run(op)
+
+    async def lease_owners(self) -> list[str]:
+        """Owners of leases that have not been released."""
+        rows = await self._run(
+            lambda c: _all(c, "SELECT DISTINCT lease_owner FROM instances WHERE lease_owner IS NOT NULL")
+        )
+        return [r[0] for r in rows]
+
+    async def release_owners(self, owners: Sequence[str]) -> int:
+        """Expire the leases of dead workers."""
+
+        async def op(conn: Conn) -> int:
+            cur = await conn.execute(
+                "UPDATE instances SET lease_expires_at = 0 WHERE lease_owner = ANY(%s)", (list(owners),)
+            )
+            return cur.rowcount
+
+        return await self._run(op)
+
+    def put_step(self, lease: Lease, step: StepRecord, *, durable: bool) -> Awaitable[None]:
+        """Insert or replace a step, fenced by the lease; group-committed."""
+        params = (lease.pk, lease.token, *step_to_row(lease.pk, step)[1:])
+
+        async def op(conn: Conn) -> None:
+            cur = await conn.execute(_STEP_UPSERT, params)
+            if cur.rowcount == 0:
+                raise FencedError(f"lease on instance {lease.pk} is no longer held")
+
+        fut = self._writer.submit(op, key=lease.pk, wait=durable)
+        if fut is None:
+            return _done()
+        return fut
+
+    async def consume_event(self, lease: Lease, step: StepRecord, event_pk: int) -> None:
+        """Record the wait step and consume its event atomically."""
+        params = step_to_row(lease.pk, step)
+
+        async def op(conn: Conn) -> None:
+            await _fence(conn, lease)
+            # Consumed by this very step already: a repeat after a commit we did not hear about.
+            cur = await conn.execute(
+                "UPDATE events SET consumed_by = %s WHERE pk = %s AND instance_pk = %s "
+                "AND (consumed_by IS NULL OR consumed_by = %s)",
+                (step.key, event_pk, lease.pk, step.key),
+            )
+            if not cur.rowcount:
+                raise FencedError(f"event {event_pk} was already consumed")
+            await conn.execute(_STEP_UPSERT, (lease.pk, lease.token, *params[1:]))
+
+        await self._writer.run(op, key=lease.pk)
+
+    async def suspend(
+        self, lease: Lease, *, now: float, wake_at: float | None, waiting_for: str, wait_types: Sequence[str]
+    ) -> str:
+        """Hibernate the instance."""
+        types = list(wait_types)
+
+        async def op(conn: Conn) -> str:
+            status = await _fence(conn, lease)
+            if status == "waitingForPause":
+                await _set_paused(conn, lease.pk, now)
+                return "paused"
+            runnable = wake_at
+            if types and await _maybe(
+                conn,
+                "SELECT 1 FROM events WHERE instance_pk = %s AND consumed_by IS NULL AND type = ANY(%s) LIMIT 1",
+                lease.pk,
+                types,
+            ):
+                runnable = now
+            await conn.execute(
+                "UPDATE instances SET status = 'waiting', runnable_at = %s, waiting_for = %s, wait_types = %s, "
+                f"{_RELEASE}, modified_on = %s WHERE pk = %s",
+                (runnable, waiting_for, "," + ",".join(types) + "," if types else None, now, lease.pk),
+            )
+            return "waiting"
+
+        result: str = await self._writer.run(op, key=lease.pk)
+        return result
+
+    async def pause_drained(self, lease: Lease, *, now: float) -> None:
+        """The pausing instance has drained: paused."""
+
+        async def op(conn: Conn) -> None:
+            await _fence(conn, lease)
+            await _set_paused(conn, lease.pk, now)
+
+        await self._writer.run(op, key=lease.pk)
+
+    async def finish(
+        self,
+        lease: Lease,
+        *,
+        now: float,
+        status: str,
+        output: str | None,
+        error_name: str | None,
+        error_message: str | None,
+        retention_ms: float,
+    ) -> None:
+        """End the instance."""
+
+        async def op(conn: Conn) -> None:
+            await _fence(conn, lease)
+            await conn.execute(
+                "UPDATE instances SET status = %s, output = %s, error_name = %s, error_message = %s, "
+                "ended_on = %s, modified_on = %s, runnable_at = NULL, waiting_for = NULL, wait_types = NULL, "
+                f"{_RELEASE}, expires_at = %s WHERE pk = %s",
+                (status, output, error_name, error_message, now, now, now + retention_ms / 1000, lease.pk),
+            )
+
+        await self._writer.run(op, key=lease.pk)
+
+    # -- lifecycle control ----------------------------------------------------------------------------
+    async def pause(self, workflow: str, instance_id: str, *, now: float) -> InstanceRecord:
+        """Request a pause."""
+
+        async def op(conn: Conn) -> InstanceRecord:
+            pk, status = await _find(conn, workflow, instance_id)
+            if status == "running":
+                await conn.execute(
+                    "UPDATE instances SET status = 'waitingForPause', modified_on = %s WHERE pk = %s", (now, pk)
+                )
+                await self._notify(conn, pk, "pause")
+            elif status in ("waiting", "queued"):
+                await _set_paused(conn, pk, now)
+            return await _get(conn, pk)
+
+        return await self._run(op)
+
+    async def resume(self, workflow: str, instance_id: str, *, now: float) -> InstanceRecord:
+        """Resume a paused or pausing instance."""
+
+        async def op(conn: Conn) -> InstanceRecord:
+            pk, status = await _find(conn, workflow, instance_id)
+            if status == "waitingForPause":
+                await conn.execute("UPDATE instances SET status = 'running', modified_on = %s WHERE pk = %s", (now, pk))
+                await self._notify(conn, pk, "resume")
+            elif status == "paused":
+                (paused_at,) = await _one(conn, "SELECT paused_at FROM instances WHERE pk = %s", pk)
+                shift = max(0.0, now - (paused_at or now))
+                await conn.execute(
+                    "UPDATE steps SET wake_at = wake_at + %s WHERE instance_pk = %s AND wake_at IS NOT NULL "
+                    "AND status IN ('waiting', 'retrying')",
+                    (shift, pk),
+                )
+                await conn.execute(
+                    "UPDATE instances SET status = 'queued', runnable_at = %s, paused_at = NULL, "
+                    "modified_on = %s WHERE pk = %s",
+                    (now, now, pk),
+                )
+                await self._notify(conn, pk, "resume")
+            return await _get(conn, pk)
+
+        return await self._run(op)
+
+    async def terminate(self, workflow: str, instance_id: str, *, now: float, retention_ms: float) -> InstanceRecord:
+        """Terminate now."""
+
+        async def op(conn: Conn) -> InstanceRecord:
+            pk, status = await _find(conn, workflow, instance_id)
+            if status in FINISHED:
+                raise InvalidStateError(
+                    f"cannot terminate instance {instance_id!r}: it is already {status} (a finished state)"
+                )
+            await conn.execute(
+                "UPDATE instances SET status = 'terminated', generation = generation + 1, runnable_at = NULL, "
+                f"waiting_for = NULL, wait_types = NULL, {_RELEASE}, ended_on = %s, terminated_at = %s, "
+                "modified_on = %s, expires_at = %s WHERE pk = %s",
+                (now, now, now, now + retention_ms / 1000, pk),
+            )
+            await self._notify(conn, pk, "abort")
+            return await _get(conn, pk)
+
+        return await self._run(op)
+
+    async def restart(
+        self, workflow: str, instance_id: str, *, now: float, from_step: StepRef | None
+    ) -> InstanceRecord:
+        """Restart fully or from a step."""
+
+        async def op(conn: Conn) -> InstanceRecord:
+            pk, _ = await _find(conn, workflow, instance_id)
+            if from_step is None:
+                await conn.execute("DELETE FROM steps WHERE instance_pk = %s", (pk,))
+                await conn.execute("DELETE FROM events WHERE instance_pk = %s", (pk,))
+            else:
+                rows = await _all(
+                    conn,
+                    "SELECT seq FROM steps WHERE instance_pk = %s AND kind = %s AND name = %s ORDER BY seq",
+                    pk,
+                    _KIND_OF_TYPE.get(from_step.type),
+                    from_step.name,
+                )
+                if from_step.count < 1 or len(rows) < from_step.count:
+                    raise InvalidStateError(
+                        f'cannot restart instance {instance_id!r}: step "{from_step.name}" '
+                        f"(type {from_step.type}, count {from_step.count}) not found in execution history"
+                    )
+                seq = rows[from_step.count - 1][0]
+                await conn.execute("DELETE FROM steps WHERE instance_pk = %s AND seq >= %s", (pk, seq))
+            await conn.execute(
+                "UPDATE instances SET status = 'queued', generation = generation + 1, runnable_at = %s, "
+                "output = NULL, error_name = NULL, error_message = NULL, started_on = NULL, ended_on = NULL, "
+                f"paused_at = NULL, waiting_for = NULL, wait_types = NULL, {_RELEASE}, expires_at = NULL, "
+                "terminated_at = NULL, modified_on = %s WHERE pk = %s",
+                (now, now, pk),
+            )
+            await self._notify(conn, pk, "abort")
+            return await _get(conn, pk)
+
+        return await self._run(op)
+
+    async def send_event(
+        self, workflow: str, instance_id: str, *, event_type: str, payload: str, now: float
+    ) -> EventRecord:
+        """Buffer an event and wake a waiter."""
+
+        async def op(conn: Conn) -> EventRecord:
+            pk, status = await _find(conn, workflow, instance_id)
+            if status in FINISHED:
+                raise InvalidStateError(f"cannot send event {event_type!r} to instance {instance_id!r}: it is {status}")
+            (event_pk,) = await _one(
+                conn,
+                "INSERT INTO events (instance_pk, type, payload, received_at) VALUES (%s, %s, %s, %s) RETURNING pk",
+                pk,
+                event_type,
+                payload,
+                now,
+            )
+            await conn.execute(
+                "UPDATE instances SET runnable_at = %s WHERE pk = %s AND status = 'waiting' "
+                "AND strpos(wait_types, %s) > 0",
+                (now, pk, f",{event_type},"),
+            )
+            await self._notify(conn, pk, "new")
+            return EventRecord(int(event_pk), event_type, payload, now)
+
+        # A repeat after an unknown commit would deliver the event twice.
+        return await self._run(op, idempotent=False)
+
+    async def delete_instances(self, workflow: str, ids: Sequence[str]) -> list[str]:
+        """Delete instances and their state."""
+
+        async def op(conn: Conn) -> list[str]:
+            rows = await _all(
+                conn,
+                "SELECT id, pk FROM instances WHERE workflow = %s AND id = ANY(%s) ORDER BY pk FOR UPDATE",
+                workflow,
+                list(dict.fromkeys(ids)),
+            )
+            found = dict(rows)
+            await self._delete_pks(conn, list(found.values()))
+            for pk in found.values():
+                await self._notify(conn, pk, "abort")
+            return [i for i in dict.fromkeys(ids) if i in found]
+
+        return await self._run(op)
+
+    async def purge_expired(self, *, now: float) -> int:
+        """Delete instances past their retention."""
+
+        async def op(conn: Conn) -> int:
+            rows = await _all(
+                conn, "SELECT pk FROM instances WHERE expires_at <= %s ORDER BY pk FOR UPDATE SKIP LOCKED", now
+            )
+            await self._delete_pks(conn, [r[0] for r in rows])
+            return len(rows)
+
+        return await self._run(op)
+
+    async def _delete_pks(self, conn: Conn, pks: Sequence[int]) -> None:
+        if pks:
+            await conn.execute("DELETE FROM steps WHERE instance_pk = ANY(%s)", (list(pks),))
+            await conn.execute("DELETE FROM events WHERE instance_pk = ANY(%s)", (list(pks),))
+            await conn.execute("DELETE FROM instances WHERE pk = ANY(%s)", (list(pks),))
+
+    @property
+    def commit_stats(self) -> tuple[int, int]:
+        """(commits, writes) made by the group writer so far."""
+        return self._writer.commits, self._writer.writes
+
+
+async def _done() -> None:
+    return None
+
+
+async def _all(conn: Conn, query: str, *params: object) -> list[tuple[Any, ...]]:
+    cur = await conn.execute(query, params)
+    return await cur.fetchall()
+
+
+async def _maybe(conn: Conn, query: str, *params: object) -> tuple[Any, ...] | None:
+    cur = await conn.execute(query, params)
+    return await cur.fetchone()
+
+
+async def _one(conn: Conn, query: str, *params: object) -> tuple[Any, ...]:
+    row = await _maybe(conn, query, *params)
+    assert row is not None
+    return row
+
+
+async def _fence(conn: Conn, lease: Lease) -> str:
+    row = await _maybe(conn, "SELECT lease_token, status FROM instances WHERE pk = %s FOR UPDATE", lease.pk)
+    if row is None or row[0] != lease.token:
+        raise FencedError(f"lease on instance {lease.pk} is no longer held")
+    status: str = row[1]
+    return status
+
+
+async def _find(conn: Conn, workflow: str, instance_id: str) -> tuple[int, str]:
+    row = await _maybe(
+        conn, "SELECT pk, status FROM instances WHERE workflow = %s AND id = %s FOR UPDATE", workflow, instance_id
+    )
+    if row is None:
+        raise InstanceNotFoundError(f"instance {instance_id!r} not found in workflow {workflow!r}")
+    return int(row[0]), str(row[1])
+
+
+async def _get(conn: Conn, pk: int) -> InstanceRecord:
+    return instance_from_row(await _one(conn, f"SELECT {INSTANCE_COLUMNS} FROM instances WHERE pk = %s", pk))
+
+
+async def _set_paused(conn: Conn, pk: int, now: float) -> None:
+    await conn.execute(
+        f"UPDATE instances SET status = 'paused', paused_at = %s, runnable_at = NULL, {_RELEASE}, "
+        "modified_on = %s WHERE pk = %s",
+        (now, now, pk),
+    )
+
+
+def _redact(url: str) -> str:
+    scheme, sep, rest = url.partition("://")
+    creds, at, host = rest.rpartition("@")
+    if not at or ":" not in creds:
+        return url
+    return f"{scheme}{sep}{creds.split(':', 1)[0]}:***@{host}"

@@ -1,0 +1,407 @@
+"""One contract for every storage backend: each test runs on SQLite and on PostgreSQL with the same asserts."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
+
+import pytest
+
+from stepstone.errors import (
+    FencedError,
+    InstanceExistsError,
+    InstanceNotFoundError,
+    InvalidStateError,
+    StorageError,
+)
+from stepstone.models import Claim, Lease, NewInstance, StepRecord, StepRef, WorkflowRecord, step_key
+from stepstone.storage import storage_for_url
+from stepstone.storage.base import Storage
+
+WF = "wf"
+T0 = 1_000.0
+Opener = Callable[[], Awaitable[Storage]]
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'contract.db'}"
+    value: str = request.getfixturevalue("postgres_url")
+    return value
+
+
+@pytest.fixture
+async def opener(url: str) -> AsyncIterator[Opener]:
+    """Opens storages on one database (two of them stand for two worker processes)."""
+    opened: list[Storage] = []
+
+    async def open_one() -> Storage:
+        storage = storage_for_url(url)
+        await storage.open()
+        opened.append(storage)
+        return storage
+
+    yield open_one
+    for storage in opened:
+        await storage.close()
+
+
+@pytest.fixture
+async def db(opener: Opener) -> Storage:
+    storage = await opener()
+    await storage.put_workflow(workflow())
+    return storage
+
+
+def workflow(name: str = WF, config: str = "{}") -> WorkflowRecord:
+    return WorkflowRecord(name, "Cls", "", "v1", T0, T0, None, config)
+
+
+async def create(db: Storage, *ids: str, at: float = T0, wf: str = WF) -> None:
+    await db.create_instances([NewInstance(wf, i, "{}", at) for i in ids], skip_existing=False)
+
+
+async def claim(db: Storage, now: float = T0 + 1, limit: int = 10, owner: str = "w1", lease: float = 30) -> list[Claim]:
+    result = await db.claim(owner=owner, now=now, lease_seconds=lease, limit=limit, workflows=[WF])
+    return result.claims
+
+
+def step(name: str, seq: int, *, status: str = "success", result: str | None = '"ok"', **kw: object) -> StepRecord:
+    return StepRecord(step_key("do", name, 1), "do", name, 1, seq, status, T0, T0, result=result, **kw)  # type: ignore[arg-type]
+
+
+# -- workflows ---------------------------------------------------------------------------------------------
+async def test_workflows_put_get_list_delete(db: Storage) -> None:
+    again = await db.put_workflow(workflow())
+    assert again.version_id == "v1"
+    changed = await db.put_workflow(WorkflowRecord(WF, "Other", "", "v2", T0 + 5, T0 + 5, None, "{}"))
+    assert (changed.class_name, changed.version_id, changed.created_on) == ("Other", "v2", T0)
+    await db.put_workflow(workflow("zz"))
+    assert [w.name for w in await db.list_workflows()] == [WF, "zz"]
+    assert (await db.get_workflow("nope")) is None
+    await create(db, "a", "b")
+    assert await db.count_by_status(WF) == {"queued": 2}
+    assert (await db.get_workflow(WF)).triggered_on == T0  # type: ignore[union-attr]
+    assert await db.delete_workflow(WF) is True
+    assert await db.delete_workflow(WF) is False
+    assert await db.get_instance(WF, "a") is None
+
+
+# -- instances ---------------------------------------------------------------------------------------------
+async def test_create_refuses_or_skips_existing(db: Storage) -> None:
+    await create(db, "a")
+    with pytest.raises(InstanceExistsError):
+        await create(db, "a")
+    made = await db.create_instances(
+        [NewInstance(WF, "a", "{}", T0), NewInstance(WF, "b", '{"x":1}', T0)], skip_existing=True
+    )
+    assert [r.id for r in made] == ["b"]
+    rec = await db.get_instance(WF, "b")
+    assert rec is not None and rec.status == "queued" and rec.params == '{"x":1}' and rec.runnable_at == T0
+
+
+async def test_list_instances_pages_and_filters(db: Storage) -> None:
+    for n in range(5):
+        await create(db, f"i{n}", at=T0 + n)
+    page = await db.list_instances(WF, limit=2, offset=1)
+    assert page.total == 5 and [r.id for r in page.items] == ["i3", "i2"]
+    page = await db.list_instances(WF, newest_first=False, created_after=T0 + 1, created_before=T0 + 3)
+    assert [r.id for r in page.items] == ["i1", "i2", "i3"]
+    assert (await db.list_instances(WF, status="running")).total == 0
+
+
+async def test_expired_instance_id_can_be_reused(db: Storage) -> None:
+    await create(db, "a")
+    (c,) = await claim(db)
+    await db.finish(
+        c.lease, now=T0 + 2, status="complete", output="1", error_name=None, error_message=None, retention_ms=1000
+    )
+    await create(db, "a", at=T0 + 10)
+    rec = await db.get_instance(WF, "a")
+    assert rec is not None and rec.status == "queued" and rec.created_on == T0 + 10
+
+
+# -- claims and leases -------------------------------------------------------------------------------------
+async def test_claim_orders_by_due_time_and_leases(db: Storage) -> None:
+    await create(db, "late", at=T0 + 0.5)
+    await create(db, "early", at=T0)
+    await create(db, "future", at=T0 + 100)
+    result = await db.claim(owner="w1", now=T0 + 1, lease_seconds=30, limit=10, workflows=[WF])
+    assert [c.instance.id for c in result.claims] == ["early", "late"]
+    assert result.next_due == T0 + 100
+    first = result.claims[0].instance
+    assert (first.status, first.lease_owner, first.lease_expires_at, first.started_on) == (
+        "running",
+        "w1",
+        T0 + 31,
+        T0 + 1,
+    )
+    assert await claim(db, now=T0 + 2) == []  # leased: nobody else gets them
+    assert await db.lease_owners() == ["w1"]
+    # other workflows are not claimed
+    assert (await db.claim(owner="w1", now=T0 + 1000, lease_seconds=30, limit=10, workflows=["zz"])).claims == []
+
+
+async def test_expired_lease_is_taken_over_and_old_holder_is_fenced(db: Storage) -> None:
+    await create(db, "a")
+    (old,) = await claim(db, owner="w1", lease=5)
+    assert await claim(db, now=T0 + 3, owner="w2") == []
+    (new,) = await claim(db, now=T0 + 7, owner="w2")
+    assert new.lease.token != old.lease.token
+    with pytest.raises(FencedError):
+        await db.put_step(old.lease, step("s", 1), durable=True)
+    assert not (await db.renew(leases=[old.lease], until=T0 + 50))[old.lease.pk].held
+    assert (await db.renew(leases=[new.lease], until=T0 + 50))[new.lease.pk].held
+    await db.put_step(new.lease, step("s", 1), durable=True)
+    steps, _ = await db.load_history(new.lease.pk)
+    assert [s.name for s in steps] == ["s"]
+
+
+async def test_renew_extends_and_reports_status(db: Storage) -> None:
+    await create(db, "a")
+    (c,) = await claim(db, lease=5)
+    states = await db.renew(leases=[c.lease], until=T0 + 100)
+    assert states[c.lease.pk].held and states[c.lease.pk].status == "running"
+    assert await claim(db, now=T0 + 50, owner="w2") == []
+    await db.pause(WF, "a", now=T0 + 51)
+    assert (await db.renew(leases=[c.lease], until=T0 + 100))[c.lease.pk].status == "waitingForPause"
+    gone = Lease(987654, "x", 0)
+    assert not (await db.renew(leases=[gone], until=T0))[gone.pk].held
+
+
+async def test_release_owners_frees_a_dead_workers_instances(db: Storage) -> None:
+    await create(db, "a")
+    await claim(db, owner="dead", lease=1000)
+    assert await db.release_owners(["dead"]) == 1
+    (c,) = await claim(db, now=T0 + 2, owner="alive")
+    assert c.instance.lease_owner == "alive"
+
+
+async def test_two_storages_racing_claim_each_instance_once(opener: Opener) -> None:
+    a, b = await opener(), await opener()
+    await a.put_workflow(workflow())
+    await create(a, *(f"i{n}" for n in range(60)))
+
+    async def claimer(storage: Storage, owner: str) -> list[int]:
+        got: list[int] = []
+        for _ in range(30):
+            got += [c.lease.pk for c in await claim(storage, limit=3, owner=owner)]
+        return got
+
+    results = await asyncio.gather(*(claimer(s, f"w{n}") for n, s in enumerate([a, b, a, b, a, b])))
+    everything = [pk for r in results for pk in r]
+    assert len(everything) == len(set(everything)) == 60
+
+
+# -- the run's writes --------------------------------------------------------------------------------------
+async def test_steps_history_and_queued_writes_in_order(db: Storage) -> None:
+    await create(db, "a")
+    (c,) = await claim(db)
+    pending = db.put_step(c.lease, step("one", 1, status="running", result=None), durable=False)
+    await db.put_step(c.lease, step("one", 1, attempts=[]), durable=True)  # replaces the running row
+    await pending
+    await db.put_step(c.lease, step("two", 2, error_name="E", error_message="m", status="error"), durable=True)
+    steps, events = await db.load_history(c.lease.pk)
+    assert [(s.name, s.status, s.result) for s in steps] == [("one", "success", '"ok"'), ("two", "error", '"ok"')]
+    assert events == []
+
+
+async def test_terminate_and_restart_fence_the_run(db: Storage) -> None:
+    await create(db, "a", "b")
+    ca, cb = await claim(db)
+    term = await db.terminate(WF, "a", now=T0 + 2, retention_ms=1000)
+    assert term.status == "terminated" and term.generation == ca.lease.generation + 1
+    with pytest.raises(InvalidStateError):
+        await db.terminate(WF, "a", now=T0 + 3, retention_ms=1000)
+    await db.put_step(cb.lease, step("one", 1), durable=True)
+    await db.restart(WF, "b", now=T0 + 3, from_step=None)
+    for lease in (ca.lease, cb.lease):
+        with pytest.raises(FencedError):
+            await db.put_step(lease, step("late", 9), durable=True)
+        with pytest.raises(FencedError):
+            await db.finish(
+                lease, now=T0, status="complete", output="1", error_name=None, error_message=None, retention_ms=1
+            )
+    rec = await db.get_instance(WF, "b")
+    assert rec is not None and rec.status == "queued" and rec.lease_token is None
+    assert (await db.load_history(cb.lease.pk))[0] == []
+
+
+async def test_restart_from_a_step_keeps_earlier_steps(db: Storage) -> None:
+    await create(db, "a")
+    (c,) = await claim(db)
+    for n, name in enumerate(["x", "y", "z"], 1):
+        await db.put_step(c.lease, step(name, n), durable=True)
+    with pytest.raises(InvalidStateError):
+        await db.restart(WF, "a", now=T0 + 2, from_step=StepRef("nope"))
+    await db.restart(WF, "a", now=T0 + 2, from_step=StepRef("y"))
+    assert [s.name for s in (await db.load_history(c.lease.pk))[0]] == ["x"]
+    with pytest.raises(InstanceNotFoundError):
+        await db.restart(WF, "missing", now=T0, from_step=None)
+
+
+async def test_finish_records_output_and_retention(db: Storage) -> None:
+    await create(db, "a")
+    (c,) = await claim(db)
+    await db.finish(
+        c.lease, now=T0 + 2, status="errored", output=None, error_name="E", error_message="m", retention_ms=5000
+    )
+    rec = await db.get_instance(WF, "a")
+    assert rec is not None
+    assert (rec.status, rec.error_name, rec.ended_on, rec.expires_at, rec.lease_token, rec.runnable_at) == (
+        "errored",
+        "E",
+        T0 + 2,
+        T0 + 7,
+        None,
+        None,
+    )
+    assert await db.purge_expired(now=T0 + 6) == 0
+    assert await db.purge_expired(now=T0 + 7) == 1
+    assert await db.get_instance(WF, "a") is None
+
+
+# -- hibernation and events --------------------------------------------------------------------------------
+async def test_suspend_with_a_timer_then_wakes(db: Storage) -> None:
+    await create(db, "a")
+    (c,) = await claim(db)
+    status = await db.suspend(c.lease, now=T0 + 2, wake_at=T0 + 60, waiting_for='{"kind":"sleep"}', wait_types=[])
+    assert status == "waiting"
+    rec = await db.get_instance(WF, "a")
+    assert rec is not None and (rec.status, rec.runnable_at, rec.lease_token) == ("waiting", T0 + 60, None)
+    with pytest.raises(FencedError):
+        await db.put_step(c.lease, step("late", 2), durable=True)
+    result = await db.claim(owner="w1", now=T0 + 30, lease_seconds=30, limit=5, workflows=[WF])
+    assert result.claims == [] and result.next_due == T0 + 60
+    (again,) = await claim(db, now=T0 + 61)
+    assert again.instance.waiting_for is None
+
+
+async def test_event_wakes_a_waiter_and_is_consumed_once(db: Storage) -> None:
+    await create(db, "a")
+    (c,) = await claim(db)
+    await db.suspend(c.lease, now=T0 + 2, wake_at=None, waiting_for="{}", wait_types=["go"])
+    await db.send_event(WF, "a", event_type="other", payload="0", now=T0 + 3)
+    assert (await db.get_instance(WF, "a")).runnable_at is None  # type: ignore[union-attr]
+    ev = await db.send_event(WF, "a", event_type="go", payload='{"v":1}', now=T0 + 4)
+    assert (await db.get_instance(WF, "a")).runnable_at == T0 + 4  # type: ignore[union-attr]
+    (c2,) = await claim(db, now=T0 + 5)
+    _, events = await db.load_history(c2.lease.pk)
+    assert [(e.type, e.payload) for e in events] == [("other", "0"), ("go", '{"v":1}')]
+    wait = StepRecord(step_key("wait", "w", 1), "wait", "w", 1, 1, "success", T0, T0, result='{"v":1}')
+    await db.consume_event(c2.lease, wait, ev.pk)
+    _, events = await db.load_history(c2.lease.pk)
+    assert [e.type for e in events] == ["other"]
+    with pytest.raises(FencedError):
+        await db.consume_event(c.lease, wait, ev.pk)
+
+
+async def test_suspend_with_a_pending_event_stays_runnable(db: Storage) -> None:
+    await create(db, "a")
+    await db.send_event(WF, "a", event_type="go", payload="1", now=T0)
+    (c,) = await claim(db)
+    await db.suspend(c.lease, now=T0 + 2, wake_at=T0 + 99, waiting_for="{}", wait_types=["go"])
+    assert (await db.get_instance(WF, "a")).runnable_at == T0 + 2  # type: ignore[union-attr]
+
+
+async def test_send_event_to_finished_or_missing_instance(db: Storage) -> None:
+    await create(db, "a")
+    await db.terminate(WF, "a", now=T0, retention_ms=1000)
+    with pytest.raises(InvalidStateError):
+        await db.send_event(WF, "a", event_type="go", payload="1", now=T0)
+    with pytest.raises(InstanceNotFoundError):
+        await db.send_event(WF, "nope", event_type="go", payload="1", now=T0)
+
+
+# -- pause and resume --------------------------------------------------------------------------------------
+async def test_pause_running_drains_then_resume(db: Storage) -> None:
+    await create(db, "a")
+    (c,) = await claim(db)
+    assert (await db.pause(WF, "a", now=T0 + 2)).status == "waitingForPause"
+    assert (await db.resume(WF, "a", now=T0 + 3)).status == "running"
+    await db.pause(WF, "a", now=T0 + 4)
+    await db.pause_drained(c.lease, now=T0 + 5)
+    rec = await db.get_instance(WF, "a")
+    assert rec is not None and (rec.status, rec.paused_at, rec.lease_token) == ("paused", T0 + 5, None)
+    assert (await db.resume(WF, "a", now=T0 + 9)).status == "queued"
+
+
+async def test_pause_waiting_freezes_timers_and_resume_shifts_them(db: Storage) -> None:
+    await create(db, "a")
+    (c,) = await claim(db)
+    nap = StepRecord(step_key("sleep", "nap", 1), "sleep", "nap", 1, 1, "waiting", T0, wake_at=T0 + 100)
+    await db.put_step(c.lease, nap, durable=True)
+    await db.suspend(c.lease, now=T0 + 10, wake_at=T0 + 100, waiting_for="{}", wait_types=[])
+    paused = await db.pause(WF, "a", now=T0 + 20)
+    assert (paused.status, paused.runnable_at) == ("paused", None)
+    assert await claim(db, now=T0 + 200) == []
+    resumed = await db.resume(WF, "a", now=T0 + 50)
+    assert (resumed.status, resumed.runnable_at, resumed.paused_at) == ("queued", T0 + 50, None)
+    steps, _ = await db.load_history(c.lease.pk)
+    assert steps[0].wake_at == T0 + 130
+
+
+async def test_suspend_while_pausing_parks_and_claim_parks_pausing(db: Storage) -> None:
+    await create(db, "a", "b")
+    ca, _ = await claim(db, lease=5)
+    await db.pause(WF, "a", now=T0 + 2)
+    assert await db.suspend(ca.lease, now=T0 + 3, wake_at=T0 + 9, waiting_for="{}", wait_types=[]) == "paused"
+    await db.pause(WF, "b", now=T0 + 2)
+    assert await claim(db, now=T0 + 100, owner="w2") == []  # b's lease expired while pausing: parked
+    rec = await db.get_instance(WF, "b")
+    assert rec is not None and rec.status == "paused"
+
+
+# -- deletion ----------------------------------------------------------------------------------------------
+async def test_delete_instances_fences_and_reports(db: Storage) -> None:
+    await create(db, "a", "b")
+    ca, _ = await claim(db)
+    await db.put_step(ca.lease, step("s", 1), durable=True)
+    assert await db.delete_instances(WF, ["a", "zz", "a"]) == ["a"]
+    with pytest.raises(FencedError):
+        await db.put_step(ca.lease, step("s", 2), durable=True)
+    assert (await db.load_history(ca.lease.pk))[0] == []
+    assert [r.id for r in (await db.list_instances(WF)).items] == ["b"]
+
+
+# -- concurrency limits ------------------------------------------------------------------------------------
+async def test_concurrency_limit_counts_running_across_workers(opener: Opener) -> None:
+    a, b = await opener(), await opener()
+    await a.put_workflow(workflow(config=json.dumps({"concurrency": {"limit": 2}})))
+    await a.put_workflow(workflow("free"))
+    await create(a, *(f"i{n}" for n in range(5)))
+    await create(a, "f1", "f2", wf="free")
+    both = [WF, "free"]
+    first = await a.claim(owner="w1", now=T0 + 1, lease_seconds=30, limit=10, workflows=both)
+    assert sorted(c.instance.id for c in first.claims) == ["f1", "f2", "i0", "i1"]
+    assert (await b.claim(owner="w2", now=T0 + 1, lease_seconds=30, limit=10, workflows=both)).claims == []
+    # a waiting instance frees its slot
+    await a.suspend(first.claims[0].lease, now=T0 + 2, wake_at=T0 + 100, waiting_for="{}", wait_types=[])
+    (c,) = (await b.claim(owner="w2", now=T0 + 3, lease_seconds=30, limit=10, workflows=both)).claims
+    assert c.instance.id == "i2"
+    # a dead worker's expired lease does not hold a slot
+    later = await b.claim(owner="w2", now=T0 + 40, lease_seconds=30, limit=10, workflows=both)
+    assert len([x for x in later.claims if x.instance.workflow == WF]) == 2
+
+
+async def test_concurrency_limit_holds_under_racing_claims(opener: Opener) -> None:
+    stores = [await opener() for _ in range(3)]
+    await stores[0].put_workflow(workflow(config=json.dumps({"concurrency": {"limit": 3}})))
+    await create(stores[0], *(f"i{n}" for n in range(30)))
+    results = await asyncio.gather(*(claim(s, limit=5, owner=f"w{n}") for n, s in enumerate(stores * 3)))
+    assert sum(len(r) for r in results) == 3
+
+
+# -- signals and errors ------------------------------------------------------------------------------------
+async def test_subscribe_returns_at_once(db: Storage) -> None:
+    seen: list[tuple[int, str]] = []
+    await asyncio.wait_for(db.subscribe(lambda pk, kind: seen.append((pk, kind))), 1.0)
+
+
+async def test_driver_errors_surface_as_storage_errors(db: Storage) -> None:
+    await create(db, "a")
+    with pytest.raises(StorageError):
+        await db.create_instances([NewInstance(WF, "b", None, T0)], skip_existing=False)  # type: ignore[arg-type]

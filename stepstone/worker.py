@@ -19,6 +19,7 @@ from typing import Any
 from stepstone.clock import Clock
 from stepstone.errors import StorageError
 from stepstone.executor import Execution, WorkflowDef
+from stepstone.models import Lease
 from stepstone.storage.base import Storage
 
 log = logging.getLogger("stepstone.worker")
@@ -86,6 +87,7 @@ class Worker:
         self._stopping = False
         self._tasks: list[asyncio.Task[Any]] = []
         self._last_purge = 0.0
+        self._checks: set[asyncio.Task[None]] = set()
 
     async def start(self) -> None:
         """Release leases of dead workers on this host, then start claiming."""
@@ -96,6 +98,7 @@ class Worker:
                 log.info("released %d instance(s) held by dead worker(s) %s", released, dead)
         except StorageError as exc:
             log.warning("could not check for dead workers: %s", exc)
+        await self.storage.subscribe(self._on_signal)
         self._tasks = [
             asyncio.create_task(self._claim_loop(), name="stepstone-claim"),
             asyncio.create_task(self._renew_loop(), name="stepstone-renew"),
@@ -118,6 +121,17 @@ class Worker:
 
     def wake(self) -> None:
         """Something may have become runnable: look now."""
+        self._wake.set()
+
+    def _on_signal(self, pk: int, kind: str) -> None:
+        """A control operation in any process (the storage's cross-process signals): look for work, and
+        re-check a touched run's lease and status against the database instead of trusting the signal, so
+        a late ``abort`` meant for a restarted instance's previous run cannot cancel its new one."""
+        entry = self.running.get(pk)
+        if kind != "new" and entry is not None:
+            check = asyncio.create_task(self._check({pk: entry[0].lease}))
+            self._checks.add(check)
+            check.add_done_callback(self._checks.discard)
         self._wake.set()
 
     def signal(self, pk: int, kind: str) -> None:
@@ -211,22 +225,23 @@ class Worker:
             await asyncio.sleep(interval)
             if not self.running:
                 continue
-            leases = {pk: ex.lease for pk, (ex, _) in self.running.items()}
-            try:
-                states = await self.storage.renew(
-                    leases=list(leases.values()), until=self.clock.now() + self.lease_seconds
-                )
-            except StorageError as exc:
-                log.warning("lease renewal failed: %s", exc)
+            await self._check({pk: ex.lease for pk, (ex, _) in self.running.items()})
+
+    async def _check(self, leases: dict[int, Lease]) -> None:
+        """Renew these runs' leases; stop a run whose lease is gone, pause or unpause as its status says."""
+        try:
+            states = await self.storage.renew(leases=list(leases.values()), until=self.clock.now() + self.lease_seconds)
+        except StorageError as exc:
+            log.warning("lease renewal failed: %s", exc)
+            return
+        for pk, lease_state in states.items():
+            entry = self.running.get(pk)
+            if entry is None or entry[0].lease != leases[pk]:
                 continue
-            for pk, lease_state in states.items():
-                entry = self.running.get(pk)
-                if entry is None or entry[0].lease != leases[pk]:
-                    continue
-                execution, task = entry
-                if not lease_state.held:
-                    task.cancel()
-                elif lease_state.status == "waitingForPause":
-                    execution.request_pause()
-                elif lease_state.status == "running":
-                    execution.cancel_pause()
+            execution, task = entry
+            if not lease_state.held:
+                task.cancel()
+            elif lease_state.status == "waitingForPause":
+                execution.request_pause()
+            elif lease_state.status == "running":
+                execution.cancel_pause()

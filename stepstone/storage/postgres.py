@@ -500,7 +500,9 @@ class PostgresStorage:
 
         fut = self._writer.submit(op, key=lease.pk, wait=durable)
         if fut is None:
-            return _done()
+            # Callers may drop a queued write's awaitable: a finished future, not a coroutine, so nothing warns.
+            fut = asyncio.get_running_loop().create_future()
+            fut.set_result(None)
         return fut
 
     async def consume_event(self, lease: Lease, step: StepRecord, event_pk: int) -> None:
@@ -751,10 +753,6 @@ class PostgresStorage:
     def commit_stats(self) -> tuple[int, int]:
         """(commits, writes) made by the group writer so far."""
         return self._writer.commits, self._writer.writes
-
-
-async def _done() -> None:
-    return None
 
 
 async def _all(conn: Conn, query: str, *params: object) -> list[tuple[Any, ...]]:

@@ -144,6 +144,11 @@ class RunState:
             self.aborted = True
             raise Abort() from None
 
+    def write_nowait(self, step: StepRecord) -> None:
+        """Queue a step write into the next commit without waiting for it (a fenced one is dropped)."""
+        if not self.aborted and not self.suspending:
+            self.storage.put_step(self.lease, step, durable=False)
+
     async def consume(self, step: StepRecord, event_pk: int) -> None:
         """Persist a wait step's result together with consuming its event."""
         try:

@@ -49,6 +49,7 @@ class StepHost(Protocol):
 
 
 DELAY_FN_TIMEOUT_S = 5.0
+ATTEMPT_MARK_S = 0.05
 
 
 class StepContext:
@@ -247,7 +248,9 @@ async def run_do(
         att = Attempt(clock.now())
         rec.attempts.append(att)
         rec.status, rec.wake_at = "running", None
-        await state.write(rec, durable=False)
+        # An attempt that is still running after ATTEMPT_MARK_S is recorded as started, so a crash during it
+        # counts against the retry budget; quick attempts skip that write (their crash reruns the attempt).
+        marker = asyncio.get_running_loop().call_later(ATTEMPT_MARK_S, state.write_nowait, rec)
         ctx = StepContext(attempt_no, name, count, config_dict)
         state.enter()
         try:
@@ -297,6 +300,7 @@ async def run_do(
             rec.status, rec.ended_at, rec.result = "success", now, encoded
             await state.write(rec)
         finally:
+            marker.cancel()
             state.leave()
         return codec.decode(encoded)
 

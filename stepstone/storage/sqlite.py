@@ -46,7 +46,7 @@ from stepstone.storage.sqlite_schema import (
     step_to_row,
     workflow_from_row,
 )
-from stepstone.storage.sqlite_writer import Writer
+from stepstone.storage.sqlite_writer import LoopWriter, Writer
 
 T = TypeVar("T")
 Conn = sqlite3.Connection
@@ -64,14 +64,22 @@ class SQLiteStorage:
     Args:
         path: the database file; its directory is created if missing.
         synchronous: SQLite's ``synchronous`` pragma; ``FULL`` (the default) survives power loss.
-        readers: how many reader threads (each with its own connection).
+        readers: how many reader threads (each with its own connection), in ``thread`` mode.
+        mode: ``loop`` (the default) runs reads and group commits on the event loop's thread, with no
+            thread hand-offs; ``thread`` gives writes a thread of their own and reads a thread pool.
     """
 
-    def __init__(self, path: str, *, synchronous: str = "FULL", readers: int = 2) -> None:
+    def __init__(self, path: str, *, synchronous: str = "FULL", readers: int = 2, mode: str = "loop") -> None:
+        if mode not in ("loop", "thread"):
+            raise ValueError(f"SQLite storage mode must be 'loop' or 'thread', got {mode!r}")
         self.path = path
         self.url = f"sqlite:///{path}"
         self._synchronous = synchronous
-        self._writer = Writer(self._connect_writer)
+        self._mode = mode
+        self._writer: Writer | LoopWriter = (
+            LoopWriter(self._connect_writer) if mode == "loop" else Writer(self._connect_writer)
+        )
+        self._loop_reader: Conn | None = None
         self._readers = ThreadPoolExecutor(max_workers=readers, thread_name_prefix="stepstone-sqlite-read")
         self._local = threading.local()
         self._reader_conns: list[Conn] = []
@@ -109,6 +117,12 @@ class SQLiteStorage:
         return conn
 
     async def _read(self, fn: Callable[[Conn], T]) -> T:
+        if self._loop_reader is not None:
+            try:
+                return fn(self._loop_reader)
+            except sqlite3.Error as exc:
+                raise StorageError(f"SQLite error: {exc}") from exc
+
         def call() -> T:
             try:
                 return fn(self._reader())
@@ -125,7 +139,12 @@ class SQLiteStorage:
         directory = os.path.dirname(os.path.abspath(self.path))
         os.makedirs(directory, exist_ok=True)
         try:
-            await asyncio.wrap_future(self._writer.start())
+            if isinstance(self._writer, LoopWriter):
+                self._writer.start()
+                self._loop_reader = self._connect()
+                self._loop_reader.execute("PRAGMA query_only = ON")
+            else:
+                await asyncio.wrap_future(self._writer.start())
         except sqlite3.Error as exc:
             raise StorageError(f"cannot open SQLite database {self.path!r}: {exc}") from exc
         self._open = True
@@ -135,7 +154,13 @@ class SQLiteStorage:
         if not self._open:
             return
         self._open = False
-        await asyncio.to_thread(self._writer.stop)
+        if isinstance(self._writer, LoopWriter):
+            self._writer.stop()
+            if self._loop_reader is not None:
+                self._loop_reader.close()
+                self._loop_reader = None
+        else:
+            await asyncio.to_thread(self._writer.stop)
         self._readers.shutdown(wait=True)
         with self._lock:
             for conn in self._reader_conns:
@@ -441,9 +466,13 @@ class SQLiteStorage:
             _fence(conn, lease)
             conn.execute(_STEP_INSERT, params)
 
-        fut = self._writer.submit(op, wait=durable)
+        fut = self._writer.submit(op, wait=durable, single=True)
         if fut is None:
-            return _done()
+            done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+            done.set_result(None)
+            return done
+        if isinstance(fut, asyncio.Future):
+            return fut
         return asyncio.wrap_future(fut)
 
     async def consume_event(self, lease: Lease, step: StepRecord, event_pk: int) -> None:
@@ -702,10 +731,6 @@ def _candidates(conn: Conn, now: float, limit: int, workflows: Sequence[str]) ->
             (now, now, *names, size),
         ).fetchall()
     return [(pk, status) for _, pk, status in sorted(rows)[:limit]]
-
-
-async def _done() -> None:
-    return None
 
 
 def _fence(conn: Conn, lease: Lease) -> str:

@@ -14,12 +14,21 @@ import sqlite3
 import threading
 from collections.abc import Callable
 from concurrent.futures import Future
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 from stepstone.errors import StepstoneError, StorageError
 
 T = TypeVar("T")
 Op = Callable[[sqlite3.Connection], Any]
+
+
+class _Settable(Protocol):
+    def done(self) -> bool: ...
+    def set_result(self, result: Any, /) -> None: ...
+    def set_exception(self, exception: BaseException, /) -> None: ...
+
+
+Item = tuple[Op, "_Settable | None", bool]
 
 _STOP = object()
 
@@ -45,10 +54,13 @@ class Writer:
         self._thread.start()
         return self._ready
 
-    def submit(self, op: Op, *, wait: bool = True) -> Future[Any] | None:
-        """Queue a write. With ``wait`` a future resolves after its commit; otherwise it rides along."""
+    def submit(self, op: Op, *, wait: bool = True, single: bool = False) -> Future[Any] | None:
+        """Queue a write. With ``wait`` a future resolves after its commit; otherwise it rides along.
+
+        ``single`` marks an op that writes at most one statement after its checks, so it needs no savepoint.
+        """
         fut: Future[Any] | None = Future() if wait else None
-        self._queue.put((op, fut))
+        self._queue.put((op, fut, single))
         return fut
 
     async def run(self, op: Callable[[sqlite3.Connection], T]) -> T:
@@ -96,39 +108,10 @@ class Writer:
         finally:
             conn.close()
 
-    def _commit(self, conn: sqlite3.Connection, batch: list[tuple[Op, Future[Any] | None]]) -> None:
-        outcomes: list[tuple[Future[Any] | None, bool, Any]] = []
-        try:
-            conn.execute("BEGIN IMMEDIATE")
-            for op, fut in batch:
-                conn.execute("SAVEPOINT w")
-                try:
-                    result = op(conn)
-                except BaseException as exc:
-                    conn.execute("ROLLBACK TO w")
-                    conn.execute("RELEASE w")
-                    outcomes.append((fut, False, _translate(exc)))
-                else:
-                    conn.execute("RELEASE w")
-                    outcomes.append((fut, True, result))
-            conn.execute("COMMIT")
-        except sqlite3.Error as exc:
-            if conn.in_transaction:
-                conn.execute("ROLLBACK")
-            error = StorageError(f"SQLite commit failed: {exc}")
-            for _, fut in batch:
-                if fut is not None and not fut.done():
-                    fut.set_exception(error)
-            return
-        self.commits += 1
-        self.writes += len(batch)
-        for fut, ok, value in outcomes:
-            if fut is None or fut.done():
-                continue
-            if ok:
-                fut.set_result(value)
-            else:
-                fut.set_exception(value)
+    def _commit(self, conn: sqlite3.Connection, batch: list[Item]) -> None:
+        if commit_batch(conn, batch):
+            self.commits += 1
+            self.writes += len(batch)
 
 
 def _translate(exc: BaseException) -> BaseException:
@@ -137,3 +120,142 @@ def _translate(exc: BaseException) -> BaseException:
     if isinstance(exc, sqlite3.Error):
         return StorageError(f"SQLite error: {exc}")
     return exc
+
+
+def commit_batch(conn: sqlite3.Connection, batch: list[Item], *, begun: bool = False) -> bool:
+    """Run every op of the batch in one transaction and commit once; then settle each op's future.
+
+    Each op runs inside a savepoint (unless it is marked single), so one failing op does not undo the others.
+    Returns False when the transaction itself failed (every waiting future then gets a StorageError).
+    """
+    outcomes: list[tuple[_Settable | None, bool, Any]] = []
+    try:
+        if not begun:
+            conn.execute("BEGIN IMMEDIATE")
+        for op, fut, single in batch:
+            if single:
+                try:
+                    outcomes.append((fut, True, op(conn)))
+                except BaseException as exc:
+                    outcomes.append((fut, False, _translate(exc)))
+                continue
+            conn.execute("SAVEPOINT w")
+            try:
+                result = op(conn)
+            except BaseException as exc:
+                conn.execute("ROLLBACK TO w")
+                conn.execute("RELEASE w")
+                outcomes.append((fut, False, _translate(exc)))
+            else:
+                conn.execute("RELEASE w")
+                outcomes.append((fut, True, result))
+        conn.execute("COMMIT")
+    except sqlite3.Error as exc:
+        if conn.in_transaction:
+            conn.execute("ROLLBACK")
+        error = StorageError(f"SQLite commit failed: {exc}")
+        for _, fut, _ in batch:
+            if fut is not None and not fut.done():
+                fut.set_exception(error)
+        return False
+    for fut, ok, value in outcomes:
+        if fut is None or fut.done():
+            continue
+        if ok:
+            fut.set_result(value)
+        else:
+            fut.set_exception(value)
+    return True
+
+
+class LoopWriter:
+    """Group commit on the event loop's own thread: no thread hand-offs on the hot path.
+
+    Writes queued during one pass of the event loop are committed together by one callback scheduled with
+    ``call_soon``, after every ready task has had its turn: concurrent steps share one transaction and one fsync.
+    When another process holds SQLite's write lock the batch is retried a moment later instead of blocking
+    the loop.
+    """
+
+    def __init__(
+        self,
+        connect: Callable[[], sqlite3.Connection],
+        *,
+        ride_along_s: float = 0.02,
+        max_batch: int = 5000,
+    ) -> None:
+        self._connect = connect
+        self._ride_along_s = ride_along_s
+        self._max_batch = max_batch
+        self._conn: sqlite3.Connection | None = None
+        self._pending: list[Item] = []
+        self._now_handle: asyncio.Handle | None = None
+        self._later_handle: asyncio.TimerHandle | None = None
+        self._busy_backoff = 0.0
+        self.commits = 0
+        self.writes = 0
+
+    def start(self) -> None:
+        """Open the write connection (and migrate) on the calling thread, the event loop's."""
+        self._conn = self._connect()
+        self._conn.execute("PRAGMA busy_timeout = 0")
+
+    def submit(self, op: Op, *, wait: bool = True, single: bool = False) -> asyncio.Future[Any] | None:
+        """Queue a write into the next commit; with ``wait`` a future resolves after that commit."""
+        loop = asyncio.get_running_loop()
+        fut: asyncio.Future[Any] | None = loop.create_future() if wait else None
+        self._pending.append((op, fut, single))
+        if wait or len(self._pending) >= self._max_batch:
+            if self._now_handle is None and self._busy_backoff == 0.0:
+                self._now_handle = loop.call_soon(self._flush)
+        elif self._later_handle is None and self._now_handle is None:
+            self._later_handle = loop.call_later(self._ride_along_s, self._flush)
+        return fut
+
+    async def run(self, op: Callable[[sqlite3.Connection], T]) -> T:
+        """Queue a write and wait until it is committed; returns the op's result."""
+        fut = self.submit(op)
+        assert fut is not None
+        result: T = await fut
+        return result
+
+    def _flush(self) -> None:
+        self._now_handle = None
+        if self._later_handle is not None:
+            self._later_handle.cancel()
+            self._later_handle = None
+        conn = self._conn
+        if not self._pending or conn is None:
+            return
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) and "busy" not in str(exc):
+                raise
+            # Another process is writing: try again shortly rather than block the event loop.
+            self._busy_backoff = min(max(self._busy_backoff * 2, 0.001), 0.05)
+            self._later_handle = asyncio.get_running_loop().call_later(self._busy_backoff, self._retry)
+            return
+        self._busy_backoff = 0.0
+        batch, self._pending = self._pending, []
+        if commit_batch(conn, batch, begun=True):
+            self.commits += 1
+            self.writes += len(batch)
+
+    def _retry(self) -> None:
+        self._later_handle = None
+        self._flush()
+
+    def stop(self) -> None:
+        """Commit what is pending (waiting for other processes' locks) and close the connection."""
+        conn, self._conn = self._conn, None
+        if conn is None:
+            return
+        for handle in (self._now_handle, self._later_handle):
+            if handle is not None:
+                handle.cancel()
+        if self._pending:
+            conn.execute("PRAGMA busy_timeout = 30000")
+            batch, self._pending = self._pending, []
+            commit_batch(conn, batch)
+        conn.close()

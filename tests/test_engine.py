@@ -449,3 +449,70 @@ async def test_describe_document_shape(db_url: str) -> None:
             "step_count",
         ):
             assert key in doc
+
+
+async def test_resume_before_the_pause_drains_cancels_it(db_url: str) -> None:
+    async with Engine(db_url) as engine:
+        inst = await engine.register(Slow, name="slow").create()
+        await wait_for_status(inst, "running")
+        await asyncio.sleep(0.05)
+        await inst.pause()
+        assert (await inst.status()).status == "waitingForPause"
+        await inst.resume()
+        assert (await inst.status()).status == "running"
+        assert (await wait_for_status(inst, "complete")).output == ["slow done", 1]
+
+
+class Until(WorkflowEntrypoint):
+    async def run(self, event: Any, step: Any) -> Any:
+        from datetime import UTC, datetime
+
+        target = datetime.fromtimestamp(event.payload["at"], UTC)
+        await step.sleep_until("until datetime", target)
+        await step.sleep_until("until ms", event.payload["at"] * 1000 + 60_000)
+        await step.sleep_until("in the past", 1000)  # returns at once
+        return "done"
+
+
+async def test_sleep_until_datetime_and_epoch_milliseconds(db_url: str) -> None:
+    clock = FakeClock()
+    async with Engine(db_url, clock=clock, **FAKE_CLOCK_ENGINE_OPTIONS) as engine:
+        inst = await engine.register(Until, name="until").create(params={"at": clock.now() + 3600})
+        await wait_for_status(inst, "waiting")
+        clock.advance(3599)
+        await asyncio.sleep(0.05)
+        assert (await inst.status()).status == "waiting"
+        clock.advance(2)
+        await asyncio.sleep(0.05)
+        assert (await wait_for_status(inst, "waiting")).status == "waiting"  # now in the second sleep
+        clock.advance(60)
+        assert (await wait_for_status(inst, "complete")).output == "done"
+
+
+class TwoWaiters(WorkflowEntrypoint):
+    async def run(self, event: Any, step: Any) -> Any:
+        a, b = await asyncio.gather(
+            step.wait_for_event("first", "ping", timeout="1 hour"),
+            step.wait_for_event("second", "ping", timeout="1 hour"),
+        )
+        return [a.payload, b.payload, a.type]
+
+
+async def test_concurrent_waits_for_one_type_are_served_in_registration_order(db_url: str) -> None:
+    async with Engine(db_url) as engine:
+        inst = await engine.register(TwoWaiters, name="two").create()
+        await wait_for_status(inst, "waiting")
+        await inst.send_event(type="ping", payload="one")
+        await asyncio.sleep(0.05)
+        await inst.send_event(type="ping", payload="two")
+        assert (await wait_for_status(inst, "complete")).output == ["one", "two", "ping"]
+
+
+async def test_a_process_restart_carries_on_from_the_last_completed_step(db_url: str) -> None:
+    async with Engine(db_url) as engine:
+        inst = await engine.register(Sleeper, name="sleeper").create(id="across")
+        await wait_for_status(inst, "waiting")
+    clock = FakeClock(start=__import__("time").time() + 7200)
+    async with Engine(db_url, clock=clock, **FAKE_CLOCK_ENGINE_OPTIONS) as engine:
+        wf = engine.register(Sleeper, name="sleeper")
+        assert (await wait_for_status(await wf.get("across"), "complete")).output == "woke"

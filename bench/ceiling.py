@@ -58,5 +58,10 @@ def pg_ceiling(n: int) -> dict[str, Any] | None:
             sc = conn.execute("SHOW synchronous_commit").fetchone()
     finally:
         db.drop()
-    return {"commits": n, "commits_per_s": n / wall, "commit": summary_ms(times),
-            "synchronous_commit": sc[0] if sc else None, "server": PG_BASE}
+    return {
+        "commits": n,
+        "commits_per_s": n / wall,
+        "commit": summary_ms(times),
+        "synchronous_commit": sc[0] if sc else None,
+        "server": PG_BASE,
+    }

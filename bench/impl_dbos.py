@@ -139,8 +139,13 @@ async def phase2(url: str, sizes: dict[str, float]) -> dict[str, Any]:
         await asyncio.gather(*(h.get_result() for h in handles))
         t1 = time.perf_counter()
     wall = t1 - t0
-    return {"instances": n, "steps_per_instance": k, "wall_s": wall, "create_s": t_created - t0,
-            "steps_per_s": n * k / wall}
+    return {
+        "instances": n,
+        "steps_per_instance": k,
+        "wall_s": wall,
+        "create_s": t_created - t0,
+        "steps_per_s": n * k / wall,
+    }
 
 
 async def phase3(url: str, sizes: dict[str, float]) -> dict[str, Any]:
@@ -171,8 +176,13 @@ async def phase4(url: str, sizes: dict[str, float]) -> dict[str, Any]:
         await asyncio.gather(*(h.get_result() for h in handles))
     late = [WOKE[i] - (SLEEP_AT[i] + sleep_s) for i in WOKE if i in SLEEP_AT]
     spread = max(SLEEP_AT.values()) - min(SLEEP_AT.values()) if SLEEP_AT else 0.0
-    return {"instances": n, "sleep_s": sleep_s, "create_s": created_s, "start_spread_s": spread,
-            "lateness": summary_ms(late)}
+    return {
+        "instances": n,
+        "sleep_s": sleep_s,
+        "create_s": created_s,
+        "start_spread_s": spread,
+        "lateness": summary_ms(late),
+    }
 
 
 async def phase5(url: str, sizes: dict[str, float]) -> dict[str, Any]:
@@ -202,8 +212,13 @@ async def _cross(url: str, ids: list[str]) -> list[float]:
     import sys
 
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "bench.sender", "dbos", url,
-        stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
+        sys.executable,
+        "-m",
+        "bench.sender",
+        "dbos",
+        url,
+        stdin=asyncio.subprocess.PIPE,
+        stdout=asyncio.subprocess.PIPE,
     )
     assert proc.stdin is not None and proc.stdout is not None
     ready = await asyncio.wait_for(proc.stdout.readline(), 60)

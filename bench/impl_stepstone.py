@@ -179,8 +179,13 @@ async def phase4(url: str, sizes: dict[str, float]) -> dict[str, Any]:
         await _wait_status(engine, "p4", "complete", n, every=0.05, timeout=sizes["timeout_s"])
     late = [WOKE[i] - (SLEEP_AT[i] + sleep_s) for i in WOKE if i in SLEEP_AT]
     spread = max(SLEEP_AT.values()) - min(SLEEP_AT.values()) if SLEEP_AT else 0.0
-    return {"instances": n, "sleep_s": sleep_s, "create_s": created_s, "start_spread_s": spread,
-            "lateness": summary_ms(late)}
+    return {
+        "instances": n,
+        "sleep_s": sleep_s,
+        "create_s": created_s,
+        "start_spread_s": spread,
+        "lateness": summary_ms(late),
+    }
 
 
 async def _await_arrival(iid: str, timeout: float) -> tuple[float, float]:
@@ -214,8 +219,13 @@ async def phase5(url: str, sizes: dict[str, float]) -> dict[str, Any]:
 async def _cross_process(url: str, engine: str, ids: list[str]) -> list[float]:
     """Events sent by another process (``bench.sender``); latency from its send call to our arrival."""
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "bench.sender", engine, url,
-        stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
+        sys.executable,
+        "-m",
+        "bench.sender",
+        engine,
+        url,
+        stdin=asyncio.subprocess.PIPE,
+        stdout=asyncio.subprocess.PIPE,
     )
     assert proc.stdin is not None and proc.stdout is not None
     ready = await asyncio.wait_for(proc.stdout.readline(), 60)

@@ -118,7 +118,7 @@ async def _stepstone_worker(url: str, iid: str) -> None:
             await wf.create(id=iid)
         else:
             _marker(DIR, "B_ready")
-        await _wait_file(Path(DIR) / "done", 3600)
+        await _wait_file(Path(DIR) / "done", 3600 if ROLE == "first" else 300)
 
 
 async def _dbos_worker(url: str, iid: str) -> None:
@@ -152,7 +152,7 @@ async def _dbos_worker(url: str, iid: str) -> None:
                 await DBOS.start_workflow_async(victim)
         else:
             _marker(DIR, "B_ready")
-        await _wait_file(Path(DIR) / "done", 3600)
+        await _wait_file(Path(DIR) / "done", 3600 if ROLE == "first" else 300)
     finally:
         DBOS.destroy()
 

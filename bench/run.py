@@ -18,6 +18,7 @@ import datetime as dt
 import json
 import os
 import platform
+import signal
 import subprocess
 import sys
 import tempfile
@@ -97,7 +98,15 @@ def machine_facts() -> dict[str, Any]:
             versions[pkg] = None
     import sqlite3
 
+    def git(*args: str) -> str:
+        try:
+            return subprocess.run(["git", *args], cwd=ROOT.parent, capture_output=True, text=True).stdout.strip()
+        except OSError:
+            return ""
+
     return {
+        "git_commit": git("rev-parse", "--short", "HEAD"),
+        "stepstone_dirty": bool(git("status", "--porcelain", "stepstone")),
         "cpu": cpu,
         "cores": os.cpu_count(),
         "mem_gb": mem_gb,
@@ -114,19 +123,26 @@ def run_phase(engine: str, phase: str, sizes: dict[str, float]) -> dict[str, Any
         out = fh.name
     t0 = time.perf_counter()
     try:
-        proc = subprocess.run(
+        proc = subprocess.Popen(
             [sys.executable, "-m", "bench.phase", engine, phase, json.dumps(sizes), out],
             cwd=ROOT.parent,
-            timeout=sizes["timeout_s"] + 60,
-            capture_output=True,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
             text=True,
+            start_new_session=True,  # its own process group: a timeout ends its helpers too
         )
+        try:
+            _, stderr = proc.communicate(timeout=sizes["timeout_s"] + 60)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.communicate()
+            raise
         text = Path(out).read_text() if Path(out).stat().st_size else ""
         if not text:
-            return {"ok": False, "error": f"exit {proc.returncode}: {proc.stderr[-2000:]}"}
+            return {"ok": False, "error": f"exit {proc.returncode}: {stderr[-2000:]}"}
         answer: dict[str, Any] = json.loads(text)
-        if not answer.get("ok") and proc.stderr:
-            answer["stderr"] = proc.stderr[-2000:]
+        if not answer.get("ok") and stderr:
+            answer["stderr"] = stderr[-2000:]
         return answer
     except subprocess.TimeoutExpired:
         return {"ok": False, "error": f"timed out after {time.perf_counter() - t0:.0f}s"}
@@ -158,8 +174,12 @@ def ratio_pairs(engines: list[str]) -> list[tuple[str, str]]:
 def table(report: dict[str, Any]) -> str:
     engines = [e for e in report["engines"] if report["engines"][e].get("available")]
     pairs = ratio_pairs(engines)
-    short = {"stepstone-sqlite": "ss-sqlite", "stepstone-postgres": "ss-pg", "dbos-sqlite": "dbos-sqlite",
-             "dbos-postgres": "dbos-pg"}
+    short = {
+        "stepstone-sqlite": "ss-sqlite",
+        "stepstone-postgres": "ss-pg",
+        "dbos-sqlite": "dbos-sqlite",
+        "dbos-postgres": "dbos-pg",
+    }
     head = ["metric", *engines, *[f"{short[a]}/{short[b]}" for a, b in pairs]]
     if "stepstone-sqlite" in engines:
         head += ["target (ss-sqlite)"]
@@ -227,8 +247,9 @@ def ceiling_lines(report: dict[str, Any]) -> list[str]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m bench.run", description=__doc__,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        prog="python -m bench.run", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     ap.add_argument("--quick", action="store_true", help="smaller sizes (same as --sizes quick)")
     ap.add_argument("--sizes", choices=sorted(SIZES), default=None, help="size preset (default full)")
     ap.add_argument("--engines", default=",".join(ENGINES), help="comma-separated engines")

@@ -16,9 +16,23 @@ ROOT = Path(__file__).resolve().parent.parent
 def test_bench_run_tiny_stepstone_sqlite(tmp_path: Path) -> None:
     out = tmp_path / "bench.json"
     proc = subprocess.run(
-        [sys.executable, "-m", "bench.run", "--sizes", "tiny", "--engines", "stepstone-sqlite",
-         "--json", str(out), "--results-dir", str(tmp_path / "results")],
-        cwd=ROOT, capture_output=True, text=True, timeout=55,
+        [
+            sys.executable,
+            "-m",
+            "bench.run",
+            "--sizes",
+            "tiny",
+            "--engines",
+            "stepstone-sqlite",
+            "--json",
+            str(out),
+            "--results-dir",
+            str(tmp_path / "results"),
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=55,
     )
     assert proc.returncode == 0, proc.stdout + proc.stderr
     report = json.loads(out.read_text())

@@ -165,3 +165,52 @@ def instance_details(
     if not simple:
         doc["steps"] = entries
     return doc
+
+
+_STEP_STATUS = {
+    "running": "running",
+    "retrying": "waiting",
+    "waiting": "waiting",
+    "success": "complete",
+    "error": "errored",
+    "timeout": "errored",
+}
+
+
+def step_result(
+    steps: list[StepRecord], name: str, *, kind: str = "step", attempt: int | None = None
+) -> dict[str, Any] | None:
+    """One step's status, error and untruncated output (``GET .../step?name=<name>-<n>&type=&attempt=``).
+
+    Args:
+        steps: the instance's steps.
+        name: the step's display name with its occurrence suffix, e.g. ``"load-1"``.
+        kind: ``"step"`` (a ``step.do``) or ``"waitForEvent"``.
+        attempt: a ``step.do`` attempt number (1-based): that attempt's outcome instead of the step's.
+
+    Returns:
+        ``{"status", "error", "output"}`` (plus ``event_type`` for a wait), or None when no such step or attempt.
+    """
+    base, _, suffix = name.rpartition("-")
+    if not base or not suffix.isdigit():
+        return None
+    stored_kind = {"step": "do", "waitForEvent": "wait"}.get(kind)
+    step = next((s for s in steps if (s.kind, s.name, s.count) == (stored_kind, base, int(suffix))), None)
+    if step is None:
+        return None
+    config = json.loads(step.config) if step.config else {}
+    sensitive = isinstance(config, dict) and config.get("sensitive") == "output"
+    status = _STEP_STATUS.get(step.status, "running")
+    error = _error(step.error_name, step.error_message)
+    output = (REDACTED if sensitive else _decode(step.result)) if step.status == "success" else None
+    if attempt is not None:
+        if step.kind != "do" or not 1 <= attempt <= len(step.attempts):
+            return None
+        one = step.attempts[attempt - 1]
+        status = "running" if one.success is None else "complete" if one.success else "errored"
+        error = _error(one.error_name, one.error_message)
+        output = output if one.success else None
+    doc: dict[str, Any] = {"status": status, "error": error, "output": output}
+    if step.kind == "wait":
+        doc["event_type"] = step.event_type
+    return doc

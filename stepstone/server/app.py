@@ -1,0 +1,164 @@
+"""The Starlette application: routes, authentication, and the envelope on every answer."""
+
+from __future__ import annotations
+
+import functools
+import logging
+from collections.abc import Sequence
+
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from stepstone import __version__
+from stepstone.engine import Engine
+from stepstone.server import instances as inst
+from stepstone.server import workflows as wf
+from stepstone.server.auth import Authenticator, TokenRule
+from stepstone.server.body import MARGIN
+from stepstone.server.envelope import BAD_METHOD, NO_ROUTE, ApiError, api_error_for, error_response, ok
+from stepstone.server.explorer import PREFIXES, explorer_routes
+from stepstone.server.openapi import openapi_document
+from stepstone.server.state import Handler, ServerState, state_of
+
+log = logging.getLogger("stepstone.server")
+
+V4 = "/client/v4/accounts/{account_id}/workflows"
+
+
+def _guarded(handler: Handler, *, account: bool = True) -> Handler:
+    """Authenticate, run the handler, and turn any exception into an error envelope."""
+
+    @functools.wraps(handler)
+    async def endpoint(request: Request) -> Response:
+        try:
+            state_of(request).auth.authorize(
+                account=request.path_params.get("account_id") if account else None,
+                authorization=request.headers.get("authorization"),
+                host=request.headers.get("host"),
+                origin=request.headers.get("origin"),
+                client=request.client.host if request.client else None,
+            )
+            return await handler(request)
+        except Exception as exc:
+            error = api_error_for(exc)
+            if error.status >= 500:
+                log.error("%s %s failed", request.method, request.url.path, exc_info=exc)
+            return error_response(error)
+
+    return endpoint
+
+
+async def health(request: Request) -> Response:
+    """``GET /health``: the database answers."""
+    try:
+        workflows = await state_of(request).engine.list_workflows()
+    except Exception as exc:
+        return error_response(api_error_for(exc))
+    return ok({"status": "ok", "version": __version__, "workflows": len(workflows)})
+
+
+async def openapi(request: Request) -> Response:
+    """``GET /openapi.json``."""
+    return JSONResponse(openapi_document())
+
+
+async def memberships(request: Request) -> Response:
+    """``GET /client/v4/memberships``: what wrangler asks when it is given no account id."""
+    state = state_of(request)
+    accounts = state.auth.authorize(
+        account=None,
+        any_account=True,
+        authorization=request.headers.get("authorization"),
+        host=request.headers.get("host"),
+        origin=request.headers.get("origin"),
+        client=request.client.host if request.client else None,
+    )
+    ids = sorted(a for a in accounts if a != "*") or ["local"]
+    result = [{"id": a, "account": {"id": a, "name": a}, "status": "accepted"} for a in ids]
+    return ok(result, result_info=wf.page_info(1, max(1, len(result)), len(result), len(result)))
+
+
+def _v4_routes() -> list[tuple[str, str, Handler]]:
+    name = V4 + "/{workflow_name}"
+    one = name + "/instances/{instance_id}"
+    return [
+        ("GET", V4, wf.list_workflows),
+        ("GET", V4 + "/", wf.list_workflows),
+        ("GET", name, wf.get_workflow),
+        ("PUT", name, wf.put_workflow),
+        ("DELETE", name, wf.delete_workflow),
+        ("GET", name + "/versions", wf.list_versions),
+        ("GET", name + "/versions/{version_id}", wf.get_version),
+        ("GET", name + "/versions/{version_id}/graph", wf.version_graph),
+        ("POST", name + "/instances", inst.create_instance),
+        ("GET", name + "/instances", inst.list_instances),
+        ("GET", name + "/instances/", inst.list_instances),
+        ("POST", name + "/instances/batch", inst.create_batch),
+        ("POST", name + "/instances/batch/delete", inst.batch_delete),
+        ("PUT", name + "/instances/terminate", inst.terminate_by_status),
+        ("GET", one, inst.get_instance),
+        ("GET", one + "/step", inst.get_step),
+        ("PATCH", one + "/status", inst.patch_status),
+        ("POST", one + "/events/{event_type}", inst.post_event),
+    ]
+
+
+def _routes() -> list[Route]:
+    table: dict[str, list[tuple[str, Handler, bool]]] = {}
+    for method, path, handler in _v4_routes():
+        table.setdefault(path, []).append((method, handler, True))
+    for prefix in PREFIXES:
+        for method, path, handler in explorer_routes():
+            table.setdefault(prefix + path, []).append((method, handler, False))
+    routes = [
+        Route("/health", health, methods=["GET"]),
+        Route("/openapi.json", openapi, methods=["GET"]),
+        Route("/client/v4/memberships", memberships, methods=["GET"]),
+    ]
+    for path, entries in table.items():
+        for method, handler, account in entries:
+            routes.append(Route(path, _guarded(handler, account=account), methods=[method], name=f"{method} {path}"))
+    return routes
+
+
+async def _http_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, HTTPException)
+    if exc.status_code == 404:
+        error = ApiError(404, NO_ROUTE, f"no route for {request.method} {request.url.path[:200]}: see /openapi.json")
+    elif exc.status_code == 405:
+        error = ApiError(405, BAD_METHOD, f"method {request.method} is not allowed on {request.url.path[:200]}")
+    else:
+        error = ApiError(exc.status_code, NO_ROUTE, str(exc.detail))
+    response = error_response(error)
+    if exc.headers:
+        response.headers.update(exc.headers)
+    return response
+
+
+async def _unexpected(request: Request, exc: Exception) -> Response:
+    log.error("%s %s failed", request.method, request.url.path, exc_info=exc)
+    return error_response(api_error_for(exc))
+
+
+def create_app(engine: Engine, *, tokens: Sequence[TokenRule] | None = None, loopback_only: bool) -> Starlette:
+    """The REST API over an engine (started by the caller).
+
+    Args:
+        engine: the engine whose database the API serves; it needs no worker (``Engine(..., worker=False)``).
+        tokens: API tokens and their accounts; none means any token is accepted, on loopback only.
+        loopback_only: whether the server listens only on loopback addresses.
+
+    Raises:
+        InsecureServerError: no tokens while not ``loopback_only``.
+    """
+    auth = Authenticator(tokens, loopback_only=loopback_only)
+    app = Starlette(
+        routes=_routes(),
+        exception_handlers={HTTPException: _http_error, Exception: _unexpected},
+    )
+    app.router.redirect_slashes = False
+    app.state.stepstone = ServerState(engine=engine, auth=auth, body_cap=engine.limits.payload_bytes + MARGIN)
+    return app

@@ -1,0 +1,209 @@
+"""Workflows and their versions: ``/client/v4/accounts/{account_id}/workflows[/{name}[/versions...]]``."""
+
+from __future__ import annotations
+
+import json
+import math
+import uuid
+from typing import Any
+
+from starlette.requests import Request
+from starlette.responses import Response
+
+from stepstone.details import iso, workflow_summary
+from stepstone.durations import to_millis
+from stepstone.errors import ValidationError
+from stepstone.limits import MAX_STEPS
+from stepstone.models import WorkflowRecord
+from stepstone.server.body import json_object, only_keys, query_int, read_json
+from stepstone.server.envelope import ApiError, bad_request, ok
+from stepstone.server.state import ServerState, state_of
+
+MAX_PER_PAGE = 1000
+VERSION_NOT_FOUND = 10201
+
+
+def page_info(page: int, per_page: int, count: int, total: int) -> dict[str, Any]:
+    """``result_info`` of a page-based list."""
+    return {
+        "page": page,
+        "per_page": per_page,
+        "count": count,
+        "total_count": total,
+        "total_pages": max(1, math.ceil(total / per_page)),
+    }
+
+
+async def workflow_document(state: ServerState, record: WorkflowRecord) -> dict[str, Any]:
+    """A workflow as listed, with its instance counts."""
+    counts = await state.engine.storage.count_by_status(record.name)
+    return workflow_summary(record, counts)
+
+
+async def list_workflows(request: Request) -> Response:
+    """``GET /workflows?page&per_page&search``."""
+    state = state_of(request)
+    page = query_int(request, "page", 1, low=1, high=1_000_000)
+    per_page = query_int(request, "per_page", 50, low=1, high=MAX_PER_PAGE)
+    search = request.query_params.get("search", "").lower()
+    records = [r for r in await state.engine.list_workflows() if search in r.name.lower()]
+    chosen = records[(page - 1) * per_page : page * per_page]
+    result = [await workflow_document(state, r) for r in chosen]
+    return ok(result, result_info=page_info(page, per_page, len(result), len(records)))
+
+
+async def get_workflow(request: Request) -> Response:
+    """``GET /workflows/{name}``."""
+    state = state_of(request)
+    record = await state.workflow_record(request.path_params["workflow_name"])
+    return ok(await workflow_document(state, record))
+
+
+def _config_from(body: dict[str, Any], old: dict[str, Any]) -> dict[str, Any]:
+    config = dict(old)
+    if "limits" in body:
+        limits = json_object(body["limits"], "limits")
+        only_keys(limits, ("steps",), "limits")
+        steps = limits.get("steps")
+        if steps is not None:
+            if not isinstance(steps, int) or isinstance(steps, bool) or not 1 <= steps <= MAX_STEPS:
+                raise bad_request(f"limits.steps must be an integer from 1 to {MAX_STEPS}, got {steps!r}")
+            config["limits"] = {"steps": steps}
+    if "default_retention" in body:
+        retention = json_object(body["default_retention"], "default_retention")
+        only_keys(retention, ("error_retention", "success_retention"), "default_retention")
+        parsed: dict[str, float] = {}
+        for key, value in retention.items():
+            if not isinstance(value, int | float | str) or isinstance(value, bool):
+                raise bad_request(f"default_retention.{key} must be milliseconds or a string like '5 minutes'")
+            try:
+                parsed[key] = to_millis(value, what=f"default_retention.{key}")
+            except ValidationError as exc:
+                raise bad_request(str(exc)) from None
+        config["default_retention"] = parsed
+    if "concurrency" in body:
+        concurrency = json_object(body["concurrency"], "concurrency")
+        only_keys(concurrency, ("limit",), "concurrency")
+        limit = concurrency.get("limit")
+        if limit is not None and (not isinstance(limit, int) or isinstance(limit, bool) or limit < 1):
+            raise bad_request(f"concurrency.limit must be a positive integer, got {limit!r}")
+        config["concurrency"] = {"limit": limit} if limit is not None else {}
+    if "schedules" in body:
+        schedules = body["schedules"]
+        if not isinstance(schedules, list):
+            raise bad_request('schedules must be an array of {"cron": "<expression>"}')
+        crons: list[str] = []
+        for item in schedules:
+            cron = json_object(item, "each schedule").get("cron")
+            if not isinstance(cron, str) or not cron.strip() or len(cron) > 256:
+                raise bad_request(f"schedule cron must be a non-empty string of at most 256 characters, got {cron!r}")
+            crons.append(cron)
+        config["schedules"] = crons
+    return config
+
+
+def _text(body: dict[str, Any], key: str) -> str:
+    value = body.get(key)
+    if not isinstance(value, str) or not value or len(value) > 256:
+        raise bad_request(f"{key} is required: a non-empty string of at most 256 characters, got {value!r}")
+    return value
+
+
+async def put_workflow(request: Request) -> Response:
+    """``PUT /workflows/{name}``: create or update the record (a class need not be registered here)."""
+    state = state_of(request)
+    name = state.workflow_name(request.path_params["workflow_name"])
+    body = json_object(await read_json(request, state.body_cap), "the request body")
+    only_keys(
+        body,
+        ("class_name", "script_name", "default_retention", "limits", "schedules", "concurrency"),
+        "PUT workflow",
+    )
+    class_name, script_name = _text(body, "class_name"), _text(body, "script_name")
+    storage = state.engine.storage
+    old = await storage.get_workflow(name)
+    old_config = json.loads(old.config or "{}") if old is not None else {}
+    config = json.dumps(_config_from(body, old_config if isinstance(old_config, dict) else {}), sort_keys=True)
+    now = state.engine.clock.now()
+    record = await storage.put_workflow(
+        WorkflowRecord(name, class_name, script_name, str(uuid.uuid4()), now, now, None, config)
+    )
+    return ok(
+        {
+            "id": record.name,
+            "name": record.name,
+            "class_name": record.class_name,
+            "script_name": record.script_name,
+            "created_on": iso(record.created_on),
+            "modified_on": iso(record.modified_on),
+            "triggered_on": iso(record.triggered_on),
+            "version_id": record.version_id,
+            "is_deleted": 0,
+            "terminator_running": 1 if state.terminator_running(name) else 0,
+        }
+    )
+
+
+async def delete_workflow(request: Request) -> Response:
+    """``DELETE /workflows/{name}``: the workflow and all its instances."""
+    state = state_of(request)
+    record = await state.workflow_record(request.path_params["workflow_name"])
+    await state.engine.storage.delete_workflow(record.name)
+    return ok({"status": "ok", "success": True})
+
+
+def version_document(record: WorkflowRecord) -> dict[str, Any]:
+    """The workflow's current version (stepstone keeps one version per workflow: the latest)."""
+    try:
+        config = json.loads(record.config or "{}")
+    except ValueError:
+        config = {}
+    doc: dict[str, Any] = {
+        "id": record.version_id,
+        "class_name": record.class_name,
+        "created_on": iso(record.modified_on),
+        "modified_on": iso(record.modified_on),
+        "workflow_id": record.name,
+        "has_dag": False,
+        "language": "python",
+    }
+    if isinstance(config, dict):
+        for key in ("limits", "default_retention", "concurrency"):
+            if isinstance(config.get(key), dict):
+                doc[key] = config[key]
+    return doc
+
+
+async def list_versions(request: Request) -> Response:
+    """``GET /workflows/{name}/versions``: newest first (here: the one current version)."""
+    state = state_of(request)
+    record = await state.workflow_record(request.path_params["workflow_name"])
+    page = query_int(request, "page", 1, low=1, high=1_000_000)
+    per_page = query_int(request, "per_page", 50, low=1, high=MAX_PER_PAGE)
+    result = [version_document(record)] if page == 1 else []
+    return ok(result, result_info=page_info(page, per_page, len(result), 1))
+
+
+async def _version(request: Request) -> dict[str, Any]:
+    state = state_of(request)
+    record = await state.workflow_record(request.path_params["workflow_name"])
+    version_id = request.path_params["version_id"]
+    if version_id != record.version_id:
+        raise ApiError(
+            404,
+            VERSION_NOT_FOUND,
+            f"version {version_id[:80]!r} not found in workflow {record.name!r}: "
+            f"its current version is {record.version_id!r}",
+        )
+    return version_document(record)
+
+
+async def get_version(request: Request) -> Response:
+    """``GET /workflows/{name}/versions/{version_id}``."""
+    return ok(await _version(request))
+
+
+async def version_graph(request: Request) -> Response:
+    """``GET /workflows/{name}/versions/{version_id}/graph``: stepstone draws no graph (``null``)."""
+    doc = await _version(request)
+    return ok({k: doc[k] for k in ("id", "class_name", "created_on", "modified_on", "workflow_id")} | {"graph": None})

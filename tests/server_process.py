@@ -1,0 +1,146 @@
+"""A real stepstone server in a subprocess, for the REST tests: an engine with a worker, a few workflows,
+and the REST API on a loopback port, over a SQLite file.
+
+Run as a script: ``python tests/server_process.py DATABASE_URL PORT [TOKENS_JSON]``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from stepstone import Engine, NonRetryableError, WorkflowEntrypoint, WorkflowTimeoutError
+
+
+class Quick(WorkflowEntrypoint):
+    """One step; echoes its params."""
+
+    async def run(self, event: Any, step: Any) -> Any:
+        echoed = await step.do("echo", lambda: {"echo": event.payload})
+        return echoed
+
+
+class Waiter(WorkflowEntrypoint):
+    """A step with a retry, then waits for an ``approval`` event, then a sensitive step."""
+
+    async def run(self, event: Any, step: Any) -> Any:
+        tries = {"n": 0}
+
+        def flaky() -> str:
+            tries["n"] += 1
+            if tries["n"] == 1:
+                raise RuntimeError("first attempt fails")
+            return "prepared"
+
+        prepared = await step.do("prepare", {"retries": {"limit": 3, "delay": 10, "backoff": "constant"}}, flaky)
+        try:
+            approval = await step.wait_for_event("approval", "approval", timeout="1 hour")
+            payload = approval.payload
+        except WorkflowTimeoutError:
+            payload = None
+        secret = await step.do("secret", {"sensitive": "output"}, lambda: "s3cret")
+        return {"prepared": prepared, "approval": payload, "secret_len": len(secret)}
+
+
+class Sleeper(WorkflowEntrypoint):
+    """Sleeps for an hour between two steps."""
+
+    async def run(self, event: Any, step: Any) -> Any:
+        await step.do("before", lambda: 1)
+        await step.sleep("nap", "1 hour")
+        return await step.do("after", lambda: 2)
+
+
+class Failing(WorkflowEntrypoint):
+    """Fails at once with a NonRetryableError."""
+
+    async def run(self, event: Any, step: Any) -> Any:
+        def boom() -> None:
+            raise NonRetryableError("no way", "BoomError")
+
+        await step.do("boom", boom)
+
+
+WORKFLOWS: dict[str, type[WorkflowEntrypoint]] = {
+    "quick": Quick,
+    "waiter": Waiter,
+    "sleeper": Sleeper,
+    "failing": Failing,
+}
+
+
+async def _main(database: str, port: int, tokens_json: str | None) -> None:
+    from stepstone.server import TokenRule, serve
+
+    tokens = None
+    if tokens_json:
+        rules = json.loads(tokens_json)
+        tokens = [TokenRule(r.get("token"), r.get("token_sha256"), tuple(r["accounts"])) for r in rules]
+    engine = Engine(database, poll_interval=0.05)
+    for name, cls in WORKFLOWS.items():
+        engine.register(cls, name=name, script_name="tests")
+    async with engine:
+        await serve(engine, host="127.0.0.1", port=port, tokens=tokens)
+
+
+def free_port() -> int:
+    """A TCP port free on loopback right now."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@contextlib.contextmanager
+def running_server(
+    tmp: Path, *, tokens: list[dict[str, Any]] | None = None, database: str | None = None
+) -> Iterator[str]:
+    """Start the server process; yields its base URL (``http://127.0.0.1:PORT``); stops it after."""
+    database = database or f"sqlite:///{tmp / 'rest.db'}"
+    port = free_port()
+    args = [sys.executable, str(Path(__file__)), database, str(port)]
+    if tokens is not None:
+        args.append(json.dumps(tokens))
+    log = (tmp / f"server-{port}.log").open("w")
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    proc = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, env=env)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 20
+        while True:
+            if proc.poll() is not None:
+                raise RuntimeError(f"server exited: {(tmp / f'server-{port}.log').read_text()}")
+            try:
+                if httpx.get(base + "/health", timeout=1).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            if time.monotonic() > deadline:
+                raise RuntimeError("server did not start in 20 s")
+            time.sleep(0.05)
+        yield base
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        log.close()
+
+
+if __name__ == "__main__":
+    import logging
+
+    logging.basicConfig(level=logging.INFO)
+    asyncio.run(_main(sys.argv[1], int(sys.argv[2]), sys.argv[3] if len(sys.argv) > 3 else None))

@@ -1,0 +1,141 @@
+"""Where CLI commands act: the project's database directly (:class:`LocalBackend`) or a running server over HTTP
+(:class:`~stepstone.cli.http.HttpBackend`). Both answer with Cloudflare's REST documents (spec §14), so every
+command prints the same thing either way."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any, Protocol
+
+from stepstone.binding import Workflow
+from stepstone.details import instance_summary, workflow_summary
+from stepstone.engine import Engine
+from stepstone.errors import WorkflowNotFoundError
+
+Doc = dict[str, Any]
+
+
+class Backend(Protocol):
+    """The operations the CLI needs, as Cloudflare documents."""
+
+    async def list_workflows(self) -> list[Doc]:
+        """Every workflow, as list items."""
+        ...
+
+    async def get_workflow(self, name: str) -> Doc:
+        """One workflow; raises WorkflowNotFoundError."""
+        ...
+
+    async def delete_workflow(self, name: str) -> None:
+        """Delete a workflow and its instances."""
+        ...
+
+    async def create_instance(self, name: str, instance_id: str | None, params: Any) -> Doc:
+        """Queue a new instance: ``{id, status, version_id, workflow_id}``."""
+        ...
+
+    async def list_instances(
+        self, name: str, *, status: str | None, page: int, per_page: int, reverse: bool
+    ) -> tuple[list[Doc], int]:
+        """A page of instances (newest first unless ``reverse``) and the total."""
+        ...
+
+    async def describe_instance(self, name: str, instance_id: str) -> Doc:
+        """The instance details document."""
+        ...
+
+    async def change_status(self, name: str, instance_id: str, action: str, *, from_step: Doc | None = None) -> None:
+        """``pause``, ``resume``, ``terminate`` or ``restart`` (optionally ``from`` a step)."""
+        ...
+
+    async def send_event(self, name: str, instance_id: str, event_type: str, payload: Any) -> None:
+        """Send an event to an instance."""
+        ...
+
+    async def delete_instances(self, name: str, ids: Sequence[str]) -> tuple[list[str], list[Doc]]:
+        """Delete instances: the ids deleted and ``{id, message}`` for each failure."""
+        ...
+
+    async def close(self) -> None:
+        """Release connections."""
+        ...
+
+
+class LocalBackend:
+    """The CLI on the project's database, through an engine that runs no worker.
+
+    Args:
+        engine: an engine built with ``worker=False``; started here, stopped by :meth:`close`.
+    """
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+
+    async def start(self) -> LocalBackend:
+        """Open the database (records the project's workflows)."""
+        await self.engine.start()
+        return self
+
+    async def close(self) -> None:
+        """Close the database."""
+        await self.engine.stop()
+
+    async def _workflow(self, name: str) -> Workflow:
+        if name not in self.engine.definitions and await self.engine.storage.get_workflow(name) is None:
+            raise WorkflowNotFoundError(f'workflow "{name}" not found')
+        return self.engine.workflow(name)
+
+    async def list_workflows(self) -> list[Doc]:
+        storage = self.engine.storage
+        return [workflow_summary(w, await storage.count_by_status(w.name)) for w in await storage.list_workflows()]
+
+    async def get_workflow(self, name: str) -> Doc:
+        record = await self.engine.storage.get_workflow(name)
+        if record is None:
+            raise WorkflowNotFoundError(f'workflow "{name}" not found')
+        return workflow_summary(record, await self.engine.storage.count_by_status(name))
+
+    async def delete_workflow(self, name: str) -> None:
+        if not await self.engine.storage.delete_workflow(name):
+            raise WorkflowNotFoundError(f'workflow "{name}" not found')
+
+    async def create_instance(self, name: str, instance_id: str | None, params: Any) -> Doc:
+        wf = await self._workflow(name)
+        inst = await wf.create(id=instance_id, params=params, trigger="api")
+        record = await inst.record()
+        return {"id": record.id, "status": record.status, "version_id": record.version_id, "workflow_id": name}
+
+    async def list_instances(
+        self, name: str, *, status: str | None, page: int, per_page: int, reverse: bool
+    ) -> tuple[list[Doc], int]:
+        wf = await self._workflow(name)
+        result = await wf.list_instances(
+            status=status, limit=per_page, offset=(page - 1) * per_page, newest_first=not reverse
+        )
+        return [instance_summary(r) for r in result.items], result.total
+
+    async def describe_instance(self, name: str, instance_id: str) -> Doc:
+        wf = await self._workflow(name)
+        return await (await wf.get(instance_id)).describe()
+
+    async def change_status(self, name: str, instance_id: str, action: str, *, from_step: Doc | None = None) -> None:
+        inst = await (await self._workflow(name)).get(instance_id)
+        if action == "pause":
+            await inst.pause()
+        elif action == "resume":
+            await inst.resume()
+        elif action == "terminate":
+            await inst.terminate()
+        else:
+            await inst.restart(from_step)
+
+    async def send_event(self, name: str, instance_id: str, event_type: str, payload: Any) -> None:
+        inst = await (await self._workflow(name)).get(instance_id)
+        await inst.send_event(type=event_type, payload=payload)
+
+    async def delete_instances(self, name: str, ids: Sequence[str]) -> tuple[list[str], list[Doc]]:
+        wf = await self._workflow(name)
+        found = set(await wf.delete_instances(list(dict.fromkeys(ids))))
+        deleted = [i for i in ids if i in found]
+        errors = [{"id": i, "message": f'instance "{i}" not found'} for i in ids if i not in found]
+        return deleted, errors

@@ -1,0 +1,126 @@
+"""What every command shares: the options that pick a project, a database or a server, and opening a backend."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+from collections.abc import AsyncIterator, Callable, Coroutine
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TypeVar
+
+import click
+
+from stepstone.cli.backend import Backend, LocalBackend
+from stepstone.cli.output import warn
+from stepstone.config import ConfigError, client_token, env_database, find_config
+from stepstone.engine import Engine
+from stepstone.project import Project, ProjectError
+
+F = TypeVar("F", bound=Callable[..., Any])
+T = TypeVar("T")
+
+
+@dataclass(frozen=True, slots=True)
+class Target:
+    """Where a command acts: ``--config``, ``--database``, ``--api``/``--token``/``--account-id``, ``--json``."""
+
+    config: Path | None = None
+    database: str | None = None
+    api: str | None = None
+    token: str | None = None
+    account_id: str = "local"
+    json: bool = False
+
+
+def target_options(fn: F) -> F:
+    """Add the options of :class:`Target` to a command; it receives them as ``target``."""
+
+    @click.option(
+        "-c",
+        "--config",
+        "config",
+        type=click.Path(dir_okay=False, path_type=Path),
+        default=None,
+        help="The project file (default: stepstone.toml, wrangler.toml or wrangler.jsonc here or above).",
+    )
+    @click.option("--database", default=None, metavar="URL", help="Use this database instead of the project's.")
+    @click.option("--api", default=None, metavar="URL", help="Act through a running stepstone server instead.")
+    @click.option("--token", default=None, help="API token for --api (default: STEPSTONE_API_TOKEN).")
+    @click.option("--account-id", default="local", show_default=True, help="Account id in --api paths.")
+    @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of text.")
+    @functools.wraps(fn)
+    def wrapper(
+        *args: Any,
+        config: Path | None,
+        database: str | None,
+        api: str | None,
+        token: str | None,
+        account_id: str,
+        as_json: bool,
+        **kwargs: Any,
+    ) -> Any:
+        target = Target(config, database, api, token, account_id, as_json)
+        return fn(*args, target=target, **kwargs)
+
+    return wrapper  # type: ignore[return-value]
+
+
+def load_project(config: Path | None) -> Project:
+    """The project named by ``--config``, or found from the working directory."""
+    if config is not None and not config.is_file():
+        raise click.BadParameter(f"{config} does not exist", param_hint="'-c' / '--config'")
+    for line in (project := Project.load(config)).config.warnings:
+        warn(line)
+    return project
+
+
+def run(coro: Coroutine[Any, Any, T]) -> T:
+    """Run a command's coroutine to the end."""
+    return asyncio.run(coro)
+
+
+def client_engine(target: Target, *, need_code: bool) -> Engine:
+    """An engine on the target's database that runs nothing: the project's, or a bare one outside any project.
+
+    Args:
+        need_code: the command creates instances, so the project's classes must be registered; otherwise a
+            ``main`` that fails to import is only a warning.
+    """
+    if target.config is None and find_config(Path.cwd()) is None:
+        database = target.database or env_database()
+        if database is None:
+            raise ConfigError(
+                f"no stepstone.toml, wrangler.toml or wrangler.jsonc in {Path.cwd()} or its parents "
+                "(create one with: stepstone init, or pass --database URL)"
+            )
+        return Engine(database, worker=False)
+    project = load_project(target.config)
+    try:
+        return project.engine(worker=False, database=target.database)
+    except ProjectError as exc:
+        if need_code:
+            raise
+        warn(f"{exc} (continuing with the workflows the database knows)")
+        return project.engine(worker=False, database=target.database, register=False)
+
+
+@contextlib.asynccontextmanager
+async def open_backend(target: Target, *, need_code: bool = False) -> AsyncIterator[Backend]:
+    """The backend a command acts on: HTTP with ``--api``, else the database directly."""
+    if target.api:
+        from stepstone.cli.http import HttpBackend
+
+        token = target.token or client_token()
+        http = HttpBackend(target.api, token=token, account_id=target.account_id)
+        try:
+            yield http
+        finally:
+            await http.close()
+        return
+    local = await LocalBackend(client_engine(target, need_code=need_code)).start()
+    try:
+        yield local
+    finally:
+        await local.close()

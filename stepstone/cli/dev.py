@@ -1,0 +1,199 @@
+"""``stepstone dev``: the project's worker in a child process, restarted when the code changes; the cron schedules;
+and the REST API on 127.0.0.1:8787 once ``stepstone.server`` exists.
+
+The child imports the user's code; this process never does, so an edit that breaks the import only stops the
+worker until the next edit. Instances carry on across restarts by replay: a stopped worker releases its leases.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import importlib.util
+import os
+import signal
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import click
+
+from stepstone.cli.common import load_project, run
+from stepstone.cli.output import info, warn
+from stepstone.cli.worker import setup_logging
+from stepstone.config import ConfigError
+from stepstone.engine import Engine
+from stepstone.project import Project, run_schedules, schedules_of
+
+_SKIP_DIRS = {"__pycache__", "node_modules", "venv", "env", "site-packages"}
+
+
+def _watched(root: Path, extra: list[Path]) -> Iterator[Path]:
+    yield from extra
+    for dirpath, dirnames, filenames in os.walk(root):
+        dirnames[:] = [d for d in dirnames if not d.startswith(".") and d not in _SKIP_DIRS]
+        for f in filenames:
+            if f.endswith(".py"):
+                yield Path(dirpath) / f
+
+
+def snapshot(root: Path, extra: list[Path]) -> dict[Path, float]:
+    """Modification times of the project's Python files and configuration."""
+    out: dict[Path, float] = {}
+    for path in _watched(root, extra):
+        with contextlib.suppress(OSError):
+            out[path] = path.stat().st_mtime_ns
+    return out
+
+
+def changed(before: dict[Path, float], after: dict[Path, float]) -> list[Path]:
+    """Files added, removed or modified between two snapshots."""
+    return sorted(p for p in before.keys() | after.keys() if before.get(p) != after.get(p))
+
+
+class Child:
+    """The worker subprocess (``python -m stepstone.cli worker``)."""
+
+    def __init__(self, args: list[str]) -> None:
+        self.args = args
+        self.proc: asyncio.subprocess.Process | None = None
+
+    async def start(self) -> None:
+        self.proc = await asyncio.create_subprocess_exec(sys.executable, "-m", "stepstone.cli", "worker", *self.args)
+
+    @property
+    def exited(self) -> int | None:
+        return None if self.proc is None else self.proc.returncode
+
+    async def stop(self, grace: float = 10.0) -> None:
+        proc, self.proc = self.proc, None
+        if proc is None or proc.returncode is not None:
+            return
+        proc.send_signal(signal.SIGTERM)
+        try:
+            await asyncio.wait_for(proc.wait(), grace)
+        except TimeoutError:
+            proc.kill()
+            await proc.wait()
+
+
+async def _serve_api(project: Project, engine: Engine, port: int) -> None:
+    """Serve the REST API; a missing extra or a busy port is a warning, not the end of ``dev``."""
+    if importlib.util.find_spec("stepstone.server") is None:
+        info("  API: not served (stepstone.server is not part of this install)")
+        return
+    try:
+        from stepstone.server import TokenRule, serve
+    except ImportError as exc:
+        info(f"  API: not served ({exc})")
+        return
+    host = project.settings.host
+    tokens = [TokenRule(**rule) for rule in project.settings.api_tokens] or None
+    ready = asyncio.Event()
+    task = asyncio.create_task(serve(engine, host=host, port=port, tokens=tokens, ready=ready))
+    waiter = asyncio.create_task(ready.wait())
+    await asyncio.wait([task, waiter], return_when=asyncio.FIRST_COMPLETED)
+    if task.done():
+        waiter.cancel()
+        warn(f"API not served: {task.exception()}")
+        return
+    info(f"  API: http://{host}:{port}/client/v4 (and the local explorer API under /cdn-cgi/explorer/api)")
+    await task
+
+
+async def run_dev(project: Project, *, database: str | None, port: int, api: bool, poll: float) -> None:
+    """Supervise the worker child, fire the schedules and serve the API until SIGINT/SIGTERM."""
+    from stepstone.cli.worker import until_signalled
+
+    config_path = project.config.path
+    db = database or project.settings.database
+    child_args = ["--config", str(config_path), "--database", db, "--no-schedules", "--poll-interval", "0.2"]
+    info(f"⎔ Starting stepstone dev for {project.config.name} ({config_path})")
+    info(f"  database: {db}")
+    for wf in project.config.workflows:
+        extra = f", schedules {', '.join(wf.schedules)}" if wf.schedules else ""
+        info(f"  env.{wf.binding}: workflow {wf.name} (class {wf.class_name}{extra})")
+    for key in project.config.vars:
+        info(f"  env.{key}: var")
+
+    engine = project.engine(worker=False, database=db, register=False)
+    tasks: list[asyncio.Task[None]] = []
+    child = Child(child_args)
+    async with engine:
+        current = {"project": project}
+        tasks.append(
+            asyncio.create_task(
+                run_schedules(
+                    engine,
+                    lambda: schedules_of(current["project"].config),
+                    on_fire=lambda wf, i: info(f'⌛ cron created "{i}" of {wf}'),
+                )
+            )
+        )
+        if api:
+            tasks.append(asyncio.create_task(_serve_api(project, engine, port)))
+
+        async def supervise() -> None:
+            root = project.root
+            files = snapshot(root, [config_path])
+            await child.start()
+            reported = False
+            while True:
+                await asyncio.sleep(poll)
+                now = snapshot(root, [config_path])
+                diff = changed(files, now)
+                if diff:
+                    files = now
+                    names = ", ".join(str(p.relative_to(root)) if p.is_relative_to(root) else str(p) for p in diff)
+                    info(f"↻ {names} changed: restarting the worker")
+                    if config_path in diff:
+                        try:
+                            current["project"] = load_project(config_path)
+                        except ConfigError as exc:
+                            warn(f"{exc} (keeping the previous configuration)")
+                    await child.stop()
+                    await child.start()
+                    reported = False
+                elif child.exited is not None and not reported:
+                    reported = True
+                    warn(f"the worker exited with code {child.exited}; fix the code and save to restart it")
+
+        tasks.append(asyncio.create_task(supervise()))
+        try:
+            done_signal = asyncio.create_task(until_signalled())
+            await asyncio.wait([done_signal, *tasks], return_when=asyncio.FIRST_COMPLETED)
+            for task in tasks:
+                if task.done() and not task.cancelled() and task.exception() is not None:
+                    raise task.exception()  # type: ignore[misc]
+        finally:
+            for task in tasks:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await task
+            await child.stop()
+            info("⎔ stepstone dev stopped")
+
+
+@click.command()
+@click.option(
+    "-c",
+    "--config",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="The project file (default: found from the working directory).",
+)
+@click.option("--database", default=None, metavar="URL", help="Use this database instead of the project's.")
+@click.option("--port", type=click.IntRange(0, 65535), default=None, help="API port (default: the project's, 8787).")
+@click.option("--no-api", is_flag=True, help="Do not serve the REST API.")
+@click.option(
+    "--watch-interval",
+    type=click.FloatRange(min=0.05),
+    default=0.3,
+    show_default=True,
+    help="Seconds between checks for changed files.",
+)
+def dev(config: Path | None, database: str | None, port: int | None, no_api: bool, watch_interval: float) -> None:
+    """Run the project locally: a worker restarted on code changes, the cron schedules, the REST API."""
+    setup_logging()
+    project = load_project(config)
+    run(run_dev(project, database=database, port=port or project.settings.port, api=not no_api, poll=watch_interval))

@@ -1,0 +1,169 @@
+"""``stepstone init [DIR]``: a starter project, like ``npm create cloudflare -- --template workflows-starter``."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import click
+
+from stepstone.cli.output import echo
+from stepstone.config import CONFIG_FILES
+
+CONFIG = """\
+# stepstone reads wrangler's keys: name, main, [vars], [[workflows]].
+name = "{name}"
+main = "src/entry.py"
+
+[vars]
+GREETING = "Hello"
+
+[[workflows]]
+name = "{workflow}"
+binding = "MY_WORKFLOW"
+class_name = "MyWorkflow"
+# schedules = ["*/30 * * * *"]     # cron: each firing creates an instance
+
+# stepstone's own settings (STEPSTONE_DATABASE_URL, STEPSTONE_CONCURRENCY, ... override them).
+[stepstone]
+database = "sqlite:///.stepstone/stepstone.db"
+concurrency = 100
+port = 8787
+retention = {{ success = "7 days", error = "7 days" }}
+"""
+
+ENTRY = '''\
+"""The starter workflow: three steps, a durable sleep, and a wait for an approval event."""
+
+from __future__ import annotations
+
+import random
+from typing import Any
+
+from stepstone import NonRetryableError, WorkflowEntrypoint, WorkflowEvent, WorkflowStep, WorkflowTimeoutError
+
+
+class MyWorkflow(WorkflowEntrypoint):
+    """Trigger it with params like {"email": "ada@example.com"}."""
+
+    async def run(self, event: WorkflowEvent, step: WorkflowStep) -> Any:
+        # A step's result is stored: on replay (after a sleep, a restart or a crash) it is not run again.
+        files = await step.do(
+            "my first step",
+            lambda: {"inputParams": event.payload, "files": ["doc_7392_rev3.pdf", "report_x29_final.pdf"]},
+        )
+
+        @step.do("greet", config={"retries": {"limit": 3, "delay": "1 second", "backoff": "constant"}})
+        async def greet() -> str:
+            if not isinstance(event.payload, dict):
+                raise NonRetryableError("params must be a JSON object")
+            if random.random() < 0.3:
+                raise ConnectionError("flaky network, retried")  # retried by the step config above
+            return f"{self.env.GREETING}, {event.payload.get('email', 'stranger')}!"
+
+        greeting = await greet()
+
+        await step.sleep("wait on something", "5 seconds")  # the instance hibernates: no process held
+
+        try:
+            approval = await step.wait_for_event("wait for approval", "approval", timeout="1 hour")
+            approved = bool(approval.payload.get("approved"))
+        except WorkflowTimeoutError:
+            approved = False
+
+        summary = await step.do("summarise", lambda: {"files": len(files["files"]), "approved": approved})
+        return {"greeting": greeting, **summary}
+'''
+
+TEST = '''\
+"""Runs the starter workflow end to end on a fake clock: the sleep takes no real time."""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "src"))
+
+from entry import MyWorkflow  # noqa: E402
+
+from stepstone import Engine  # noqa: E402
+from stepstone.testing import FAKE_CLOCK_ENGINE_OPTIONS, FakeClock, wait_for_status  # noqa: E402
+
+
+async def scenario(tmp: Path) -> Any:
+    clock = FakeClock(autojump=True)
+    engine = Engine(f"sqlite:///{tmp / 'test.db'}", clock=clock, vars={"GREETING": "Hi"}, **FAKE_CLOCK_ENGINE_OPTIONS)
+    async with engine:
+        workflow = engine.register(MyWorkflow, name="test", binding="MY_WORKFLOW")
+        instance = await workflow.create(params={"email": "ada@example.com"})
+        await wait_for_status(instance, "waiting")
+        while (await instance.describe())["waiting_for"]["kind"] != "waitForEvent":
+            await asyncio.sleep(0.01)
+        await instance.send_event(type="approval", payload={"approved": True})
+        return (await wait_for_status(instance, "complete")).output
+
+
+def test_my_workflow(tmp_path: Path) -> None:
+    output = asyncio.run(scenario(tmp_path))
+    assert output == {"greeting": "Hi, ada@example.com!", "files": 2, "approved": True}
+'''
+
+README = """\
+# {name}
+
+A stepstone project: Cloudflare Workflows for Python, running locally.
+
+```bash
+stepstone dev                                              # runs the workflows; restarts on code changes
+stepstone workflows trigger {workflow} '{{"email": "ada@example.com"}}'
+stepstone workflows instances describe {workflow} latest
+stepstone workflows instances send-event {workflow} latest --type approval --payload '{{"approved": true}}'
+stepstone workflows trigger {workflow} '{{"email": "bob@example.com"}}' --wait   # follow it live
+python -m pytest tests                                     # the workflow's test, on a fake clock
+```
+
+`src/entry.py` holds the workflow; `stepstone.toml` binds it (wrangler's keys). The state lives in
+`.stepstone/stepstone.db`.
+"""
+
+GITIGNORE = ".stepstone/\n__pycache__/\n"
+
+
+def _slug(text: str) -> str:
+    slug = re.sub(r"[^a-zA-Z0-9_-]+", "-", text).strip("-_").lower()
+    return slug[:40] or "my-project"
+
+
+@click.command()
+@click.argument("directory", default=".", type=click.Path(file_okay=False, path_type=Path))
+@click.option("--name", default=None, help="Project name (default: the directory's name).")
+def init(directory: Path, name: str | None) -> None:
+    """Create a starter project in DIRECTORY: stepstone.toml, a workflow, a test."""
+    root = directory.resolve()
+    existing = [f for f in CONFIG_FILES if (root / f).exists()]
+    if existing:
+        raise click.UsageError(f"{root / existing[0]} already exists: {root} is already a project")
+    project = _slug(name or root.name)
+    workflow = f"{project}-workflow" if not project.endswith("workflow") else project
+    files = {
+        "stepstone.toml": CONFIG.format(name=project, workflow=workflow),
+        "src/entry.py": ENTRY,
+        "tests/test_workflow.py": TEST,
+        "README.md": README.format(name=project, workflow=workflow),
+        ".gitignore": GITIGNORE,
+    }
+    for rel, text in files.items():
+        path = root / rel
+        if path.exists():
+            continue
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text, encoding="utf-8")
+    where = "" if root == Path.cwd().resolve() else f"cd {directory} && "
+    echo(f'✨ Created project "{project}" in {root} with workflow "{workflow}"')
+    echo("Next:")
+    echo(f"  {where}stepstone dev")
+    echo(f'  stepstone workflows trigger {workflow} \'{{"email": "ada@example.com"}}\'')
+    echo(f"  stepstone workflows instances describe {workflow} latest")

@@ -1,0 +1,381 @@
+"""Project configuration: ``stepstone.toml``, ``wrangler.toml`` or ``wrangler.jsonc``, plus ``STEPSTONE_*`` overrides.
+
+This is the only module that reads the environment. It parses and checks; it imports no user code (that is
+:mod:`stepstone.project`). Every error names the file, the key and what was expected::
+
+    stepstone.toml: workflows[0].class_name: expected a non-empty string, got 3
+
+Wrangler's keys are read as they are (``name``, ``main``, ``[vars]``, ``[[workflows]]`` with ``name``, ``binding``,
+``class_name``, ``script_name``, ``limits.steps``, ``schedules``); our own settings sit in a ``[stepstone]`` table:
+``database``, ``concurrency``, ``host``, ``port``, ``retention = {success, error}`` and ``api_tokens``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Final
+
+from stepstone.durations import to_millis
+from stepstone.errors import ValidationError
+from stepstone.limits import ID_PATTERN, MAX_STEPS
+
+CONFIG_FILES: Final[tuple[str, ...]] = ("stepstone.toml", "wrangler.toml", "wrangler.jsonc", "wrangler.json")
+"""The file names looked for, in this order, in the directory and then its parents."""
+
+DEFAULT_DATABASE: Final[str] = "sqlite:///.stepstone/stepstone.db"
+DEFAULT_HOST: Final[str] = "127.0.0.1"
+DEFAULT_PORT: Final[int] = 8787
+DEFAULT_CONCURRENCY: Final[int] = 100
+
+ENV_DATABASE: Final[str] = "STEPSTONE_DATABASE_URL"
+ENV_CONCURRENCY: Final[str] = "STEPSTONE_CONCURRENCY"
+ENV_HOST: Final[str] = "STEPSTONE_HOST"
+ENV_PORT: Final[str] = "STEPSTONE_PORT"
+ENV_API_TOKEN: Final[str] = "STEPSTONE_API_TOKEN"
+
+# Wrangler keys that make sense for a Worker but not here: accepted silently.
+_QUIET_KEYS: Final[frozenset[str]] = frozenset({"$schema", "compatibility_date", "compatibility_flags"})
+_TOP_KEYS: Final[frozenset[str]] = frozenset({"name", "main", "vars", "workflows", "stepstone"})
+_WORKFLOW_KEYS: Final[frozenset[str]] = frozenset(
+    {"name", "binding", "class_name", "script_name", "limits", "schedules"}
+)
+_SETTINGS_KEYS: Final[frozenset[str]] = frozenset(
+    {"database", "concurrency", "host", "port", "retention", "api_tokens"}
+)
+
+
+class ConfigError(ValidationError):
+    """A configuration file or an environment override is missing or invalid."""
+
+
+@dataclass(frozen=True, slots=True)
+class WorkflowConfig:
+    """One ``[[workflows]]`` entry."""
+
+    name: str
+    binding: str
+    class_name: str
+    script_name: str = ""
+    """Set when another project (sharing the database) defines the class: only the binding is made here."""
+    steps: int | None = None
+    """``limits.steps``; None keeps the engine's default."""
+    schedules: tuple[str, ...] = ()
+    """Cron expressions; each firing creates an instance."""
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    """The ``[stepstone]`` table after environment overrides."""
+
+    database: str = DEFAULT_DATABASE
+    concurrency: int = DEFAULT_CONCURRENCY
+    host: str = DEFAULT_HOST
+    port: int = DEFAULT_PORT
+    success_retention_ms: float | None = None
+    error_retention_ms: float | None = None
+    api_tokens: tuple[dict[str, Any], ...] = ()
+    """``{"token": str | None, "token_sha256": str | None, "accounts": tuple[str, ...]}`` each (TokenRule fields)."""
+
+
+@dataclass(frozen=True, slots=True)
+class ProjectConfig:
+    """A parsed project file."""
+
+    path: Path
+    """The configuration file."""
+    name: str
+    main: Path
+    """The Python file holding the workflow classes (absolute)."""
+    vars: dict[str, Any] = field(default_factory=dict)
+    workflows: tuple[WorkflowConfig, ...] = ()
+    settings: Settings = field(default_factory=Settings)
+    warnings: tuple[str, ...] = ()
+    """One line per thing ignored (unknown keys)."""
+
+    @property
+    def root(self) -> Path:
+        """The directory holding the configuration file."""
+        return self.path.parent
+
+
+# -- reading files ----------------------------------------------------------------------------------------
+def find_config(start: Path) -> Path | None:
+    """The first configuration file in ``start`` or a parent directory, or None."""
+    start = start.resolve()
+    for directory in (start, *start.parents):
+        for name in CONFIG_FILES:
+            candidate = directory / name
+            if candidate.is_file():
+                return candidate
+    return None
+
+
+def strip_jsonc(text: str) -> str:
+    """JSON with comments (``//``, ``/* */``) and trailing commas → plain JSON, leaving strings untouched."""
+    out: list[str] = []
+    i, n = 0, len(text)
+    while i < n:
+        c = text[i]
+        if c == '"':
+            j = i + 1
+            while j < n and text[j] != '"':
+                j += 2 if text[j] == "\\" else 1
+            out.append(text[i : j + 1])
+            i = j + 1
+        elif text.startswith("//", i):
+            while i < n and text[i] != "\n":
+                i += 1
+        elif text.startswith("/*", i):
+            end = text.find("*/", i + 2)
+            i = n if end < 0 else end + 2
+        else:
+            out.append(c)
+            i += 1
+    return re.sub(r",(\s*[}\]])", r"\1", "".join(out))
+
+
+def read_file(path: Path) -> dict[str, Any]:
+    """The raw mapping of a TOML or JSON(C) configuration file."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read: {exc.strerror or exc}") from None
+    try:
+        if path.suffix == ".toml":
+            data: object = tomllib.loads(text)
+        else:
+            data = json.loads(strip_jsonc(text))
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: invalid TOML: {exc}") from None
+    except json.JSONDecodeError as exc:
+        raise ConfigError(f"{path}: invalid JSON at line {exc.lineno} column {exc.colno}: {exc.msg}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a table of settings at the top level")
+    return data
+
+
+# -- checking values --------------------------------------------------------------------------------------
+class _Checker:
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def fail(self, key: str, expected: str, value: object) -> ConfigError:
+        return ConfigError(f"{self.path.name}: {key}: expected {expected}, got {value!r}")
+
+    def string(self, value: object, key: str, *, pattern: re.Pattern[str] | None = None, what: str = "") -> str:
+        if not isinstance(value, str) or not value.strip():
+            raise self.fail(key, "a non-empty string", value)
+        if pattern is not None and not pattern.match(value):
+            raise self.fail(key, what, value)
+        return value
+
+    def integer(self, value: object, key: str, *, low: int = 1, high: int | None = None) -> int:
+        if isinstance(value, str) and value.strip().isdigit():
+            value = int(value)
+        if not isinstance(value, int) or isinstance(value, bool) or value < low or (high and value > high):
+            bound = f"an integer >= {low}" if high is None else f"an integer from {low} to {high}"
+            raise self.fail(key, bound, value)
+        return value
+
+    def table(self, value: object, key: str) -> dict[str, Any]:
+        if not isinstance(value, dict):
+            raise self.fail(key, "a table", value)
+        return value
+
+    def duration(self, value: object, key: str) -> float:
+        if not isinstance(value, int | float | str) or isinstance(value, bool):
+            raise self.fail(key, 'a duration such as "7 days"', value)
+        try:
+            return to_millis(value, what=key)
+        except ValidationError:
+            raise self.fail(key, 'a duration such as "7 days"', value) from None
+
+
+_NAME_RULE = "1-64 letters, digits, '_' or '-', not starting with '-'"
+_BINDING_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+
+
+def _workflow(c: _Checker, raw: object, index: int, warnings: list[str]) -> WorkflowConfig:
+    key = f"workflows[{index}]"
+    entry = c.table(raw, key)
+    unknown = sorted(set(entry) - _WORKFLOW_KEYS)
+    if unknown:
+        warnings.append(f"{c.path.name}: {key}: ignoring unknown key(s) {', '.join(unknown)}")
+    name = c.string(entry.get("name"), f"{key}.name")
+    if len(name) > 64 or not ID_PATTERN.match(name):
+        raise c.fail(f"{key}.name", _NAME_RULE, name)
+    binding = c.string(entry.get("binding"), f"{key}.binding", pattern=_BINDING_RE, what="a Python identifier")
+    class_name = c.string(entry.get("class_name"), f"{key}.class_name", pattern=_BINDING_RE, what="a class name")
+    script_name = entry.get("script_name", "")
+    if script_name != "":
+        script_name = c.string(script_name, f"{key}.script_name")
+    steps = None
+    if "limits" in entry:
+        limits = c.table(entry["limits"], f"{key}.limits")
+        for extra in sorted(set(limits) - {"steps", "cpu_ms"}):
+            warnings.append(f"{c.path.name}: {key}.limits: ignoring unknown key {extra}")
+        if "steps" in limits:
+            steps = c.integer(limits["steps"], f"{key}.limits.steps", high=MAX_STEPS)
+    raw_schedules = entry.get("schedules", [])
+    if isinstance(raw_schedules, str):
+        raw_schedules = [raw_schedules]
+    if not isinstance(raw_schedules, list):
+        raise c.fail(f"{key}.schedules", "a cron string or a list of them", raw_schedules)
+    from stepstone.cron import CronError, parse_cron
+
+    schedules: list[str] = []
+    for i, expr in enumerate(raw_schedules):
+        k = f"{key}.schedules[{i}]"
+        expr = c.string(expr, k)
+        try:
+            parse_cron(expr)
+        except CronError as exc:
+            raise c.fail(k, f"a 5-field cron expression ({exc})", expr) from None
+        schedules.append(expr)
+    return WorkflowConfig(name, binding, class_name, script_name, steps, tuple(schedules))
+
+
+def _token_rule(c: _Checker, raw: object, key: str) -> dict[str, Any]:
+    entry = c.table(raw, key)
+    unknown = set(entry) - {"token", "token_sha256", "accounts"}
+    if unknown:
+        raise c.fail(key, "keys token or token_sha256, and accounts", sorted(unknown))
+    token = entry.get("token")
+    digest = entry.get("token_sha256")
+    if (token is None) == (digest is None):
+        raise c.fail(key, "exactly one of token or token_sha256", entry)
+    if token is not None:
+        c.string(token, f"{key}.token")
+    if digest is not None and (not isinstance(digest, str) or not re.fullmatch(r"[0-9a-fA-F]{64}", digest)):
+        raise c.fail(f"{key}.token_sha256", "64 hex digits", digest)
+    accounts = entry.get("accounts", ["*"])
+    if not isinstance(accounts, list) or not accounts or not all(isinstance(a, str) and a for a in accounts):
+        raise c.fail(f"{key}.accounts", 'a list of account ids, or ["*"]', accounts)
+    return {"token": token, "token_sha256": digest.lower() if digest else None, "accounts": tuple(accounts)}
+
+
+def _settings(c: _Checker, raw: object, warnings: list[str]) -> dict[str, Any]:
+    table = c.table(raw, "stepstone")
+    unknown = sorted(set(table) - _SETTINGS_KEYS)
+    if unknown:
+        warnings.append(f"{c.path.name}: stepstone: ignoring unknown key(s) {', '.join(unknown)}")
+    out: dict[str, Any] = {}
+    if "database" in table:
+        out["database"] = _database_url(c.string(table["database"], "stepstone.database"), c.path.parent)
+    if "concurrency" in table:
+        out["concurrency"] = c.integer(table["concurrency"], "stepstone.concurrency")
+    if "host" in table:
+        out["host"] = c.string(table["host"], "stepstone.host")
+    if "port" in table:
+        out["port"] = c.integer(table["port"], "stepstone.port", low=0, high=65535)
+    if "retention" in table:
+        retention = c.table(table["retention"], "stepstone.retention")
+        for extra in sorted(set(retention) - {"success", "error"}):
+            raise c.fail(f"stepstone.retention.{extra}", "only the keys success and error", retention[extra])
+        if "success" in retention:
+            out["success_retention_ms"] = c.duration(retention["success"], "stepstone.retention.success")
+        if "error" in retention:
+            out["error_retention_ms"] = c.duration(retention["error"], "stepstone.retention.error")
+    if "api_tokens" in table:
+        tokens = table["api_tokens"]
+        if not isinstance(tokens, list):
+            raise c.fail("stepstone.api_tokens", "a list of {token = ..., accounts = [...]} tables", tokens)
+        out["api_tokens"] = tuple(_token_rule(c, t, f"stepstone.api_tokens[{i}]") for i, t in enumerate(tokens))
+    return out
+
+
+def _database_url(url: str, base: Path) -> str:
+    """Relative SQLite paths are relative to the project (or the working directory), not to whoever runs us."""
+    if url.startswith("sqlite:///") and not url.startswith("sqlite:////"):
+        rel = url[len("sqlite:///") :]
+        if rel and rel != ":memory:" and not os.path.isabs(os.path.expanduser(rel)):
+            return f"sqlite:///{(base / rel).resolve()}"
+    return url
+
+
+def apply_env(settings: Settings, environ: Mapping[str, str] | None = None, *, cwd: Path | None = None) -> Settings:
+    """``STEPSTONE_DATABASE_URL``, ``_CONCURRENCY``, ``_HOST``, ``_PORT`` and ``_API_TOKEN`` over ``settings``."""
+    env = os.environ if environ is None else environ
+    c = _Checker(Path("environment"))
+    changes: dict[str, Any] = {}
+    if env.get(ENV_DATABASE):
+        changes["database"] = _database_url(env[ENV_DATABASE], cwd or Path.cwd())
+    if env.get(ENV_CONCURRENCY):
+        changes["concurrency"] = c.integer(env[ENV_CONCURRENCY], ENV_CONCURRENCY)
+    if env.get(ENV_HOST):
+        changes["host"] = env[ENV_HOST]
+    if env.get(ENV_PORT):
+        changes["port"] = c.integer(env[ENV_PORT], ENV_PORT, low=0, high=65535)
+    if env.get(ENV_API_TOKEN):
+        rule = {"token": env[ENV_API_TOKEN], "token_sha256": None, "accounts": ("*",)}
+        changes["api_tokens"] = (*settings.api_tokens, rule)
+    if not changes:
+        return settings
+    values = {f: getattr(settings, f) for f in Settings.__dataclass_fields__}
+    values.update(changes)
+    return Settings(**values)
+
+
+def default_settings(environ: Mapping[str, str] | None = None, *, cwd: Path | None = None) -> Settings:
+    """Settings for a command run outside any project: the defaults plus the environment."""
+    base = Settings(database=_database_url(DEFAULT_DATABASE, cwd or Path.cwd()))
+    return apply_env(base, environ, cwd=cwd)
+
+
+def parse_config(path: Path, data: Mapping[str, Any], environ: Mapping[str, str] | None = None) -> ProjectConfig:
+    """Check a raw configuration mapping read from ``path``."""
+    path = path.resolve()
+    c = _Checker(path)
+    warnings: list[str] = []
+    unknown = sorted(set(data) - _TOP_KEYS - _QUIET_KEYS)
+    if unknown:
+        warnings.append(f"{path.name}: ignoring key(s) stepstone does not use: {', '.join(unknown)}")
+    name = c.string(data.get("name", path.parent.name), "name")
+    raw_main = c.string(data.get("main"), "main")
+    if not raw_main.endswith(".py"):
+        raise c.fail("main", "a Python file (.py)", raw_main)
+    main = (path.parent / raw_main).resolve()
+    if not main.is_file():
+        raise c.fail("main", f"an existing file (no {main})", raw_main)
+    variables = c.table(data.get("vars", {}), "vars")
+    raw_workflows = data.get("workflows", [])
+    if not isinstance(raw_workflows, list):
+        raise c.fail("workflows", "a list of [[workflows]] tables", raw_workflows)
+    workflows = tuple(_workflow(c, w, i, warnings) for i, w in enumerate(raw_workflows))
+    seen: set[tuple[str, str]] = set()
+    for i, wf in enumerate(workflows):
+        for key, value in (("name", wf.name), ("binding", wf.binding)):
+            if (key, value) in seen:
+                raise c.fail(f"workflows[{i}].{key}", "a value not used by another workflow", value)
+            seen.add((key, value))
+    base = Settings(database=_database_url(DEFAULT_DATABASE, path.parent))
+    if "stepstone" in data:
+        values = {f: getattr(base, f) for f in Settings.__dataclass_fields__}
+        values.update(_settings(c, data["stepstone"], warnings))
+        base = Settings(**values)
+    settings = apply_env(base, environ)
+    return ProjectConfig(path, name, main, dict(variables), workflows, settings, tuple(warnings))
+
+
+def load_config(path: Path, environ: Mapping[str, str] | None = None) -> ProjectConfig:
+    """Read and check a configuration file."""
+    return parse_config(path, read_file(path), environ)
+
+
+def client_token(environ: Mapping[str, str] | None = None) -> str | None:
+    """The token a CLI sends to a server with ``--api``: ``STEPSTONE_API_TOKEN``, if set."""
+    env = os.environ if environ is None else environ
+    return env.get(ENV_API_TOKEN) or None
+
+
+def env_database(environ: Mapping[str, str] | None = None, *, cwd: Path | None = None) -> str | None:
+    """``STEPSTONE_DATABASE_URL`` (relative SQLite paths made absolute), or None when unset."""
+    env = os.environ if environ is None else environ
+    url = env.get(ENV_DATABASE)
+    return _database_url(url, cwd or Path.cwd()) if url else None

@@ -37,10 +37,16 @@ ENTRY = '''\
 
 from __future__ import annotations
 
-import random
 from typing import Any
 
-from stepstone import NonRetryableError, WorkflowEntrypoint, WorkflowEvent, WorkflowStep, WorkflowTimeoutError
+from stepstone import (
+    NonRetryableError,
+    StepContext,
+    WorkflowEntrypoint,
+    WorkflowEvent,
+    WorkflowStep,
+    WorkflowTimeoutError,
+)
 
 
 class MyWorkflow(WorkflowEntrypoint):
@@ -54,11 +60,11 @@ class MyWorkflow(WorkflowEntrypoint):
         )
 
         @step.do("greet", config={"retries": {"limit": 3, "delay": "1 second", "backoff": "constant"}})
-        async def greet() -> str:
+        async def greet(ctx: StepContext) -> str:
             if not isinstance(event.payload, dict):
-                raise NonRetryableError("params must be a JSON object")
-            if random.random() < 0.3:
-                raise ConnectionError("flaky network, retried")  # retried by the step config above
+                raise NonRetryableError("params must be a JSON object")  # fails the step at once
+            if ctx.attempt == 1:
+                raise ConnectionError("flaky network")  # the first attempt fails, to show a retry
             return f"{self.env.GREETING}, {event.payload.get('email', 'stranger')}!"
 
         greeting = await greet()

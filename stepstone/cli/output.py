@@ -83,7 +83,8 @@ def local_time(value: object) -> str:
 
 
 def distance(start: object, end: object | None = None) -> str:
-    """date-fns ``formatDistanceStrict``: ``3 seconds``, ``1 minute``, ``2 hours``, ``5 days``; to now if no end."""
+    """date-fns ``formatDistanceStrict`` (``3 seconds``, ``1 minute``, ``5 days``), or ``12 ms`` under a second;
+    to now if there is no end."""
     a = parse_ts(start)
     if a is None:
         return ""
@@ -93,6 +94,8 @@ def distance(start: object, end: object | None = None) -> str:
         if seconds >= size:
             n = round(seconds / size)
             return f"{n} {unit}{'' if n == 1 else 's'}"
+    if seconds < 1:  # date-fns would say "0 seconds"; milliseconds say more about a step
+        return f"{round(seconds * 1000)} ms"
     n = round(seconds)
     return f"{n} second{'' if n == 1 else 's'}"
 

@@ -184,7 +184,8 @@ def _step_line(step: Doc) -> str | None:
         if step.get("success") is True:
             return f"  ✅ {name} ({took})"
         if step.get("success") is False:
-            err = step.get("error") or {}
+            attempts = step.get("attempts") or [{}]
+            err = step.get("error") or attempts[-1].get("error") or {}
             return f"  ❌ {name}: {err.get('name', 'Error')}: {err.get('message', '')}"
         return None
     if kind == "sleep" and step.get("finished"):

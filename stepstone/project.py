@@ -70,15 +70,12 @@ class Project:
 
     # -- the user's module ------------------------------------------------------------------------------
     def module(self) -> ModuleType:
-        """Import ``main`` (once); its directory goes on ``sys.path`` so it can import its neighbours."""
+        """Import ``main`` (once per project object); its directory goes on ``sys.path`` so it can import its
+        neighbours."""
         if self._module is not None:
             return self._module
         main = self.config.main
         module_name = f"stepstone_project_{abs(hash(str(main)))}"
-        existing = sys.modules.get(module_name)
-        if existing is not None:
-            self._module = existing
-            return existing
         spec = importlib.util.spec_from_file_location(module_name, main)
         if spec is None or spec.loader is None:
             raise ProjectError(f"{self.config.path.name}: main: cannot import {main}")

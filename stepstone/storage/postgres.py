@@ -27,12 +27,9 @@ from psycopg_pool import AsyncConnectionPool
 from stepstone.errors import (
     FencedError,
     InstanceExistsError,
-    InstanceNotFoundError,
-    InvalidStateError,
     StorageError,
 )
 from stepstone.models import (
-    FINISHED,
     Claim,
     EventRecord,
     InstanceRecord,
@@ -43,7 +40,9 @@ from stepstone.models import (
     StepRef,
     WorkflowRecord,
 )
+from stepstone.storage import postgres_control as control
 from stepstone.storage.base import ClaimResult, InstancePage, concurrency_limit
+from stepstone.storage.postgres_control import RELEASE, fence, fetch_all, fetch_maybe, fetch_one, set_paused
 from stepstone.storage.postgres_schema import migrate
 from stepstone.storage.postgres_writer import Conn, GroupWriter, Transactor
 from stepstone.storage.sqlite_schema import (
@@ -60,7 +59,7 @@ from stepstone.storage.sqlite_schema import (
 T = TypeVar("T")
 log = logging.getLogger("stepstone.storage.postgres")
 
-_KIND_OF_TYPE = {"do": "do", "sleep": "sleep", "waitForEvent": "wait"}
+KIND_OF_TYPE = {"do": "do", "sleep": "sleep", "waitForEvent": "wait"}
 _STEP_FIELDS = STEP_COLUMNS.split(", ")
 # The fence and the write in one statement: the CTE locks the instance row only if the token still matches.
 _STEP_UPSERT = (
@@ -70,7 +69,6 @@ _STEP_UPSERT = (
     + " FROM fence ON CONFLICT (instance_pk, key) DO UPDATE SET "
     + ", ".join(f"{c} = excluded.{c}" for c in _STEP_FIELDS if c != "key")
 )
-_RELEASE = "lease_owner = NULL, lease_token = NULL, lease_expires_at = NULL"
 
 
 class PostgresStorage:
@@ -162,9 +160,6 @@ class PostgresStorage:
             await asyncio.sleep(delay)
             delay = min(delay * 2, 2.0)
 
-    async def _notify(self, conn: Conn, pk: int, kind: str) -> None:
-        await conn.execute("SELECT pg_notify(%s, %s)", (self.channel, f"{pk}:{kind}"))
-
     async def _run(self, fn: Callable[[Conn], Awaitable[T]], *, idempotent: bool = True) -> T:
         return await self._tx.run(fn, idempotent=idempotent)
 
@@ -188,11 +183,13 @@ class PostgresStorage:
                 ),
             )
             old = workflow_from_row(
-                await _one(conn, f"SELECT {WORKFLOW_COLUMNS} FROM workflows WHERE name = %s FOR UPDATE", record.name)
+                await fetch_one(
+                    conn, f"SELECT {WORKFLOW_COLUMNS} FROM workflows WHERE name = %s FOR UPDATE", record.name
+                )
             )
             if (old.class_name, old.script_name, old.config) == (record.class_name, record.script_name, record.config):
                 return old
-            row = await _one(
+            row = await fetch_one(
                 conn,
                 "UPDATE workflows SET class_name = %s, script_name = %s, version_id = %s, modified_on = %s, "
                 f"config = %s WHERE name = %s RETURNING {WORKFLOW_COLUMNS}",
@@ -209,20 +206,24 @@ class PostgresStorage:
 
     async def get_workflow(self, name: str) -> WorkflowRecord | None:
         """One workflow, or None."""
-        row = await self._run(lambda c: _maybe(c, f"SELECT {WORKFLOW_COLUMNS} FROM workflows WHERE name = %s", name))
+        row = await self._run(
+            lambda c: fetch_maybe(c, f"SELECT {WORKFLOW_COLUMNS} FROM workflows WHERE name = %s", name)
+        )
         return workflow_from_row(row) if row else None
 
     async def list_workflows(self) -> list[WorkflowRecord]:
         """All workflows, oldest first."""
-        rows = await self._run(lambda c: _all(c, f"SELECT {WORKFLOW_COLUMNS} FROM workflows ORDER BY created_on, name"))
+        rows = await self._run(
+            lambda c: fetch_all(c, f"SELECT {WORKFLOW_COLUMNS} FROM workflows ORDER BY created_on, name")
+        )
         return [workflow_from_row(r) for r in rows]
 
     async def delete_workflow(self, name: str) -> bool:
         """Delete a workflow and its instances."""
 
         async def op(conn: Conn) -> bool:
-            rows = await _all(conn, "SELECT pk FROM instances WHERE workflow = %s ORDER BY pk FOR UPDATE", name)
-            await self._delete_pks(conn, [r[0] for r in rows])
+            rows = await fetch_all(conn, "SELECT pk FROM instances WHERE workflow = %s ORDER BY pk FOR UPDATE", name)
+            await control.delete_pks(conn, [r[0] for r in rows])
             cur = await conn.execute("DELETE FROM workflows WHERE name = %s", (name,))
             return cur.rowcount > 0
 
@@ -231,7 +232,9 @@ class PostgresStorage:
     async def count_by_status(self, workflow: str) -> dict[str, int]:
         """Instances of the workflow per status."""
         rows = await self._run(
-            lambda c: _all(c, "SELECT status, COUNT(*) FROM instances WHERE workflow = %s GROUP BY status", workflow)
+            lambda c: fetch_all(
+                c, "SELECT status, COUNT(*) FROM instances WHERE workflow = %s GROUP BY status", workflow
+            )
         )
         return {status: int(count) for status, count in rows}
 
@@ -243,7 +246,7 @@ class PostgresStorage:
             created: list[InstanceRecord] = []
             touched: set[str] = set()
             for new in rows:
-                expired = await _maybe(
+                expired = await fetch_maybe(
                     conn,
                     "SELECT pk FROM instances WHERE workflow = %s AND id = %s AND expires_at <= %s FOR UPDATE",
                     new.workflow,
@@ -251,8 +254,8 @@ class PostgresStorage:
                     new.created_on,
                 )
                 if expired:
-                    await self._delete_pks(conn, [expired[0]])
-                row = await _maybe(
+                    await control.delete_pks(conn, [expired[0]])
+                row = await fetch_maybe(
                     conn,
                     "INSERT INTO instances (workflow, id, status, params, created_on, modified_on, "
                     "runnable_at, trigger_source, version_id, schedule, success_retention_ms, "
@@ -282,7 +285,7 @@ class PostgresStorage:
             for name in sorted(touched):
                 await conn.execute("UPDATE workflows SET triggered_on = %s WHERE name = %s", (rows[0].created_on, name))
             if created:
-                await self._notify(conn, 0, "new")
+                await control.notify(conn, self.channel, 0, "new")
             return created
 
         # A repeat after an unknown commit would report our own instances as existing.
@@ -291,7 +294,7 @@ class PostgresStorage:
     async def get_instance(self, workflow: str, instance_id: str) -> InstanceRecord | None:
         """One instance, or None."""
         row = await self._run(
-            lambda c: _maybe(
+            lambda c: fetch_maybe(
                 c, f"SELECT {INSTANCE_COLUMNS} FROM instances WHERE workflow = %s AND id = %s", workflow, instance_id
             )
         )
@@ -323,8 +326,8 @@ class PostgresStorage:
         order = "DESC" if newest_first else "ASC"
 
         async def read(c: Conn) -> InstancePage:
-            total = (await _one(c, f"SELECT COUNT(*) FROM instances WHERE {cond}", *params))[0]
-            rows = await _all(
+            total = (await fetch_one(c, f"SELECT COUNT(*) FROM instances WHERE {cond}", *params))[0]
+            rows = await fetch_all(
                 c,
                 f"SELECT {INSTANCE_COLUMNS} FROM instances WHERE {cond} "
                 f"ORDER BY created_on {order}, pk {order} LIMIT %s OFFSET %s",
@@ -341,8 +344,8 @@ class PostgresStorage:
 
         async def read(c: Conn) -> tuple[list[StepRecord], list[EventRecord]]:
             await c.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ READ ONLY")
-            steps = await _all(c, f"SELECT {STEP_COLUMNS} FROM steps WHERE instance_pk = %s ORDER BY seq", pk)
-            events = await _all(
+            steps = await fetch_all(c, f"SELECT {STEP_COLUMNS} FROM steps WHERE instance_pk = %s ORDER BY seq", pk)
+            events = await fetch_all(
                 c,
                 "SELECT pk, type, payload, received_at, consumed_by FROM events "
                 "WHERE instance_pk = %s AND consumed_by IS NULL ORDER BY pk",
@@ -367,12 +370,12 @@ class PostgresStorage:
                 runnable = [pk for pk, status, _ in rows if status != "waitingForPause"]
                 if pausing:
                     await conn.execute(
-                        f"UPDATE instances SET status = 'paused', paused_at = %s, runnable_at = NULL, {_RELEASE}, "
+                        f"UPDATE instances SET status = 'paused', paused_at = %s, runnable_at = NULL, {RELEASE}, "
                         "modified_on = %s WHERE pk = ANY(%s)",
                         (now, now, pausing),
                     )
                 if runnable:
-                    claimed = await _all(
+                    claimed = await fetch_all(
                         conn,
                         "UPDATE instances SET status = 'running', lease_owner = %s, "
                         "lease_token = replace(gen_random_uuid()::text, '-', ''), lease_expires_at = %s, "
@@ -389,7 +392,7 @@ class PostgresStorage:
                         claims.append(Claim(record, Lease(record.pk, record.lease_token, record.generation)))
             next_due = None
             if names:
-                due, expiring = await _one(
+                due, expiring = await fetch_one(
                     conn,
                     "SELECT (SELECT MIN(runnable_at) FROM instances WHERE runnable_at > %s AND workflow = ANY(%s)), "
                     "(SELECT MIN(lease_expires_at) FROM instances WHERE lease_expires_at IS NOT NULL "
@@ -407,7 +410,7 @@ class PostgresStorage:
 
     async def _candidates(self, conn: Conn, *, now: float, limit: int, names: list[str]) -> list[tuple[Any, ...]]:
         """Due, unleased rows to claim, locked; at most each limited workflow's free slots."""
-        configs = await _all(conn, "SELECT name, config FROM workflows WHERE name = ANY(%s)", names)
+        configs = await fetch_all(conn, "SELECT name, config FROM workflows WHERE name = ANY(%s)", names)
         limits = {name: lim for name, config in configs if (lim := concurrency_limit(config)) is not None}
         free = [n for n in names if n not in limits]
         groups: list[tuple[list[str], int]] = [(free, limit)] if free else []
@@ -416,7 +419,7 @@ class PostgresStorage:
             # Claims of a limited workflow take turns on its row, so counts never race.
             await conn.execute("SELECT name FROM workflows WHERE name = ANY(%s) ORDER BY name FOR UPDATE", (limited,))
             running = dict(
-                await _all(
+                await fetch_all(
                     conn,
                     "SELECT workflow, COUNT(*) FROM instances WHERE workflow = ANY(%s) "
                     "AND status IN ('running', 'waitingForPause') AND lease_expires_at >= %s GROUP BY workflow",
@@ -430,7 +433,7 @@ class PostgresStorage:
                     groups.append(([name], slots))
         rows: list[tuple[Any, ...]] = []
         for group, size in groups:
-            rows += await _all(
+            rows += await fetch_all(
                 conn,
                 "SELECT pk, status, runnable_at FROM instances WHERE runnable_at <= %s "
                 "AND (lease_expires_at IS NULL OR lease_expires_at < %s) AND workflow = ANY(%s) "
@@ -449,7 +452,7 @@ class PostgresStorage:
 
         async def op(conn: Conn) -> dict[int, LeaseState]:
             # Rows are locked in pk order, the order every multi-row writer uses, so renewals never deadlock.
-            rows = await _all(
+            rows = await fetch_all(
                 conn,
                 "WITH l AS (SELECT pk, token FROM unnest(%s::bigint[], %s::text[]) AS l(pk, token)), "
                 "locked AS (SELECT i.pk FROM instances i JOIN l ON i.pk = l.pk ORDER BY i.pk FOR UPDATE OF i), "
@@ -474,7 +477,7 @@ class PostgresStorage:
     async def lease_owners(self) -> list[str]:
         """Owners of leases that have not been released."""
         rows = await self._run(
-            lambda c: _all(c, "SELECT DISTINCT lease_owner FROM instances WHERE lease_owner IS NOT NULL")
+            lambda c: fetch_all(c, "SELECT DISTINCT lease_owner FROM instances WHERE lease_owner IS NOT NULL")
         )
         return [r[0] for r in rows]
 
@@ -510,7 +513,7 @@ class PostgresStorage:
         params = step_to_row(lease.pk, step)
 
         async def op(conn: Conn) -> None:
-            await _fence(conn, lease)
+            await fence(conn, lease)
             # Consumed by this very step already: a repeat after a commit we did not hear about.
             cur = await conn.execute(
                 "UPDATE events SET consumed_by = %s WHERE pk = %s AND instance_pk = %s "
@@ -530,12 +533,12 @@ class PostgresStorage:
         types = list(wait_types)
 
         async def op(conn: Conn) -> str:
-            status = await _fence(conn, lease)
+            status = await fence(conn, lease)
             if status == "waitingForPause":
-                await _set_paused(conn, lease.pk, now)
+                await set_paused(conn, lease.pk, now)
                 return "paused"
             runnable = wake_at
-            if types and await _maybe(
+            if types and await fetch_maybe(
                 conn,
                 "SELECT 1 FROM events WHERE instance_pk = %s AND consumed_by IS NULL AND type = ANY(%s) LIMIT 1",
                 lease.pk,
@@ -544,7 +547,7 @@ class PostgresStorage:
                 runnable = now
             await conn.execute(
                 "UPDATE instances SET status = 'waiting', runnable_at = %s, waiting_for = %s, wait_types = %s, "
-                f"{_RELEASE}, modified_on = %s WHERE pk = %s",
+                f"{RELEASE}, modified_on = %s WHERE pk = %s",
                 (runnable, waiting_for, "," + ",".join(types) + "," if types else None, now, lease.pk),
             )
             return "waiting"
@@ -556,8 +559,8 @@ class PostgresStorage:
         """The pausing instance has drained: paused."""
 
         async def op(conn: Conn) -> None:
-            await _fence(conn, lease)
-            await _set_paused(conn, lease.pk, now)
+            await fence(conn, lease)
+            await set_paused(conn, lease.pk, now)
 
         await self._writer.run(op, key=lease.pk)
 
@@ -575,11 +578,11 @@ class PostgresStorage:
         """End the instance."""
 
         async def op(conn: Conn) -> None:
-            await _fence(conn, lease)
+            await fence(conn, lease)
             await conn.execute(
                 "UPDATE instances SET status = %s, output = %s, error_name = %s, error_message = %s, "
                 "ended_on = %s, modified_on = %s, runnable_at = NULL, waiting_for = NULL, wait_types = NULL, "
-                f"{_RELEASE}, expires_at = %s WHERE pk = %s",
+                f"{RELEASE}, expires_at = %s WHERE pk = %s",
                 (status, output, error_name, error_message, now, now, now + retention_ms / 1000, lease.pk),
             )
 
@@ -588,216 +591,50 @@ class PostgresStorage:
     # -- lifecycle control ----------------------------------------------------------------------------
     async def pause(self, workflow: str, instance_id: str, *, now: float) -> InstanceRecord:
         """Request a pause."""
-
-        async def op(conn: Conn) -> InstanceRecord:
-            pk, status = await _find(conn, workflow, instance_id)
-            if status == "running":
-                await conn.execute(
-                    "UPDATE instances SET status = 'waitingForPause', modified_on = %s WHERE pk = %s", (now, pk)
-                )
-                await self._notify(conn, pk, "pause")
-            elif status in ("waiting", "queued"):
-                await _set_paused(conn, pk, now)
-            return await _get(conn, pk)
-
-        return await self._run(op)
+        return await self._run(lambda c: control.pause(c, self.channel, workflow, instance_id, now=now))
 
     async def resume(self, workflow: str, instance_id: str, *, now: float) -> InstanceRecord:
         """Resume a paused or pausing instance."""
-
-        async def op(conn: Conn) -> InstanceRecord:
-            pk, status = await _find(conn, workflow, instance_id)
-            if status == "waitingForPause":
-                await conn.execute("UPDATE instances SET status = 'running', modified_on = %s WHERE pk = %s", (now, pk))
-                await self._notify(conn, pk, "resume")
-            elif status == "paused":
-                (paused_at,) = await _one(conn, "SELECT paused_at FROM instances WHERE pk = %s", pk)
-                shift = max(0.0, now - (paused_at or now))
-                await conn.execute(
-                    "UPDATE steps SET wake_at = wake_at + %s WHERE instance_pk = %s AND wake_at IS NOT NULL "
-                    "AND status IN ('waiting', 'retrying')",
-                    (shift, pk),
-                )
-                await conn.execute(
-                    "UPDATE instances SET status = 'queued', runnable_at = %s, paused_at = NULL, "
-                    "modified_on = %s WHERE pk = %s",
-                    (now, now, pk),
-                )
-                await self._notify(conn, pk, "resume")
-            return await _get(conn, pk)
-
-        return await self._run(op)
+        return await self._run(lambda c: control.resume(c, self.channel, workflow, instance_id, now=now))
 
     async def terminate(self, workflow: str, instance_id: str, *, now: float, retention_ms: float) -> InstanceRecord:
         """Terminate now."""
-
-        async def op(conn: Conn) -> InstanceRecord:
-            pk, status = await _find(conn, workflow, instance_id)
-            if status in FINISHED:
-                raise InvalidStateError(
-                    f"cannot terminate instance {instance_id!r}: it is already {status} (a finished state)"
-                )
-            await conn.execute(
-                "UPDATE instances SET status = 'terminated', generation = generation + 1, runnable_at = NULL, "
-                f"waiting_for = NULL, wait_types = NULL, {_RELEASE}, ended_on = %s, terminated_at = %s, "
-                "modified_on = %s, expires_at = %s WHERE pk = %s",
-                (now, now, now, now + retention_ms / 1000, pk),
-            )
-            await self._notify(conn, pk, "abort")
-            return await _get(conn, pk)
-
-        return await self._run(op)
+        return await self._run(
+            lambda c: control.terminate(c, self.channel, workflow, instance_id, now=now, retention_ms=retention_ms)
+        )
 
     async def restart(
         self, workflow: str, instance_id: str, *, now: float, from_step: StepRef | None
     ) -> InstanceRecord:
         """Restart fully or from a step."""
-
-        async def op(conn: Conn) -> InstanceRecord:
-            pk, _ = await _find(conn, workflow, instance_id)
-            if from_step is None:
-                await conn.execute("DELETE FROM steps WHERE instance_pk = %s", (pk,))
-                await conn.execute("DELETE FROM events WHERE instance_pk = %s", (pk,))
-            else:
-                rows = await _all(
-                    conn,
-                    "SELECT seq FROM steps WHERE instance_pk = %s AND kind = %s AND name = %s ORDER BY seq",
-                    pk,
-                    _KIND_OF_TYPE.get(from_step.type),
-                    from_step.name,
-                )
-                if from_step.count < 1 or len(rows) < from_step.count:
-                    raise InvalidStateError(
-                        f'cannot restart instance {instance_id!r}: step "{from_step.name}" '
-                        f"(type {from_step.type}, count {from_step.count}) not found in execution history"
-                    )
-                seq = rows[from_step.count - 1][0]
-                await conn.execute("DELETE FROM steps WHERE instance_pk = %s AND seq >= %s", (pk, seq))
-            await conn.execute(
-                "UPDATE instances SET status = 'queued', generation = generation + 1, runnable_at = %s, "
-                "output = NULL, error_name = NULL, error_message = NULL, started_on = NULL, ended_on = NULL, "
-                f"paused_at = NULL, waiting_for = NULL, wait_types = NULL, {_RELEASE}, expires_at = NULL, "
-                "terminated_at = NULL, modified_on = %s WHERE pk = %s",
-                (now, now, pk),
-            )
-            await self._notify(conn, pk, "abort")
-            return await _get(conn, pk)
-
-        return await self._run(op)
+        return await self._run(
+            lambda c: control.restart(c, self.channel, workflow, instance_id, now=now, from_step=from_step)
+        )
 
     async def send_event(
         self, workflow: str, instance_id: str, *, event_type: str, payload: str, now: float
     ) -> EventRecord:
         """Buffer an event and wake a waiter."""
-
-        async def op(conn: Conn) -> EventRecord:
-            pk, status = await _find(conn, workflow, instance_id)
-            if status in FINISHED:
-                raise InvalidStateError(f"cannot send event {event_type!r} to instance {instance_id!r}: it is {status}")
-            (event_pk,) = await _one(
-                conn,
-                "INSERT INTO events (instance_pk, type, payload, received_at) VALUES (%s, %s, %s, %s) RETURNING pk",
-                pk,
-                event_type,
-                payload,
-                now,
-            )
-            await conn.execute(
-                "UPDATE instances SET runnable_at = %s WHERE pk = %s AND status = 'waiting' "
-                "AND strpos(wait_types, %s) > 0",
-                (now, pk, f",{event_type},"),
-            )
-            await self._notify(conn, pk, "new")
-            return EventRecord(int(event_pk), event_type, payload, now)
-
         # A repeat after an unknown commit would deliver the event twice.
-        return await self._run(op, idempotent=False)
+        return await self._run(
+            lambda c: control.send_event(
+                c, self.channel, workflow, instance_id, event_type=event_type, payload=payload, now=now
+            ),
+            idempotent=False,
+        )
 
     async def delete_instances(self, workflow: str, ids: Sequence[str]) -> list[str]:
         """Delete instances and their state."""
-
-        async def op(conn: Conn) -> list[str]:
-            rows = await _all(
-                conn,
-                "SELECT id, pk FROM instances WHERE workflow = %s AND id = ANY(%s) ORDER BY pk FOR UPDATE",
-                workflow,
-                list(dict.fromkeys(ids)),
-            )
-            found = dict(rows)
-            await self._delete_pks(conn, list(found.values()))
-            for pk in found.values():
-                await self._notify(conn, pk, "abort")
-            return [i for i in dict.fromkeys(ids) if i in found]
-
-        return await self._run(op)
+        return await self._run(lambda c: control.delete_instances(c, self.channel, workflow, ids))
 
     async def purge_expired(self, *, now: float) -> int:
         """Delete instances past their retention."""
-
-        async def op(conn: Conn) -> int:
-            rows = await _all(
-                conn, "SELECT pk FROM instances WHERE expires_at <= %s ORDER BY pk FOR UPDATE SKIP LOCKED", now
-            )
-            await self._delete_pks(conn, [r[0] for r in rows])
-            return len(rows)
-
-        return await self._run(op)
-
-    async def _delete_pks(self, conn: Conn, pks: Sequence[int]) -> None:
-        if pks:
-            await conn.execute("DELETE FROM steps WHERE instance_pk = ANY(%s)", (list(pks),))
-            await conn.execute("DELETE FROM events WHERE instance_pk = ANY(%s)", (list(pks),))
-            await conn.execute("DELETE FROM instances WHERE pk = ANY(%s)", (list(pks),))
+        return await self._run(lambda c: control.purge_expired(c, now=now))
 
     @property
     def commit_stats(self) -> tuple[int, int]:
         """(commits, writes) made by the group writer so far."""
         return self._writer.commits, self._writer.writes
-
-
-async def _all(conn: Conn, query: str, *params: object) -> list[tuple[Any, ...]]:
-    cur = await conn.execute(query, params)
-    return await cur.fetchall()
-
-
-async def _maybe(conn: Conn, query: str, *params: object) -> tuple[Any, ...] | None:
-    cur = await conn.execute(query, params)
-    return await cur.fetchone()
-
-
-async def _one(conn: Conn, query: str, *params: object) -> tuple[Any, ...]:
-    row = await _maybe(conn, query, *params)
-    assert row is not None
-    return row
-
-
-async def _fence(conn: Conn, lease: Lease) -> str:
-    row = await _maybe(conn, "SELECT lease_token, status FROM instances WHERE pk = %s FOR UPDATE", lease.pk)
-    if row is None or row[0] != lease.token:
-        raise FencedError(f"lease on instance {lease.pk} is no longer held")
-    status: str = row[1]
-    return status
-
-
-async def _find(conn: Conn, workflow: str, instance_id: str) -> tuple[int, str]:
-    row = await _maybe(
-        conn, "SELECT pk, status FROM instances WHERE workflow = %s AND id = %s FOR UPDATE", workflow, instance_id
-    )
-    if row is None:
-        raise InstanceNotFoundError(f"instance {instance_id!r} not found in workflow {workflow!r}")
-    return int(row[0]), str(row[1])
-
-
-async def _get(conn: Conn, pk: int) -> InstanceRecord:
-    return instance_from_row(await _one(conn, f"SELECT {INSTANCE_COLUMNS} FROM instances WHERE pk = %s", pk))
-
-
-async def _set_paused(conn: Conn, pk: int, now: float) -> None:
-    await conn.execute(
-        f"UPDATE instances SET status = 'paused', paused_at = %s, runnable_at = NULL, {_RELEASE}, "
-        "modified_on = %s WHERE pk = %s",
-        (now, now, pk),
-    )
 
 
 def _redact(url: str) -> str:

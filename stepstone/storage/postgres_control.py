@@ -1,0 +1,208 @@
+r"""Named SQL of the PostgreSQL backend: lifecycle control operations and the helpers every operation uses.
+
+Each control operation locks the instance's row first (``_find ... FOR UPDATE``), the lock a fenced run write
+holds while it checks its lease, and ``pg_notify``\s the change in its own transaction.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from stepstone.errors import FencedError, InstanceNotFoundError, InvalidStateError
+from stepstone.models import FINISHED, EventRecord, InstanceRecord, Lease, StepRef
+from stepstone.storage.postgres_writer import Conn
+from stepstone.storage.sqlite_schema import INSTANCE_COLUMNS, instance_from_row
+
+KIND_OF_TYPE = {"do": "do", "sleep": "sleep", "waitForEvent": "wait"}
+RELEASE = "lease_owner = NULL, lease_token = NULL, lease_expires_at = NULL"
+
+
+async def pause(conn: Conn, channel: str, workflow: str, instance_id: str, *, now: float) -> InstanceRecord:
+    """Request a pause."""
+    pk, status = await _find(conn, workflow, instance_id)
+    if status == "running":
+        await conn.execute("UPDATE instances SET status = 'waitingForPause', modified_on = %s WHERE pk = %s", (now, pk))
+        await notify(conn, channel, pk, "pause")
+    elif status in ("waiting", "queued"):
+        await set_paused(conn, pk, now)
+    return await _get(conn, pk)
+
+
+async def resume(conn: Conn, channel: str, workflow: str, instance_id: str, *, now: float) -> InstanceRecord:
+    """Resume a paused or pausing instance."""
+    pk, status = await _find(conn, workflow, instance_id)
+    if status == "waitingForPause":
+        await conn.execute("UPDATE instances SET status = 'running', modified_on = %s WHERE pk = %s", (now, pk))
+        await notify(conn, channel, pk, "resume")
+    elif status == "paused":
+        (paused_at,) = await fetch_one(conn, "SELECT paused_at FROM instances WHERE pk = %s", pk)
+        shift = max(0.0, now - (paused_at or now))
+        await conn.execute(
+            "UPDATE steps SET wake_at = wake_at + %s WHERE instance_pk = %s AND wake_at IS NOT NULL "
+            "AND status IN ('waiting', 'retrying')",
+            (shift, pk),
+        )
+        await conn.execute(
+            "UPDATE instances SET status = 'queued', runnable_at = %s, paused_at = NULL, "
+            "modified_on = %s WHERE pk = %s",
+            (now, now, pk),
+        )
+        await notify(conn, channel, pk, "resume")
+    return await _get(conn, pk)
+
+
+async def terminate(
+    conn: Conn, channel: str, workflow: str, instance_id: str, *, now: float, retention_ms: float
+) -> InstanceRecord:
+    """Terminate now."""
+    pk, status = await _find(conn, workflow, instance_id)
+    if status in FINISHED:
+        raise InvalidStateError(f"cannot terminate instance {instance_id!r}: it is already {status} (a finished state)")
+    await conn.execute(
+        "UPDATE instances SET status = 'terminated', generation = generation + 1, runnable_at = NULL, "
+        f"waiting_for = NULL, wait_types = NULL, {RELEASE}, ended_on = %s, terminated_at = %s, "
+        "modified_on = %s, expires_at = %s WHERE pk = %s",
+        (now, now, now, now + retention_ms / 1000, pk),
+    )
+    await notify(conn, channel, pk, "abort")
+    return await _get(conn, pk)
+
+
+async def restart(
+    conn: Conn, channel: str, workflow: str, instance_id: str, *, now: float, from_step: StepRef | None
+) -> InstanceRecord:
+    """Restart fully or from a step."""
+    pk, _ = await _find(conn, workflow, instance_id)
+    if from_step is None:
+        await conn.execute("DELETE FROM steps WHERE instance_pk = %s", (pk,))
+        await conn.execute("DELETE FROM events WHERE instance_pk = %s", (pk,))
+    else:
+        rows = await fetch_all(
+            conn,
+            "SELECT seq FROM steps WHERE instance_pk = %s AND kind = %s AND name = %s ORDER BY seq",
+            pk,
+            KIND_OF_TYPE.get(from_step.type),
+            from_step.name,
+        )
+        if from_step.count < 1 or len(rows) < from_step.count:
+            raise InvalidStateError(
+                f'cannot restart instance {instance_id!r}: step "{from_step.name}" '
+                f"(type {from_step.type}, count {from_step.count}) not found in execution history"
+            )
+        seq = rows[from_step.count - 1][0]
+        await conn.execute("DELETE FROM steps WHERE instance_pk = %s AND seq >= %s", (pk, seq))
+    await conn.execute(
+        "UPDATE instances SET status = 'queued', generation = generation + 1, runnable_at = %s, "
+        "output = NULL, error_name = NULL, error_message = NULL, started_on = NULL, ended_on = NULL, "
+        f"paused_at = NULL, waiting_for = NULL, wait_types = NULL, {RELEASE}, expires_at = NULL, "
+        "terminated_at = NULL, modified_on = %s WHERE pk = %s",
+        (now, now, pk),
+    )
+    await notify(conn, channel, pk, "abort")
+    return await _get(conn, pk)
+
+
+async def send_event(
+    conn: Conn, channel: str, workflow: str, instance_id: str, *, event_type: str, payload: str, now: float
+) -> EventRecord:
+    """Buffer an event and wake a waiter."""
+    pk, status = await _find(conn, workflow, instance_id)
+    if status in FINISHED:
+        raise InvalidStateError(f"cannot send event {event_type!r} to instance {instance_id!r}: it is {status}")
+    (event_pk,) = await fetch_one(
+        conn,
+        "INSERT INTO events (instance_pk, type, payload, received_at) VALUES (%s, %s, %s, %s) RETURNING pk",
+        pk,
+        event_type,
+        payload,
+        now,
+    )
+    await conn.execute(
+        "UPDATE instances SET runnable_at = %s WHERE pk = %s AND status = 'waiting' AND strpos(wait_types, %s) > 0",
+        (now, pk, f",{event_type},"),
+    )
+    await notify(conn, channel, pk, "new")
+    return EventRecord(int(event_pk), event_type, payload, now)
+
+
+async def delete_instances(conn: Conn, channel: str, workflow: str, ids: Sequence[str]) -> list[str]:
+    """Delete instances and their state."""
+    rows = await fetch_all(
+        conn,
+        "SELECT id, pk FROM instances WHERE workflow = %s AND id = ANY(%s) ORDER BY pk FOR UPDATE",
+        workflow,
+        list(dict.fromkeys(ids)),
+    )
+    found = dict(rows)
+    await delete_pks(conn, list(found.values()))
+    for pk in found.values():
+        await notify(conn, channel, pk, "abort")
+    return [i for i in dict.fromkeys(ids) if i in found]
+
+
+async def purge_expired(conn: Conn, *, now: float) -> int:
+    """Delete instances past their retention."""
+    rows = await fetch_all(
+        conn, "SELECT pk FROM instances WHERE expires_at <= %s ORDER BY pk FOR UPDATE SKIP LOCKED", now
+    )
+    await delete_pks(conn, [r[0] for r in rows])
+    return len(rows)
+
+
+async def notify(conn: Conn, channel: str, pk: int, kind: str) -> None:
+    """Tell every listening worker, when this transaction commits, that instance ``pk`` changed."""
+    await conn.execute("SELECT pg_notify(%s, %s)", (channel, f"{pk}:{kind}"))
+
+
+async def delete_pks(conn: Conn, pks: Sequence[int]) -> None:
+    """Delete instances with their steps and events."""
+    if pks:
+        await conn.execute("DELETE FROM steps WHERE instance_pk = ANY(%s)", (list(pks),))
+        await conn.execute("DELETE FROM events WHERE instance_pk = ANY(%s)", (list(pks),))
+        await conn.execute("DELETE FROM instances WHERE pk = ANY(%s)", (list(pks),))
+
+
+async def fetch_all(conn: Conn, query: str, *params: object) -> list[tuple[Any, ...]]:
+    cur = await conn.execute(query, params)
+    return await cur.fetchall()
+
+
+async def fetch_maybe(conn: Conn, query: str, *params: object) -> tuple[Any, ...] | None:
+    cur = await conn.execute(query, params)
+    return await cur.fetchone()
+
+
+async def fetch_one(conn: Conn, query: str, *params: object) -> tuple[Any, ...]:
+    row = await fetch_maybe(conn, query, *params)
+    assert row is not None
+    return row
+
+
+async def fence(conn: Conn, lease: Lease) -> str:
+    row = await fetch_maybe(conn, "SELECT lease_token, status FROM instances WHERE pk = %s FOR UPDATE", lease.pk)
+    if row is None or row[0] != lease.token:
+        raise FencedError(f"lease on instance {lease.pk} is no longer held")
+    status: str = row[1]
+    return status
+
+
+async def _find(conn: Conn, workflow: str, instance_id: str) -> tuple[int, str]:
+    row = await fetch_maybe(
+        conn, "SELECT pk, status FROM instances WHERE workflow = %s AND id = %s FOR UPDATE", workflow, instance_id
+    )
+    if row is None:
+        raise InstanceNotFoundError(f"instance {instance_id!r} not found in workflow {workflow!r}")
+    return int(row[0]), str(row[1])
+
+
+async def _get(conn: Conn, pk: int) -> InstanceRecord:
+    return instance_from_row(await fetch_one(conn, f"SELECT {INSTANCE_COLUMNS} FROM instances WHERE pk = %s", pk))
+
+
+async def set_paused(conn: Conn, pk: int, now: float) -> None:
+    await conn.execute(
+        f"UPDATE instances SET status = 'paused', paused_at = %s, runnable_at = NULL, {RELEASE}, "
+        "modified_on = %s WHERE pk = %s",
+        (now, now, pk),
+    )

@@ -1,0 +1,173 @@
+"""Each example project under examples/ run end to end: copied to a temporary directory, a `stepstone worker`
+process running it, and the CLI commands its README shows."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import sqlite3
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from click.testing import CliRunner
+
+from stepstone.cli import cli
+
+EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
+
+
+@pytest.fixture
+def run_example(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Callable[[str], Path]]:
+    procs: list[tuple[subprocess.Popen[bytes], Any]] = []
+
+    def start(name: str) -> Path:
+        root = tmp_path / name
+        shutil.copytree(EXAMPLES / name, root, ignore=shutil.ignore_patterns("data", ".stepstone", "public"))
+        monkeypatch.chdir(root)
+        monkeypatch.delenv("STEPSTONE_DATABASE_URL", raising=False)
+        log = (tmp_path / f"{name}.log").open("w")
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "stepstone.cli", "worker", "--poll-interval", "0.05"],
+            cwd=root,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+        procs.append((proc, log))
+        return root
+
+    yield start
+    for proc, log in procs:
+        proc.terminate()
+        proc.wait(10)
+        log.close()
+
+
+def sc(*args: str) -> Any:
+    result = CliRunner().invoke(cli, [*args, "--json"], catch_exceptions=False)
+    assert result.exit_code in (0, 1), (args, result.stdout, result.stderr)
+    return json.loads(result.stdout)
+
+
+def wait_until_waiting_for_event(workflow: str, instance: str, timeout: float = 15.0) -> dict[str, Any]:
+    deadline = time.monotonic() + timeout
+    while True:
+        doc: dict[str, Any] = sc("workflows", "instances", "describe", workflow, instance)
+        if (doc.get("waiting_for") or {}).get("kind") == "waitForEvent":
+            return doc
+        assert doc["status"] not in ("complete", "errored", "terminated"), doc
+        assert time.monotonic() < deadline, doc["status"]
+        time.sleep(0.05)
+
+
+def test_user_lifecycle(run_example: Callable[[str], Path]) -> None:
+    root = run_example("user-lifecycle")
+    (root / "data").mkdir()
+    with sqlite3.connect(root / "data" / "app.db") as db:
+        db.execute("CREATE TABLE users (id TEXT PRIMARY KEY, email TEXT, subscription_status TEXT)")
+        db.execute("INSERT INTO users VALUES ('u2', 'bob@example.com', 'active')")
+    ada = sc(
+        "workflows",
+        "trigger",
+        "user-lifecycle",
+        '{"userId": "u1", "email": "ada@x", "trial": "1 second"}',
+        "--id",
+        "ada",
+        "--wait",
+    )
+    bob = sc(
+        "workflows",
+        "trigger",
+        "user-lifecycle",
+        '{"userId": "u2", "email": "bob@x", "trial": "1 second"}',
+        "--id",
+        "bob",
+        "--wait",
+    )
+    assert ada["output"] == {"converted": False} and bob["output"] == {"converted": True}
+    assert [s["type"] for s in ada["steps"]] == ["step", "sleep", "step", "step"]
+    with sqlite3.connect(root / "data" / "app.db") as db:
+        sent = db.execute("SELECT instance, subject FROM outbox ORDER BY rowid").fetchall()
+    assert sent == [("ada", "Welcome!"), ("ada", "Your trial is ending"), ("bob", "Welcome!")]
+
+
+def test_data_pipeline(run_example: Callable[[str], Path]) -> None:
+    root = run_example("data-pipeline")
+    doc = sc("workflows", "trigger", "data-pipeline", '{"source": "sample.csv"}', "--id", "load-1", "--wait")
+    assert doc["status"] == "complete", doc
+    assert doc["output"] == {"extracted": 250, "rows": 250, "batches": 3}
+    extract = doc["steps"][0]
+    assert extract["name"] == "extract data-1" and [a["success"] for a in extract["attempts"]] == [False, True]
+    assert extract["attempts"][0]["error"]["name"] == "ConnectionError"
+    with sqlite3.connect(root / "data" / "warehouse.db") as db:
+        count, names = db.execute("SELECT COUNT(*), COUNT(DISTINCT name) FROM records").fetchone()
+    assert count == 250 and names <= 6
+    # Reload only: the load step runs again on the staged file, idempotently.
+    sc("workflows", "instances", "restart", "data-pipeline", "load-1", "--from-step-name", "load to database")
+    deadline = time.monotonic() + 15
+    while (doc := sc("workflows", "instances", "describe", "data-pipeline", "load-1"))["status"] != "complete":
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    assert len(doc["steps"][0]["attempts"]) == 2  # extract was kept, not run again
+    with sqlite3.connect(root / "data" / "warehouse.db") as db:
+        assert db.execute("SELECT COUNT(*) FROM records").fetchone() == (250,)
+    missing = sc("workflows", "trigger", "data-pipeline", '{"source": "nope.csv"}', "--wait")
+    assert missing["status"] == "errored" and "no such source" in missing["error"]["message"]
+
+
+def test_approval(run_example: Callable[[str], Path]) -> None:
+    root = run_example("approval")
+    sc("workflows", "trigger", "approval", '{"userId": "u1"}', "--id", "req-1")
+    sc("workflows", "trigger", "approval", '{"userId": "u2"}', "--id", "req-2")
+    wait_until_waiting_for_event("approval", "req-1")
+    wait_until_waiting_for_event("approval", "req-2")
+    payload = '{"approved": true, "note": "ok"}'
+    sc("workflows", "instances", "send-event", "approval", "req-1", "--type", "approval-response", "--payload", payload)
+    sc(
+        "workflows",
+        "instances",
+        "send-event",
+        "approval",
+        "req-2",
+        "--type",
+        "approval-response",
+        "--payload",
+        '{"approved": false}',
+    )
+    late = sc("workflows", "trigger", "approval", '{"userId": "u3", "timeout": "1 second"}', "--id", "req-3", "--wait")
+    assert late["output"] == {"status": "auto-rejected"}
+    for instance, status in (("req-1", "approved"), ("req-2", "rejected")):
+        deadline = time.monotonic() + 10
+        while (doc := sc("workflows", "instances", "describe", "approval", instance))["status"] != "complete":
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        assert doc["output"]["status"] == status
+    with sqlite3.connect(root / "data" / "approvals.db") as db:
+        rows = db.execute("SELECT id, user_id, status, note FROM approvals ORDER BY id").fetchall()
+    assert rows == [
+        ("req-1", "u1", "approved", "ok"),
+        ("req-2", "u2", "rejected", None),
+        ("req-3", "u3", "auto-rejected", None),
+    ]
+
+
+def test_image_pipeline(run_example: Callable[[str], Path]) -> None:
+    root = run_example("image-pipeline")
+    sc("workflows", "trigger", "image-pipeline", '{"imageKey": "gradient.png"}', "--id", "img-1")
+    waiting = wait_until_waiting_for_event("image-pipeline", "img-1")
+    assert waiting["steps"][1]["output"]["description"] == "a 16x12 PNG image"
+    text = CliRunner().invoke(
+        cli, ["workflows", "instances", "describe", "image-pipeline", "img-1", "--truncate-output-limit", "40"]
+    )
+    assert "[...output truncated]" in text.stdout and '👀 event "approved"' in text.stdout
+    sc("workflows", "instances", "send-event", "image-pipeline", "img-1", "--type", "approved")
+    deadline = time.monotonic() + 10
+    while (doc := sc("workflows", "instances", "describe", "image-pipeline", "img-1"))["status"] != "complete":
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    assert doc["output"]["published"] is True
+    assert (root / "bucket" / "public" / "gradient.png").read_bytes() == (root / "bucket" / "gradient.png").read_bytes()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -11,7 +12,7 @@ import pytest
 from stepstone.config import ConfigError, apply_env, load_config, strip_jsonc
 from stepstone.cron import CronError, cron_instance_id, parse_cron
 from stepstone.limits import ID_PATTERN
-from stepstone.project import Project, ProjectError, fire_schedules, schedules_of
+from stepstone.project import Project, ProjectError, fire_schedules, run_schedules, schedules_of
 from stepstone.testing import wait_for_status
 
 MAIN = """
@@ -223,3 +224,22 @@ def test_cron_ids_fit_the_instance_id_pattern() -> None:
     assert len(long) <= 100
     for cid in ("*/30 * * * *", "@daily", "0 9 * * MON-FRI"):
         assert ID_PATTERN.match(cron_instance_id(cid, 1786001400000))
+
+
+async def test_run_schedules_fires_at_each_minute_on_the_engine_clock(tmp_path: Path) -> None:
+    from stepstone.testing import FAKE_CLOCK_ENGINE_OPTIONS, FakeClock
+
+    path = write(tmp_path, "stepstone.toml", TOML.replace("sqlite:///data/app.db", "sqlite:///app.db"))
+    project = Project.load(path)
+    clock = FakeClock(start=1_795_424_370.0, autojump=True)  # 2026-11-23 08:59:30 UTC, a Monday
+    fired: list[tuple[str, str]] = []
+    async with project.engine(worker=False, clock=clock, **FAKE_CLOCK_ENGINE_OPTIONS) as engine:
+        task = asyncio.create_task(
+            run_schedules(engine, lambda: schedules_of(project.config), on_fire=lambda w, i: fired.append((w, i)))
+        )
+        while len(fired) < 2:
+            await asyncio.sleep(0.01)
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+    assert fired == [("hello", "xq5_x_x_x_x-1795424400000"), ("hello", "0_9_x_x_MON-FRI-1795424400000")]

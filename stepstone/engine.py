@@ -65,7 +65,7 @@ class Engine:
         self.limits: Limits = limits or Limits()
         self.env = SimpleNamespace(**dict(vars or {}))
         self._defs: dict[str, WorkflowDef] = {}
-        self._meta: dict[str, tuple[str, str]] = {}
+        self._meta: dict[str, tuple[str, str, int | None]] = {}
         self._versions: dict[str, str] = {}
         self._bindings: dict[str, Workflow] = {}
         self._run_worker = worker
@@ -95,15 +95,24 @@ class Engine:
         limits: Limits | Mapping[str, object] | None = None,
         class_name: str | None = None,
         script_name: str = "",
+        concurrency: int | None = None,
     ) -> Workflow:
-        """Register a workflow class under ``name`` (and ``env.<binding>``); returns its binding."""
+        """Register a workflow class under ``name`` (and ``env.<binding>``); returns its binding.
+
+        ``concurrency`` caps how many instances of this workflow run at once across every worker on the
+        database (Cloudflare's ``concurrency.limit``); waiting instances do not count.
+        """
         if not (isinstance(cls, type) and issubclass(cls, WorkflowEntrypoint)):
             raise ValidationError(f"register() expects a WorkflowEntrypoint subclass, got {cls!r}")
+        if concurrency is not None and (
+            not isinstance(concurrency, int) or isinstance(concurrency, bool) or concurrency < 1
+        ):
+            raise ValidationError(f"workflow {name!r}: concurrency must be a positive integer, got {concurrency!r}")
         validate_workflow_name(name, self.limits)
         if isinstance(limits, Mapping):
             limits = self._merge_limits(limits)
         self._defs[name] = WorkflowDef(name, cls, limits or self.limits, binding, lambda: self.env)
-        self._meta[name] = (class_name or cls.__name__, script_name)
+        self._meta[name] = (class_name or cls.__name__, script_name, concurrency)
         self._versions.pop(name, None)
         wf = self.workflow(name)
         if binding:
@@ -144,7 +153,10 @@ class Engine:
             self._versions[name] = record.version_id
             return record.version_id
         now = self.clock.now()
-        config = json.dumps({"limits": {"steps": self._limits_for(name).steps}})
+        settings: dict[str, object] = {"limits": {"steps": self._limits_for(name).steps}}
+        if meta[2] is not None:
+            settings["concurrency"] = {"limit": meta[2]}
+        config = json.dumps(settings)
         record = await self.storage.put_workflow(
             WorkflowRecord(name, meta[0], meta[1], str(uuid.uuid4()), now, now, None, config)
         )

@@ -516,3 +516,24 @@ async def test_a_process_restart_carries_on_from_the_last_completed_step(db_url:
     async with Engine(db_url, clock=clock, **FAKE_CLOCK_ENGINE_OPTIONS) as engine:
         wf = engine.register(Sleeper, name="sleeper")
         assert (await wait_for_status(await wf.get("across"), "complete")).output == "woke"
+
+
+class Hold(WorkflowEntrypoint):
+    async def run(self, event: Any, step: Any) -> Any:
+        async def hold() -> int:
+            CALLS["now"] = CALLS.get("now", 0) + 1
+            CALLS["max"] = max(CALLS.get("max", 0), CALLS["now"])
+            await asyncio.sleep(0.05)
+            CALLS["now"] -= 1
+            return 1
+
+        return await step.do("hold", hold)
+
+
+async def test_per_workflow_concurrency_limit(db_url: str) -> None:
+    async with Engine(db_url) as engine:
+        wf = engine.register(Hold, name="hold", concurrency=2)
+        made = await wf.create_batch([{"id": f"h{i}"} for i in range(8)])
+        for inst in made:
+            await wait_for_status(inst, "complete")
+        assert CALLS["max"] == 2

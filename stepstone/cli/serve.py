@@ -1,0 +1,80 @@
+"""``stepstone serve``: the REST API and nothing else, for production.
+
+It runs no instances and imports no user code: workers (``stepstone worker``) do that. Any number of
+``serve`` processes can stand in front of one database. Tokens come from ``[stepstone] api_tokens`` in the
+project file or ``STEPSTONE_API_TOKEN``; without any, it serves loopback only.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from pathlib import Path
+
+import click
+
+from stepstone.cli.common import load_project, run
+from stepstone.cli.output import info
+from stepstone.cli.worker import setup_logging, until_signalled
+from stepstone.config import default_settings, find_config
+from stepstone.engine import Engine
+
+
+async def run_serve(engine: Engine, *, host: str, port: int, tokens: list[dict[str, object]]) -> None:
+    """Serve until SIGINT/SIGTERM."""
+    try:
+        from stepstone.server import TokenRule, serve
+    except ImportError as exc:
+        raise click.ClickException(str(exc)) from None
+    rules = [TokenRule(**rule) for rule in tokens]  # type: ignore[arg-type]
+    async with engine:
+        ready = asyncio.Event()
+        server = asyncio.create_task(serve(engine, host=host, port=port, tokens=rules or None, ready=ready))
+        stop = asyncio.create_task(until_signalled())
+        started = asyncio.create_task(ready.wait())
+        await asyncio.wait([server, stop, started], return_when=asyncio.FIRST_COMPLETED)
+        if started.done() and not server.done():
+            info(f"⎔ stepstone API on http://{host}:{port}/client/v4 (database {engine.storage.url})")
+            await asyncio.wait([server, stop], return_when=asyncio.FIRST_COMPLETED)
+        for task in (stop, started):
+            task.cancel()
+        if server.done():
+            server.result()  # a refusal to start: raised as the command's error
+            return
+        server.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await server
+
+
+@click.command()
+@click.option(
+    "-c",
+    "--config",
+    "config",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="The project file (default: stepstone.toml, wrangler.toml or wrangler.jsonc here or above).",
+)
+@click.option("--database", default=None, metavar="URL", help="Serve this database instead of the project's.")
+@click.option("--host", default=None, help="Address to listen on (default 127.0.0.1; others need API tokens).")
+@click.option("--port", default=None, type=click.IntRange(0, 65535), help="Port (default 8787).")
+def serve(config: Path | None, database: str | None, host: str | None, port: int | None) -> None:
+    """Serve the REST API (Cloudflare's v4 Workflows API) over the project's database; runs no instances."""
+    setup_logging()
+    logging.getLogger("stepstone.server").setLevel(logging.INFO)
+    if config is not None or find_config(Path.cwd()) is not None:
+        project = load_project(config)
+        settings = project.settings
+        engine = project.engine(worker=False, database=database, register=False)
+    else:
+        settings = default_settings()
+        engine = Engine(database or settings.database, worker=False)
+    run(
+        run_serve(
+            engine,
+            host=host or settings.host,
+            port=settings.port if port is None else port,
+            tokens=list(settings.api_tokens),
+        )
+    )

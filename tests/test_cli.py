@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import subprocess
 import sys
 import time
@@ -328,3 +329,22 @@ def test_init_makes_a_project_whose_test_passes(tmp_path: Path, monkeypatch: pyt
     monkeypatch.chdir(root)
     assert js("workflows", "trigger", "starter-workflow", '{"email": "a@b.c"}', "--id", "s1")["id"] == "s1"
     assert [w["name"] for w in js("workflows", "list")] == ["starter-workflow"]
+
+
+def test_schedules_show_in_workflow_describe(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    (tmp_path / "stepstone.toml").write_text(CONFIG + 'schedules = ["0 3 * * *"]\n')
+    (tmp_path / "main.py").write_text(WORKFLOW)
+    monkeypatch.chdir(tmp_path)
+    doc = js("workflows", "describe", "demo")
+    assert doc["schedules"][0]["cron"] == "0 3 * * *"
+    assert doc["schedules"][0]["next_instance"].endswith("T03:00:00.000Z")
+    assert "Schedules:" in ok("workflows", "describe", "demo")
+
+
+def test_local_flag_targets_a_server_port(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    result = sc("workflows", "list", "--local", "--port", str(port))  # nothing listens there
+    assert result.exit_code == 1 and f"cannot reach http://127.0.0.1:{port}/client/v4" in result.stderr

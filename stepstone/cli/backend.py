@@ -4,11 +4,13 @@ command prints the same thing either way."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from datetime import UTC, datetime
 from typing import Any, Protocol
 
 from stepstone.binding import Workflow
-from stepstone.details import instance_summary, workflow_summary
+from stepstone.cron import parse_cron
+from stepstone.details import instance_summary, iso, workflow_summary
 from stepstone.engine import Engine
 from stepstone.errors import WorkflowNotFoundError
 
@@ -66,10 +68,24 @@ class LocalBackend:
 
     Args:
         engine: an engine built with ``worker=False``; started here, stopped by :meth:`close`.
+        schedules: the project's cron expressions by workflow, shown in workflow documents.
     """
 
-    def __init__(self, engine: Engine) -> None:
+    def __init__(self, engine: Engine, *, schedules: Mapping[str, Sequence[str]] | None = None) -> None:
         self.engine = engine
+        self.schedules = dict(schedules or {})
+
+    def _with_schedules(self, doc: Doc) -> Doc:
+        crons = self.schedules.get(str(doc.get("name")))
+        if crons:
+            now = datetime.now(UTC)
+            doc["schedules"] = []
+            for cron in crons:
+                upcoming = parse_cron(cron).next_after(now)
+                doc["schedules"].append(
+                    {"cron": cron, "next_instance": iso(upcoming.timestamp()) if upcoming else None}
+                )
+        return doc
 
     async def start(self) -> LocalBackend:
         """Open the database (records the project's workflows)."""
@@ -87,13 +103,16 @@ class LocalBackend:
 
     async def list_workflows(self) -> list[Doc]:
         storage = self.engine.storage
-        return [workflow_summary(w, await storage.count_by_status(w.name)) for w in await storage.list_workflows()]
+        return [
+            self._with_schedules(workflow_summary(w, await storage.count_by_status(w.name)))
+            for w in await storage.list_workflows()
+        ]
 
     async def get_workflow(self, name: str) -> Doc:
         record = await self.engine.storage.get_workflow(name)
         if record is None:
             raise WorkflowNotFoundError(f'workflow "{name}" not found')
-        return workflow_summary(record, await self.engine.storage.count_by_status(name))
+        return self._with_schedules(workflow_summary(record, await self.engine.storage.count_by_status(name)))
 
     async def delete_workflow(self, name: str) -> None:
         if not await self.engine.storage.delete_workflow(name):

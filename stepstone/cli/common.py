@@ -49,6 +49,8 @@ def target_options(fn: F) -> F:
     @click.option("--api", default=None, metavar="URL", help="Act through a running stepstone server instead.")
     @click.option("--token", default=None, help="API token for --api (default: STEPSTONE_API_TOKEN).")
     @click.option("--account-id", default="local", show_default=True, help="Account id in --api paths.")
+    @click.option("--local", is_flag=True, help="Like wrangler: act through `stepstone dev` on 127.0.0.1:--port.")
+    @click.option("--port", type=click.IntRange(1, 65535), default=8787, show_default=True, help="Port for --local.")
     @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of text.")
     @functools.wraps(fn)
     def wrapper(
@@ -58,9 +60,13 @@ def target_options(fn: F) -> F:
         api: str | None,
         token: str | None,
         account_id: str,
+        local: bool,
+        port: int,
         as_json: bool,
         **kwargs: Any,
     ) -> Any:
+        if local and api is None:
+            api = f"http://127.0.0.1:{port}"
         target = Target(config, database, api, token, account_id, as_json)
         return fn(*args, target=target, **kwargs)
 
@@ -81,8 +87,9 @@ def run(coro: Coroutine[Any, Any, T]) -> T:
     return asyncio.run(coro)
 
 
-def client_engine(target: Target, *, need_code: bool) -> Engine:
-    """An engine on the target's database that runs nothing: the project's, or a bare one outside any project.
+def client_engine(target: Target, *, need_code: bool) -> tuple[Engine, dict[str, tuple[str, ...]]]:
+    """An engine on the target's database that runs nothing (the project's, or a bare one outside any project),
+    and the project's cron schedules by workflow.
 
     Args:
         need_code: the command creates instances, so the project's classes must be registered; otherwise a
@@ -95,15 +102,16 @@ def client_engine(target: Target, *, need_code: bool) -> Engine:
                 f"no stepstone.toml, wrangler.toml or wrangler.jsonc in {Path.cwd()} or its parents "
                 "(create one with: stepstone init, or pass --database URL)"
             )
-        return Engine(database, worker=False)
+        return Engine(database, worker=False), {}
     project = load_project(target.config)
+    schedules = {wf.name: wf.schedules for wf in project.config.workflows if wf.schedules}
     try:
-        return project.engine(worker=False, database=target.database)
+        return project.engine(worker=False, database=target.database), schedules
     except ProjectError as exc:
         if need_code:
             raise
         warn(f"{exc} (continuing with the workflows the database knows)")
-        return project.engine(worker=False, database=target.database, register=False)
+        return project.engine(worker=False, database=target.database, register=False), schedules
 
 
 @contextlib.asynccontextmanager
@@ -119,7 +127,8 @@ async def open_backend(target: Target, *, need_code: bool = False) -> AsyncItera
         finally:
             await http.close()
         return
-    local = await LocalBackend(client_engine(target, need_code=need_code)).start()
+    engine, schedules = client_engine(target, need_code=need_code)
+    local = await LocalBackend(engine, schedules=schedules).start()
     try:
         yield local
     finally:

@@ -97,6 +97,10 @@ def describe(name: str, target: Target) -> None:
                 indent="  ",
             )
         )
+        schedules = wf.get("schedules") or []
+        if schedules:
+            echo("Schedules:")
+            echo(labelled([(s.get("cron"), f"next {local_time(s.get('next_instance'))}") for s in schedules], "  "))
         counts = {k: v for k, v in (wf.get("instances") or {}).items() if v}
         if counts:
             echo("Instances:")

@@ -33,6 +33,12 @@ class Demo(WorkflowEntrypoint):
             def boom():
                 raise NonRetryableError("no way", "Refused")
             await step.do("boom", boom)
+        if p.get("retry"):
+            def flaky(ctx):
+                if ctx.attempt == 1:
+                    raise ConnectionError("try later")
+                return "ok"
+            await step.do("flaky", {"retries": {"limit": 1, "delay": "1 minute"}}, flaky)
         await step.sleep("nap", p.get("nap", 10))
         if p.get("wait"):
             ev = await step.wait_for_event("approval", "approval", timeout="1 minute")
@@ -348,3 +354,18 @@ def test_local_flag_targets_a_server_port(tmp_path: Path, monkeypatch: pytest.Mo
         port = s.getsockname()[1]
     result = sc("workflows", "list", "--local", "--port", str(port))  # nothing listens there
     assert result.exit_code == 1 and f"cannot reach http://127.0.0.1:{port}/client/v4" in result.stderr
+
+
+def test_describe_shows_the_next_retry(in_project: Path) -> None:
+    ok("workflows", "trigger", "demo", '{"retry": true}', "--id", "retrying")
+    deadline = time.monotonic() + 10
+    while True:
+        doc = js("workflows", "instances", "describe", "demo", "retrying")
+        if any(s.get("retries_at") for s in doc["steps"]):
+            break
+        assert time.monotonic() < deadline, doc
+        time.sleep(0.05)
+    text = ok("workflows", "instances", "describe", "demo", "retrying")
+    assert "Retries At:" in text and "│ ❌ Error " in text and "│ ConnectionError: try later │" in text
+    assert 'Waiting For:           🔁 next retry of step "flaky-1" until' in text
+    ok("workflows", "instances", "terminate", "demo", "retrying")

@@ -86,7 +86,7 @@ async def main(url: str) -> None:
         for label, concurrency, n in (("sequential", 1, 3000), ("64 tasks, pool of 10", 64, 20000)):
             for name, bench in (("psycopg 3", psycopg_bench), ("asyncpg", asyncpg_bench)):
                 rates = [await bench(url, n, concurrency) for _ in range(3)]
-                best = ', '.join(f'{r:.0f}' for r in rates)
+                best = ", ".join(f"{r:.0f}" for r in rates)
                 print(f"{label:22} {name:10} {max(rates):8.0f} tx/s (runs: {best})")
     finally:
         with psycopg.connect(url, autocommit=True) as conn:

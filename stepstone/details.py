@@ -131,7 +131,18 @@ def step_entry(step: StepRecord) -> dict[str, Any]:
         "config": config,
         "output": output,
         "retries_at": iso(step.wake_at) if step.status == "retrying" else None,
+        "error": error if step.status == "error" else None,
     }
+
+
+def _waiting_for(rec: InstanceRecord) -> dict[str, Any] | None:
+    """What a waiting instance waits for: ``{"kind", "name", "until" (ISO), "types"}``."""
+    if not rec.waiting_for:
+        return None
+    waiting = dict(json.loads(rec.waiting_for))
+    until = waiting.get("until")
+    waiting["until"] = iso(until) if isinstance(until, int | float) else None
+    return waiting
 
 
 def instance_details(
@@ -158,7 +169,7 @@ def instance_details(
         "output": _decode(rec.output),
         "step_count": len(entries),
         "rollback": None,
-        "waiting_for": json.loads(rec.waiting_for) if rec.waiting_for and rec.status == "waiting" else None,
+        "waiting_for": _waiting_for(rec) if rec.status == "waiting" else None,
     }
     if rec.schedule:
         doc["schedule"] = _decode(rec.schedule)

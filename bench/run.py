@@ -38,6 +38,7 @@ METRICS: list[tuple[str, str, str, str, str]] = [
     ("2 throughput (steps/s)", "2", "steps_per_s", "high", "{:,.0f}"),
     ("3 concurrent create (inst/s)", "3", "single_per_s", "high", "{:,.0f}"),
     ("3 create_batch (inst/s)", "3", "batch_per_s", "high", "{:,.0f}"),
+    ("3 create_batch, no worker (inst/s)", "3", "client_batch_per_s", "high", "{:,.0f}"),
     ("4 timer lateness p50 (ms)", "4", "lateness.p50_ms", "low", "{:.1f}"),
     ("4 timer lateness p99 (ms)", "4", "lateness.p99_ms", "low", "{:.1f}"),
     ("5 event in-process p50 (ms)", "5", "in_process.p50_ms", "low", "{:.2f}"),

@@ -133,8 +133,14 @@ class Execution:
         finally:
             if self._watcher is not None:
                 self._watcher.cancel()
+        # run() may have returned although a step signalled: asyncio.gather(..., return_exceptions=True)
+        # hands our BaseException signals back as values. The signal still wins.
+        if state.aborted:
+            return "aborted"
         if state.fatal is not None:
             return await self._finish_error(state.fatal)
+        if state.suspending:
+            return await self._suspend(state)
         try:
             encoded = codec.encode(output, what="the workflow's output")
             check_size(len(encoded.encode()), limits.payload_bytes, what="the workflow's output")

@@ -110,6 +110,26 @@ class RunState:
             await self.unpaused.wait()
             self.check_open()
 
+    async def wait_in_process(self, reason: WakeReason) -> None:
+        """Wait for a short timer without hibernating.
+
+        The reason stays registered while waiting, so that if a sibling branch makes the instance hibernate
+        meanwhile, the instance wakes in time for this timer too.
+        """
+        if self.suspending:
+            raise self.suspend(reason)
+        assert reason.until is not None
+        self.wakes.append(reason)
+        try:
+            await self.clock.sleep(reason.until - self.clock.now())
+        finally:
+            self.wakes.remove(reason)
+        if self.suspending and not self.aborted:
+            # A sibling made the instance hibernate while we waited: this branch is ready to go on, so the
+            # instance must come back at once.
+            raise self.suspend(WakeReason(reason.kind, reason.name, self.clock.now()))
+        self.check_open()
+
     def enter(self) -> None:
         """An attempt starts."""
         self.inflight += 1

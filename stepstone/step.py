@@ -173,12 +173,14 @@ class WorkflowStep:
             rec = StepRecord(key, "sleep", name, count, state.next_seq(), "waiting", now, wake_at=wake)
             state.history[key] = rec
         assert rec.wake_at is not None
-        if now >= rec.wake_at:
-            rec.status, rec.ended_at = "success", rec.wake_at
+        if now < rec.wake_at:
             await state.write(rec, durable=False)
-            return
+            reason = WakeReason("sleep", f"{name}-{count}", rec.wake_at)
+            if rec.wake_at - now > state.inprocess_wait_s:
+                raise state.suspend(reason)
+            await state.wait_in_process(reason)
+        rec.status, rec.ended_at = "success", rec.wake_at
         await state.write(rec, durable=False)
-        raise state.suspend(WakeReason("sleep", f"{name}-{count}", rec.wake_at))
 
     # -- step.wait_for_event ------------------------------------------------------------------------------
     def wait_for_event(

@@ -239,10 +239,11 @@ async def run_do(
         await state.gate()
         if rec.status == "retrying" and rec.wake_at is not None:
             remaining = rec.wake_at - clock.now()
+            reason = WakeReason("retry", display, rec.wake_at)
             if remaining > state.inprocess_wait_s:
-                raise state.suspend(WakeReason("retry", display, rec.wake_at))
+                raise state.suspend(reason)
             if remaining > 0:
-                await clock.sleep(remaining)
+                await state.wait_in_process(reason)
                 await state.gate()
         attempt_no = len(rec.attempts) + 1
         att = Attempt(clock.now())

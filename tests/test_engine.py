@@ -50,7 +50,7 @@ class Basic(WorkflowEntrypoint):
 
 
 async def test_steps_sleep_and_output(db_url: str) -> None:
-    async with Engine(db_url) as engine:
+    async with Engine(db_url, inprocess_wait_s=0.2) as engine:  # the 1 s sleep hibernates
         wf = engine.register(Basic, name="basic")
         inst = await wf.create(id="one", params={"x": [1, 2]})
         assert (await wait_for_status(inst, "waiting")).status == "waiting"
@@ -537,3 +537,26 @@ async def test_per_workflow_concurrency_limit(db_url: str) -> None:
         for inst in made:
             await wait_for_status(inst, "complete")
         assert CALLS["max"] == 2
+
+
+@pytest.mark.parametrize("return_exceptions", [False, True])
+async def test_a_short_sleep_stays_in_process_and_a_sibling_hibernation_keeps_its_wake_up(
+    db_url: str, return_exceptions: bool
+) -> None:
+    class Mixed(WorkflowEntrypoint):
+        async def run(self, event: Any, step: Any) -> Any:
+            async def short_branch() -> str:
+                await step.sleep("short", 300)  # in process: well under inprocess_wait_s
+                return str(await step.do("after short", lambda: "x"))
+
+            waiter = step.wait_for_event("long", "never", timeout="1 hour")  # hibernates the instance
+            result = await asyncio.gather(short_branch(), waiter, return_exceptions=return_exceptions)
+            return result[0]
+
+    async with Engine(db_url) as engine:
+        inst = await engine.register(Mixed, name="mixed").create()
+        await asyncio.sleep(0.8)
+        doc = await inst.describe()
+        assert "after short-1" in [s["name"] for s in doc["steps"]]  # the short branch went on
+        assert doc["status"] == "waiting"
+        assert doc["waiting_for"]["kind"] == "waitForEvent"  # only the long wait is left

@@ -129,6 +129,22 @@ async def _with_timeout(state: RunState, aw: Awaitable[Any], seconds: float, ms:
     raise WorkflowTimeoutError(f"Execution timed out after {int(ms)}ms")
 
 
+def _config_json(config: StepConfig) -> tuple[dict[str, object], str]:
+    """A resolved config as Cloudflare's dict and as JSON, computed once per distinct config."""
+    try:
+        return _config_json_cached(config)
+    except TypeError:  # an unhashable delay function
+        return _config_json_uncached(config)
+
+
+def _config_json_uncached(config: StepConfig) -> tuple[dict[str, object], str]:
+    as_dict = config.to_dict()
+    return as_dict, json.dumps(as_dict, separators=(",", ":"))
+
+
+_config_json_cached = functools.lru_cache(maxsize=1024)(_config_json_uncached)
+
+
 def _error_class_ref(exc: BaseException) -> str:
     cls = type(exc)
     return json.dumps({"class": f"{cls.__module__}:{cls.__qualname__}"})
@@ -230,10 +246,10 @@ async def run_do(
             state.next_seq(),
             "running",
             clock.now(),
-            config=json.dumps(config.to_dict(), separators=(",", ":")),
+            config=_config_json(config)[1],
         )
         state.history[key] = rec
-    config_dict = config.to_dict()
+    config_dict = _config_json(config)[0]
     timeout_s = config.timeout_ms / 1000
     while True:
         await state.gate()

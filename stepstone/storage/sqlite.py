@@ -52,6 +52,11 @@ T = TypeVar("T")
 Conn = sqlite3.Connection
 _KIND_OF_TYPE = {"do": "do", "sleep": "sleep", "waitForEvent": "wait"}
 _STEP_INSERT = f"INSERT OR REPLACE INTO steps (instance_pk, {STEP_COLUMNS}) VALUES ({', '.join('?' * 16)})"
+# The lease check and the write in one statement: nothing is written unless the token still matches.
+_FENCED_STEP_INSERT = (
+    f"INSERT OR REPLACE INTO steps (instance_pk, {STEP_COLUMNS}) SELECT {', '.join('?' * 16)} "
+    "WHERE EXISTS (SELECT 1 FROM instances WHERE pk = ? AND lease_token = ?)"
+)
 
 
 def _new_token() -> str:
@@ -460,11 +465,11 @@ class SQLiteStorage:
 
     def put_step(self, lease: Lease, step: StepRecord, *, durable: bool) -> Awaitable[None]:
         """Insert or replace a step, fenced by the lease."""
-        params = step_to_row(lease.pk, step)
+        params = (*step_to_row(lease.pk, step), lease.pk, lease.token)
 
         def op(conn: Conn) -> None:
-            _fence(conn, lease)
-            conn.execute(_STEP_INSERT, params)
+            if conn.execute(_FENCED_STEP_INSERT, params).rowcount != 1:
+                raise FencedError(f"lease on instance {lease.pk} is no longer held")
 
         fut = self._writer.submit(op, wait=durable, single=True)
         if fut is None:

@@ -270,13 +270,18 @@ class SQLiteStorage:
         def op(conn: Conn) -> list[InstanceRecord]:
             created: list[InstanceRecord] = []
             touched: set[str] = set()
+            # Ids whose previous instance is past its retention are free again: clear those first, in one query.
+            by_workflow: dict[str, list[str]] = {}
             for new in rows:
+                by_workflow.setdefault(new.workflow, []).append(new.id)
+            for workflow, ids in by_workflow.items():
+                marks = ", ".join("?" * len(ids))
                 expired = conn.execute(
-                    "SELECT pk FROM instances WHERE workflow = ? AND id = ? AND expires_at <= ?",
-                    (new.workflow, new.id, new.created_on),
+                    f"SELECT pk FROM instances WHERE workflow = ? AND id IN ({marks}) AND expires_at <= ?",
+                    (workflow, *ids, rows[0].created_on),
                 ).fetchall()
-                if expired:
-                    _delete_pks(conn, [expired[0][0]])
+                _delete_pks(conn, [r[0] for r in expired])
+            for new in rows:
                 row = conn.execute(
                     "INSERT INTO instances (workflow, id, status, params, created_on, modified_on, "
                     "runnable_at, trigger_source, version_id, schedule, success_retention_ms, "

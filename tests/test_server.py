@@ -260,3 +260,21 @@ async def test_status_patch_checks_its_body(api: httpx.AsyncClient) -> None:
     failure(await api.patch(path, content=b""), 400)
     assert result(await api.patch(path, json={"status": "terminate", "rollback": True}))["status"] == "terminated"
     assert json.loads((await api.get(f"{V4}/parked/instances/p")).text)["result"]["steps"][-1]["type"] == "termination"
+
+
+def test_the_server_stays_optional() -> None:
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, stepstone, stepstone.engine, stepstone.cli\n"
+        "assert 'starlette' not in sys.modules and 'uvicorn' not in sys.modules\n"
+        "sys.modules['starlette'] = None\n"
+        "try:\n"
+        "    import stepstone.server\n"
+        "except ImportError as exc:\n"
+        "    print(exc)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert "pip install 'stepstone[server]'" in done.stdout

@@ -197,25 +197,41 @@ async def phase3(url: str, sizes: dict[str, float]) -> dict[str, Any]:
     }
 
 
-async def phase4(url: str, sizes: dict[str, float]) -> dict[str, Any]:
-    n, sleep_s = int(sizes["p4_instances"]), float(sizes["p4_sleep_s"])
+async def _timers(url: str, n: int, sleep_s: float, *, paced: bool, timeout: float) -> dict[str, Any]:
     SLEEP_AT.clear()
     WOKE.clear()
+    name = "p4" if paced else "p4burst"
     async with _engine(url) as engine:
-        wf = engine.register(SleepW, name="p4")
-        rows = [{"id": f"t{i}", "params": {"ms": sleep_s * 1000}} for i in range(n)]
+        wf = engine.register(SleepW, name=name)
+        rows = [{"id": f"{name}-{i}", "params": {"ms": sleep_s * 1000}} for i in range(n)]
         t0 = time.perf_counter()
-        await _create_many(wf, rows)
+        if paced:
+            # "started within one second": ten batches, one every 100 ms.
+            chunk = max(1, n // 10)
+            for k, i in enumerate(range(0, n, chunk)):
+                await asyncio.sleep(max(0.0, t0 + k * 0.1 - time.perf_counter()))
+                await wf.create_batch(rows[i : i + chunk])
+        else:
+            await _create_many(wf, rows)
         created_s = time.perf_counter() - t0
-        await _wait_status(engine, "p4", "complete", n, every=0.05, timeout=sizes["timeout_s"])
+        await _wait_status(engine, name, "complete", n, every=0.05, timeout=timeout)
     late = [WOKE[i] - (SLEEP_AT[i] + sleep_s) for i in WOKE if i in SLEEP_AT]
     spread = max(SLEEP_AT.values()) - min(SLEEP_AT.values()) if SLEEP_AT else 0.0
+    return {"create_s": created_s, "start_spread_ms": spread * 1000, "lateness": summary_ms(late)}
+
+
+async def phase4(url: str, sizes: dict[str, float]) -> dict[str, Any]:
+    """Timers: instances started over one second (paced), and all at once (burst) for comparison."""
+    n, sleep_s = int(sizes["p4_instances"]), float(sizes["p4_sleep_s"])
+    paced = await _timers(url, n, sleep_s, paced=True, timeout=sizes["timeout_s"])
+    burst = await _timers(url, n, sleep_s, paced=False, timeout=sizes["timeout_s"])
     return {
         "instances": n,
         "sleep_s": sleep_s,
-        "create_s": created_s,
-        "start_spread_s": spread,
-        "lateness": summary_ms(late),
+        "create_s": paced["create_s"],
+        "start_spread_s": paced["start_spread_ms"] / 1000,
+        "lateness": paced["lateness"],
+        "burst": burst,
     }
 
 

@@ -44,6 +44,7 @@ class Execution:
         definition: WorkflowDef,
         claim: Claim,
         inprocess_wait_s: float = 1.0,
+        on_park: Callable[[int], None] | None = None,
     ) -> None:
         self.storage = storage
         self.clock = clock
@@ -51,6 +52,7 @@ class Execution:
         self.claim = claim
         self.lease = claim.lease
         self.inprocess_wait_s = inprocess_wait_s
+        self.on_park = on_park
         self.state: RunState | None = None
         self._pause_early = False
         self._drained = False
@@ -100,6 +102,7 @@ class Execution:
             history={s.key: s for s in steps},
             events=events,
             inprocess_wait_s=self.inprocess_wait_s,
+            on_park=self.on_park,
         )
         self.state = state
         try:

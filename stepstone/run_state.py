@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import json
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from stepstone.clock import Clock
@@ -62,6 +63,10 @@ class RunState:
     wakes: list[WakeReason] = field(default_factory=list)
     buffered: dict[str, deque[EventRecord]] = field(default_factory=dict)
     fatal: BaseException | None = None
+    parked: int = 0
+    """Branches waiting in process for a short timer: while nothing else runs, the instance is waiting."""
+    on_park: Callable[[int], None] | None = None
+    """Told +1 when the first branch parks and -1 when the last one leaves."""
 
     def __post_init__(self) -> None:
         self.idle.set()
@@ -120,9 +125,15 @@ class RunState:
             raise self.suspend(reason)
         assert reason.until is not None
         self.wakes.append(reason)
+        self.parked += 1
+        if self.parked == 1 and self.on_park is not None:
+            self.on_park(1)
         try:
             await self.clock.sleep(reason.until - self.clock.now())
         finally:
+            self.parked -= 1
+            if self.parked == 0 and self.on_park is not None:
+                self.on_park(-1)
             self.wakes.remove(reason)
         if self.suspending and not self.aborted:
             # A sibling made the instance hibernate while we waited: this branch is ready to go on, so the

@@ -87,6 +87,7 @@ class Worker:
         self._stopping = False
         self._tasks: list[asyncio.Task[Any]] = []
         self._last_purge = 0.0
+        self._parked = 0
         self._checks: set[asyncio.Task[None]] = set()
 
     async def start(self) -> None:
@@ -119,6 +120,11 @@ class Worker:
         with contextlib.suppress(StorageError):
             await self.storage.release_owners([self.owner])
 
+    def _park(self, delta: int) -> None:
+        self._parked += delta
+        if delta > 0:
+            self._wake.set()
+
     def wake(self) -> None:
         """Something may have become runnable: look now."""
         self._wake.set()
@@ -150,14 +156,15 @@ class Worker:
     @property
     def busy(self) -> int:
         """How many instances are running now."""
-        return len(self.running)
+        # Instances waiting in process for a short timer do not count, as waiting instances don't.
+        return len(self.running) - self._parked
 
     async def _claim_loop(self) -> None:
         backoff = 0.05
         while not self._stopping:
             self._wake.clear()
             defs = self.definitions()
-            free = self.concurrency - len(self.running)
+            free = self.concurrency - self.busy
             now = self.clock.now()
             try:
                 result = await self.storage.claim(
@@ -198,6 +205,7 @@ class Worker:
             definition=definition,
             claim=claim,
             inprocess_wait_s=self.inprocess_wait_s,
+            on_park=self._park,
         )
         pk = claim.instance.pk
         task = asyncio.create_task(execution.execute(), name=f"stepstone-run-{claim.instance.id}")

@@ -160,7 +160,7 @@ class SQLiteStorage:
             return
         self._open = False
         if isinstance(self._writer, LoopWriter):
-            self._writer.stop()
+            await self._writer.stop()
             if self._loop_reader is not None:
                 self._loop_reader.close()
                 self._loop_reader = None

@@ -12,6 +12,7 @@ import asyncio
 import queue
 import sqlite3
 import threading
+from concurrent.futures import ThreadPoolExecutor
 from collections.abc import Callable
 from concurrent.futures import Future
 from typing import Any, Protocol, TypeVar
@@ -122,42 +123,37 @@ def _translate(exc: BaseException) -> BaseException:
     return exc
 
 
-def commit_batch(conn: sqlite3.Connection, batch: list[Item], *, begun: bool = False) -> bool:
-    """Run every op of the batch in one transaction and commit once; then settle each op's future.
+Outcome = tuple["_Settable | None", bool, Any]
+
+
+def run_ops(conn: sqlite3.Connection, batch: list[Item]) -> list[Outcome]:
+    """Run every op of the batch inside the open transaction; each op's result or error, not yet settled.
 
     Each op runs inside a savepoint (unless it is marked single), so one failing op does not undo the others.
-    Returns False when the transaction itself failed (every waiting future then gets a StorageError).
     """
-    outcomes: list[tuple[_Settable | None, bool, Any]] = []
-    try:
-        if not begun:
-            conn.execute("BEGIN IMMEDIATE")
-        for op, fut, single in batch:
-            if single:
-                try:
-                    outcomes.append((fut, True, op(conn)))
-                except BaseException as exc:
-                    outcomes.append((fut, False, _translate(exc)))
-                continue
-            conn.execute("SAVEPOINT w")
+    outcomes: list[Outcome] = []
+    for op, fut, single in batch:
+        if single:
             try:
-                result = op(conn)
+                outcomes.append((fut, True, op(conn)))
             except BaseException as exc:
-                conn.execute("ROLLBACK TO w")
-                conn.execute("RELEASE w")
                 outcomes.append((fut, False, _translate(exc)))
-            else:
-                conn.execute("RELEASE w")
-                outcomes.append((fut, True, result))
-        conn.execute("COMMIT")
-    except sqlite3.Error as exc:
-        if conn.in_transaction:
-            conn.execute("ROLLBACK")
-        error = StorageError(f"SQLite commit failed: {exc}")
-        for _, fut, _ in batch:
-            if fut is not None and not fut.done():
-                fut.set_exception(error)
-        return False
+            continue
+        conn.execute("SAVEPOINT w")
+        try:
+            result = op(conn)
+        except BaseException as exc:
+            conn.execute("ROLLBACK TO w")
+            conn.execute("RELEASE w")
+            outcomes.append((fut, False, _translate(exc)))
+        else:
+            conn.execute("RELEASE w")
+            outcomes.append((fut, True, result))
+    return outcomes
+
+
+def settle(outcomes: list[Outcome]) -> None:
+    """Resolve each op's future after its transaction committed."""
     for fut, ok, value in outcomes:
         if fut is None or fut.done():
             continue
@@ -165,16 +161,39 @@ def commit_batch(conn: sqlite3.Connection, batch: list[Item], *, begun: bool = F
             fut.set_result(value)
         else:
             fut.set_exception(value)
+
+
+def fail(conn: sqlite3.Connection, batch: list[Item], exc: BaseException) -> None:
+    """The transaction failed: roll back and give every waiting future a StorageError."""
+    if conn.in_transaction:
+        conn.execute("ROLLBACK")
+    error = StorageError(f"SQLite commit failed: {exc}")
+    for _, fut, _ in batch:
+        if fut is not None and not fut.done():
+            fut.set_exception(error)
+
+
+def commit_batch(conn: sqlite3.Connection, batch: list[Item]) -> bool:
+    """Run the batch in one transaction, commit once, then settle; False if the transaction failed."""
+    try:
+        conn.execute("BEGIN IMMEDIATE")
+        outcomes = run_ops(conn, batch)
+        conn.execute("COMMIT")
+    except sqlite3.Error as exc:
+        fail(conn, batch, exc)
+        return False
+    settle(outcomes)
     return True
 
 
 class LoopWriter:
-    """Group commit on the event loop's own thread: no thread hand-offs on the hot path.
+    """Group commit driven from the event loop, with the fsync off the loop.
 
-    Writes queued during one pass of the event loop are committed together by one callback scheduled with
-    ``call_soon``, after every ready task has had its turn: concurrent steps share one transaction and one fsync.
-    When another process holds SQLite's write lock the batch is retried a moment later instead of blocking
-    the loop.
+    Writes queued during one pass of the event loop are run by one callback scheduled with ``call_soon``,
+    after every ready task has had its turn, in one transaction on the loop's thread (no hand-off per write);
+    the COMMIT (the fsync) runs on a helper thread while the loop goes on and the next batch builds up. At most
+    one commit is in flight. When another process holds SQLite's write lock the batch is retried a moment
+    later instead of blocking the loop.
     """
 
     def __init__(
@@ -192,6 +211,8 @@ class LoopWriter:
         self._now_handle: asyncio.Handle | None = None
         self._later_handle: asyncio.TimerHandle | None = None
         self._busy_backoff = 0.0
+        self._committing = False
+        self._committer: ThreadPoolExecutor | None = None
         self.commits = 0
         self.writes = 0
 
@@ -199,6 +220,7 @@ class LoopWriter:
         """Open the write connection (and migrate) on the calling thread, the event loop's."""
         self._conn = self._connect()
         self._conn.execute("PRAGMA busy_timeout = 0")
+        self._committer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="stepstone-sqlite-commit")
 
     def submit(self, op: Op, *, wait: bool = True, single: bool = False) -> asyncio.Future[Any] | None:
         """Queue a write into the next commit; with ``wait`` a future resolves after that commit."""
@@ -206,11 +228,14 @@ class LoopWriter:
         fut: asyncio.Future[Any] | None = loop.create_future() if wait else None
         self._pending.append((op, fut, single))
         if wait or len(self._pending) >= self._max_batch:
-            if self._now_handle is None and self._busy_backoff == 0.0:
-                self._now_handle = loop.call_soon(self._flush)
+            self._schedule(loop)
         elif self._later_handle is None and self._now_handle is None:
             self._later_handle = loop.call_later(self._ride_along_s, self._flush)
         return fut
+
+    def _schedule(self, loop: asyncio.AbstractEventLoop) -> None:
+        if self._now_handle is None and self._busy_backoff == 0.0 and not self._committing:
+            self._now_handle = loop.call_soon(self._flush)
 
     async def run(self, op: Callable[[sqlite3.Connection], T]) -> T:
         """Queue a write and wait until it is committed; returns the op's result."""
@@ -225,7 +250,7 @@ class LoopWriter:
             self._later_handle.cancel()
             self._later_handle = None
         conn = self._conn
-        if not self._pending or conn is None:
+        if not self._pending or conn is None or self._committing:
             return
         try:
             conn.execute("BEGIN IMMEDIATE")
@@ -238,16 +263,38 @@ class LoopWriter:
             return
         self._busy_backoff = 0.0
         batch, self._pending = self._pending, []
-        if commit_batch(conn, batch, begun=True):
+        try:
+            outcomes = run_ops(conn, batch)
+        except sqlite3.Error as exc:
+            fail(conn, batch, exc)
+            return
+        self._committing = True
+        assert self._committer is not None
+        commit = asyncio.get_running_loop().run_in_executor(self._committer, conn.execute, "COMMIT")
+        commit.add_done_callback(lambda done: self._committed(done, conn, batch, outcomes))
+
+    def _committed(
+        self, done: asyncio.Future[Any], conn: sqlite3.Connection, batch: list[Item], outcomes: list[Outcome]
+    ) -> None:
+        self._committing = False
+        exc = done.exception()
+        if exc is not None:
+            fail(conn, batch, exc)
+        else:
             self.commits += 1
             self.writes += len(batch)
+            settle(outcomes)
+        if self._pending and self._conn is not None:
+            self._schedule(asyncio.get_running_loop())
 
     def _retry(self) -> None:
         self._later_handle = None
         self._flush()
 
-    def stop(self) -> None:
+    async def stop(self) -> None:
         """Commit what is pending (waiting for other processes' locks) and close the connection."""
+        while self._committing:
+            await asyncio.sleep(0.001)
         conn, self._conn = self._conn, None
         if conn is None:
             return
@@ -259,3 +306,5 @@ class LoopWriter:
             batch, self._pending = self._pending, []
             commit_batch(conn, batch)
         conn.close()
+        if self._committer is not None:
+            self._committer.shutdown(wait=True)

@@ -12,9 +12,8 @@ import asyncio
 import queue
 import sqlite3
 import threading
-from concurrent.futures import ThreadPoolExecutor
 from collections.abc import Callable
-from concurrent.futures import Future
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any, Protocol, TypeVar
 
 from stepstone.errors import StepstoneError, StorageError

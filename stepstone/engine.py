@@ -153,7 +153,10 @@ class Engine:
             self._versions[name] = record.version_id
             return record.version_id
         now = self.clock.now()
-        settings: dict[str, object] = {"limits": {"steps": self._limits_for(name).steps}}
+        # Keep settings made elsewhere (a REST PUT: retention, schedules, a concurrency limit); ours win.
+        existing = await self.storage.get_workflow(name)
+        settings: dict[str, object] = dict(json.loads(existing.config or "{}")) if existing is not None else {}
+        settings["limits"] = {"steps": self._limits_for(name).steps}
         if meta[2] is not None:
             settings["concurrency"] = {"limit": meta[2]}
         config = json.dumps(settings)

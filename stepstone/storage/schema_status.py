@@ -60,12 +60,12 @@ async def schema_status(url: str) -> SchemaStatus:
         except ImportError as exc:  # pragma: no cover - depends on the install
             raise ValidationError(f"PostgreSQL needs its driver: pip install 'stepstone[postgres]' ({exc})") from exc
         try:
-            async with await psycopg.AsyncConnection.connect(url) as conn:
-                cur = await conn.execute("SELECT to_regclass('stepstone_meta') IS NOT NULL")
+            async with await psycopg.AsyncConnection.connect(url) as pg:
+                cur = await pg.execute("SELECT to_regclass('stepstone_meta') IS NOT NULL")
                 exists = await cur.fetchone()
                 found = 0
                 if exists and exists[0]:
-                    cur = await conn.execute("SELECT value FROM stepstone_meta WHERE key = 'schema_version'")
+                    cur = await pg.execute("SELECT value FROM stepstone_meta WHERE key = 'schema_version'")
                     row = await cur.fetchone()
                     found = int(str(row[0])) if row else 0
         except psycopg.Error as exc:

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, TypeVar
@@ -42,14 +43,13 @@ from stepstone.models import (
 )
 from stepstone.storage import postgres_control as control
 from stepstone.storage.base import ClaimResult, InstancePage, concurrency_limit
-from stepstone.storage.postgres_control import RELEASE, fence, fetch_all, fetch_maybe, fetch_one, set_paused
+from stepstone.storage.postgres_control import RELEASE, fetch_all, fetch_maybe, fetch_one
 from stepstone.storage.postgres_schema import migrate
-from stepstone.storage.postgres_writer import Conn, GroupWriter, Transactor
+from stepstone.storage.postgres_writer import Conn, GroupWriter, StepWrite, Transactor, Write
 from stepstone.storage.sqlite_schema import (
     INSTANCE_COLUMNS,
     STEP_COLUMNS,
     WORKFLOW_COLUMNS,
-    event_from_row,
     instance_from_row,
     step_from_row,
     step_to_row,
@@ -61,13 +61,60 @@ log = logging.getLogger("stepstone.storage.postgres")
 
 KIND_OF_TYPE = {"do": "do", "sleep": "sleep", "waitForEvent": "wait"}
 _STEP_FIELDS = STEP_COLUMNS.split(", ")
-# The fence and the write in one statement: the CTE locks the instance row only if the token still matches.
-_STEP_UPSERT = (
-    "WITH fence AS (SELECT pk FROM instances WHERE pk = %s AND lease_token = %s FOR UPDATE) "
-    f"INSERT INTO steps (instance_pk, {STEP_COLUMNS}) SELECT fence.pk, "
+# A wait step and its event, fenced, in one statement: the event is marked only under a held lease, and the
+# step is written only if the event was marked (or already marked by this very step).
+_CONSUME_EVENT = (
+    "WITH f AS MATERIALIZED (SELECT pk FROM instances WHERE pk = %s AND lease_token = %s FOR UPDATE), "
+    "e AS (UPDATE events SET consumed_by = %s WHERE pk = %s AND instance_pk = (SELECT pk FROM f) "
+    "AND (consumed_by IS NULL OR consumed_by = %s) RETURNING 1) "
+    f"INSERT INTO steps (instance_pk, {STEP_COLUMNS}) SELECT f.pk, "
     + ", ".join(["%s"] * len(_STEP_FIELDS))
-    + " FROM fence ON CONFLICT (instance_pk, key) DO UPDATE SET "
+    + " FROM f WHERE EXISTS (SELECT 1 FROM e) ON CONFLICT (instance_pk, key) DO UPDATE SET "
     + ", ".join(f"{c} = excluded.{c}" for c in _STEP_FIELDS if c != "key")
+    + " RETURNING 1"
+)
+# New instances from a JSON array of [workflow, id, params, created_on, trigger_source, version_id, schedule,
+# success_retention_ms, error_retention_ms] rows.
+_NEW_ROWS = (
+    "SELECT r->>0 AS workflow, r->>1 AS id, r->>2 AS params, (r->>3)::float8 AS created_on, r->>4 AS trigger_source, "
+    "r->>5 AS version_id, r->>6 AS schedule, (r->>7)::float8 AS success_retention_ms, "
+    "(r->>8)::float8 AS error_retention_ms, n FROM jsonb_array_elements(%s::jsonb) WITH ORDINALITY AS a(r, n)"
+)
+_EXPIRED_IDS = (
+    f"SELECT i.pk FROM instances i JOIN ({_NEW_ROWS}) v ON i.workflow = v.workflow AND i.id = v.id "
+    "WHERE i.expires_at <= v.created_on ORDER BY i.pk FOR UPDATE OF i"
+)
+_INSERT_INSTANCES = (
+    "INSERT INTO instances (workflow, id, status, params, created_on, modified_on, runnable_at, trigger_source, "
+    "version_id, schedule, success_retention_ms, error_retention_ms) "
+    "SELECT workflow, id, 'queued', params, created_on, created_on, created_on, trigger_source, version_id, "
+    f"schedule, success_retention_ms, error_retention_ms FROM ({_NEW_ROWS}) v ORDER BY n "
+    f"ON CONFLICT (workflow, id) DO NOTHING RETURNING {INSTANCE_COLUMNS}"
+)
+# Steps (by seq) then unconsumed events (by pk) in one statement; an event row is laid out as
+# (false, type, payload, consumed_by, NULL, pk, NULL, received_at, NULL...).
+_LOAD_HISTORY = (
+    f"SELECT true, {STEP_COLUMNS.replace('seq', 'seq::bigint')} FROM steps WHERE instance_pk = %s "
+    "UNION ALL SELECT false, type, payload, consumed_by, NULL, pk, NULL, received_at, "
+    + ", ".join(["NULL"] * (len(_STEP_FIELDS) - 7))
+    + " FROM events WHERE instance_pk = %s AND consumed_by IS NULL ORDER BY 1 DESC, 6"
+)
+# SET expressions see the row as it was: a requested pause (waitingForPause) wins over the wait.
+_SUSPEND = (
+    "UPDATE instances SET "
+    "status = CASE WHEN status = 'waitingForPause' THEN 'paused' ELSE 'waiting' END, "
+    "paused_at = CASE WHEN status = 'waitingForPause' THEN %s ELSE paused_at END, "
+    "runnable_at = CASE WHEN status = 'waitingForPause' THEN NULL "
+    "WHEN EXISTS (SELECT 1 FROM events e WHERE e.instance_pk = instances.pk AND e.consumed_by IS NULL "
+    "AND e.type = ANY(%s::text[])) THEN %s ELSE %s::float8 END, "
+    "waiting_for = CASE WHEN status = 'waitingForPause' THEN waiting_for ELSE %s END, "
+    "wait_types = CASE WHEN status = 'waitingForPause' THEN wait_types ELSE %s END, "
+    f"{RELEASE}, modified_on = %s WHERE pk = %s AND lease_token = %s RETURNING status"
+)
+_FINISH = (
+    "UPDATE instances SET status = %s, output = %s, error_name = %s, error_message = %s, "
+    "ended_on = %s, modified_on = %s, runnable_at = NULL, waiting_for = NULL, wait_types = NULL, "
+    f"{RELEASE}, expires_at = %s WHERE pk = %s AND lease_token = %s RETURNING 1"
 )
 
 
@@ -102,7 +149,8 @@ class PostgresStorage:
             url, min_size=min_size, max_size=max_size, kwargs=self._kwargs, open=False, timeout=5.0
         )
         self._tx = Transactor(self._pool, retry_for=retry_for)
-        self._writer = GroupWriter(self._tx)
+        self._writer = GroupWriter(self._connect_writer, retry_for=retry_for)
+        self._done: asyncio.Future[None] | None = None
         self._listener: asyncio.Task[None] | None = None
         self._open = False
 
@@ -119,8 +167,18 @@ class PostgresStorage:
             if isinstance(exc, StorageError):
                 raise
             raise StorageError(f"cannot open PostgreSQL database {_redact(self.url)}: {exc}") from exc
-        self._writer.start()
+        try:
+            await self._writer.start()
+        except psycopg.Error as exc:
+            await self._pool.close()
+            raise StorageError(f"cannot open PostgreSQL database {_redact(self.url)}: {exc}") from exc
         self._open = True
+
+    async def _connect_writer(self) -> Conn:
+        # Autocommit: the writer sends BEGIN/COMMIT itself, in the same pipeline as the batch's statements.
+        kwargs = {**self._kwargs, "autocommit": True}
+        conn: Conn = await psycopg.AsyncConnection.connect(self.url, **kwargs)
+        return conn
 
     async def close(self) -> None:
         """Commit queued writes, stop listening, close the pool."""
@@ -160,8 +218,8 @@ class PostgresStorage:
             await asyncio.sleep(delay)
             delay = min(delay * 2, 2.0)
 
-    async def _run(self, fn: Callable[[Conn], Awaitable[T]], *, idempotent: bool = True) -> T:
-        return await self._tx.run(fn, idempotent=idempotent)
+    async def _run(self, fn: Callable[[Conn], Awaitable[T]], *, idempotent: bool = True, single: bool = False) -> T:
+        return await self._tx.run(fn, idempotent=idempotent, single=single)
 
     # -- workflows ------------------------------------------------------------------------------------
     async def put_workflow(self, record: WorkflowRecord) -> WorkflowRecord:
@@ -242,37 +300,36 @@ class PostgresStorage:
     async def create_instances(self, rows: Sequence[NewInstance], *, skip_existing: bool) -> list[InstanceRecord]:
         """Insert instances, runnable now."""
 
-        async def op(conn: Conn) -> list[InstanceRecord]:
-            created: list[InstanceRecord] = []
-            touched: set[str] = set()
-            for new in rows:
-                expired = await fetch_maybe(
-                    conn,
-                    "SELECT pk FROM instances WHERE workflow = %s AND id = %s AND expires_at <= %s FOR UPDATE",
-                    new.workflow,
-                    new.id,
-                    new.created_on,
-                )
-                if expired:
-                    await control.delete_pks(conn, [expired[0]])
-                row = await fetch_maybe(
-                    conn,
-                    "INSERT INTO instances (workflow, id, status, params, created_on, modified_on, "
-                    "runnable_at, trigger_source, version_id, schedule, success_retention_ms, "
-                    "error_retention_ms) VALUES (%s, %s, 'queued', %s, %s, %s, %s, %s, %s, %s, %s, %s) "
-                    f"ON CONFLICT (workflow, id) DO NOTHING RETURNING {INSTANCE_COLUMNS}",
+        if not rows:
+            return []
+        payload = json.dumps(
+            [
+                [
                     new.workflow,
                     new.id,
                     new.params,
-                    new.created_on,
-                    new.created_on,
                     new.created_on,
                     new.trigger_source,
                     new.version_id,
                     new.schedule,
                     new.success_retention_ms,
                     new.error_retention_ms,
-                )
+                ]
+                for new in rows
+            ]
+        )
+
+        async def op(conn: Conn) -> list[InstanceRecord]:
+            # Instances past their retention give their ids back: delete them first, then insert every row
+            # in one statement (a conflict, also with an earlier row of this batch, inserts nothing).
+            expired = await fetch_all(conn, _EXPIRED_IDS, payload)
+            if expired:
+                await control.delete_pks(conn, [r[0] for r in expired])
+            inserted = {(r[1], r[2]): r for r in await fetch_all(conn, _INSERT_INSTANCES, payload)}
+            created: list[InstanceRecord] = []
+            touched: set[str] = set()
+            for new in rows:
+                row = inserted.pop((new.workflow, new.id), None)
                 if row is None:
                     if not skip_existing:
                         raise InstanceExistsError(
@@ -340,20 +397,11 @@ class PostgresStorage:
         return await self._run(read)
 
     async def load_history(self, pk: int) -> tuple[list[StepRecord], list[EventRecord]]:
-        """Steps by first start and unconsumed events, from one snapshot."""
-
-        async def read(c: Conn) -> tuple[list[StepRecord], list[EventRecord]]:
-            await c.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ READ ONLY")
-            steps = await fetch_all(c, f"SELECT {STEP_COLUMNS} FROM steps WHERE instance_pk = %s ORDER BY seq", pk)
-            events = await fetch_all(
-                c,
-                "SELECT pk, type, payload, received_at, consumed_by FROM events "
-                "WHERE instance_pk = %s AND consumed_by IS NULL ORDER BY pk",
-                pk,
-            )
-            return [step_from_row(r) for r in steps], [event_from_row(r) for r in events]
-
-        return await self._run(read)
+        """Steps by first start and unconsumed events: one statement, so one snapshot and one round trip."""
+        rows = await self._run(lambda c: fetch_all(c, _LOAD_HISTORY, pk, pk), single=True)
+        steps = [step_from_row(r[1:]) for r in rows if r[0]]
+        events = [EventRecord(r[5], r[1], r[2], r[7], r[3]) for r in rows if not r[0]]
+        return steps, events
 
     # -- the worker's side ----------------------------------------------------------------------------
     async def claim(
@@ -494,75 +542,47 @@ class PostgresStorage:
 
     def put_step(self, lease: Lease, step: StepRecord, *, durable: bool) -> Awaitable[None]:
         """Insert or replace a step, fenced by the lease; group-committed."""
-        params = (lease.pk, lease.token, *step_to_row(lease.pk, step)[1:])
-
-        async def op(conn: Conn) -> None:
-            cur = await conn.execute(_STEP_UPSERT, params)
-            if cur.rowcount == 0:
-                raise FencedError(f"lease on instance {lease.pk} is no longer held")
-
-        fut = self._writer.submit(op, key=lease.pk, wait=durable)
+        fut = self._writer.submit(StepWrite(lease.pk, lease.token, step_to_row(lease.pk, step)[1:]), wait=durable)
         if fut is None:
             # Callers may drop a queued write's awaitable: a finished future, not a coroutine, so nothing warns.
-            fut = asyncio.get_running_loop().create_future()
-            fut.set_result(None)
+            fut = self._done
+            if fut is None or fut.get_loop() is not asyncio.get_running_loop():
+                fut = self._done = asyncio.get_running_loop().create_future()
+                fut.set_result(None)
         return fut
 
     async def consume_event(self, lease: Lease, step: StepRecord, event_pk: int) -> None:
         """Record the wait step and consume its event atomically."""
-        params = step_to_row(lease.pk, step)
+        row = step_to_row(lease.pk, step)
+        # Consumed by this very step already: a repeat after a commit we did not hear about.
+        params = (lease.pk, lease.token, step.key, event_pk, step.key, *row[1:])
 
-        async def op(conn: Conn) -> None:
-            await fence(conn, lease)
-            # Consumed by this very step already: a repeat after a commit we did not hear about.
-            cur = await conn.execute(
-                "UPDATE events SET consumed_by = %s WHERE pk = %s AND instance_pk = %s "
-                "AND (consumed_by IS NULL OR consumed_by = %s)",
-                (step.key, event_pk, lease.pk, step.key),
-            )
-            if not cur.rowcount:
-                raise FencedError(f"event {event_pk} was already consumed")
-            await conn.execute(_STEP_UPSERT, (lease.pk, lease.token, *params[1:]))
+        def check(rows: list[tuple[Any, ...]]) -> None:
+            if not rows:
+                raise FencedError(f"lease on instance {lease.pk} is no longer held, or event {event_pk} was consumed")
 
-        await self._writer.run(op, key=lease.pk)
+        await self._writer.run(Write(lease.pk, [(_CONSUME_EVENT, params)], check))
 
     async def suspend(
         self, lease: Lease, *, now: float, wake_at: float | None, waiting_for: str, wait_types: Sequence[str]
     ) -> str:
-        """Hibernate the instance."""
+        """Hibernate the instance (or pause it, if a pause was requested meanwhile)."""
         types = list(wait_types)
-
-        async def op(conn: Conn) -> str:
-            status = await fence(conn, lease)
-            if status == "waitingForPause":
-                await set_paused(conn, lease.pk, now)
-                return "paused"
-            runnable = wake_at
-            if types and await fetch_maybe(
-                conn,
-                "SELECT 1 FROM events WHERE instance_pk = %s AND consumed_by IS NULL AND type = ANY(%s) LIMIT 1",
-                lease.pk,
-                types,
-            ):
-                runnable = now
-            await conn.execute(
-                "UPDATE instances SET status = 'waiting', runnable_at = %s, waiting_for = %s, wait_types = %s, "
-                f"{RELEASE}, modified_on = %s WHERE pk = %s",
-                (runnable, waiting_for, "," + ",".join(types) + "," if types else None, now, lease.pk),
-            )
-            return "waiting"
-
-        result: str = await self._writer.run(op, key=lease.pk)
+        joined = "," + ",".join(types) + "," if types else None
+        # The row is locked by a statement of its own, so the next one's snapshot sees every event committed
+        # before the lock was granted (send_event locks the row first too): no event falls in between.
+        lock = ("SELECT 1 FROM instances WHERE pk = %s FOR UPDATE", (lease.pk,))
+        params = (now, types, now, wake_at, waiting_for, joined, now, lease.pk, lease.token)
+        result: str = await self._writer.run(Write(lease.pk, [lock, (_SUSPEND, params)], _fenced_value(lease)))
         return result
 
     async def pause_drained(self, lease: Lease, *, now: float) -> None:
         """The pausing instance has drained: paused."""
-
-        async def op(conn: Conn) -> None:
-            await fence(conn, lease)
-            await set_paused(conn, lease.pk, now)
-
-        await self._writer.run(op, key=lease.pk)
+        update = (
+            f"UPDATE instances SET status = 'paused', paused_at = %s, runnable_at = NULL, {RELEASE}, "
+            "modified_on = %s WHERE pk = %s AND lease_token = %s RETURNING 1"
+        )
+        await self._writer.run(Write(lease.pk, [(update, (now, now, lease.pk, lease.token))], _fenced_value(lease)))
 
     async def finish(
         self,
@@ -576,17 +596,8 @@ class PostgresStorage:
         retention_ms: float,
     ) -> None:
         """End the instance."""
-
-        async def op(conn: Conn) -> None:
-            await fence(conn, lease)
-            await conn.execute(
-                "UPDATE instances SET status = %s, output = %s, error_name = %s, error_message = %s, "
-                "ended_on = %s, modified_on = %s, runnable_at = NULL, waiting_for = NULL, wait_types = NULL, "
-                f"{RELEASE}, expires_at = %s WHERE pk = %s",
-                (status, output, error_name, error_message, now, now, now + retention_ms / 1000, lease.pk),
-            )
-
-        await self._writer.run(op, key=lease.pk)
+        params = (status, output, error_name, error_message, now, now, now + retention_ms / 1000, lease.pk, lease.token)
+        await self._writer.run(Write(lease.pk, [(_FINISH, params)], _fenced_value(lease)))
 
     # -- lifecycle control ----------------------------------------------------------------------------
     async def pause(self, workflow: str, instance_id: str, *, now: float) -> InstanceRecord:
@@ -635,6 +646,17 @@ class PostgresStorage:
     def commit_stats(self) -> tuple[int, int]:
         """(commits, writes) made by the group writer so far."""
         return self._writer.commits, self._writer.writes
+
+
+def _fenced_value(lease: Lease) -> Callable[[list[tuple[Any, ...]]], Any]:
+    """The check of a fenced ``UPDATE ... RETURNING x``: x, or FencedError when no row matched the lease."""
+
+    def check(rows: list[tuple[Any, ...]]) -> Any:
+        if not rows:
+            raise FencedError(f"lease on instance {lease.pk} is no longer held")
+        return rows[0][0]
+
+    return check
 
 
 def _redact(url: str) -> str:

@@ -5,19 +5,24 @@ that breaks (the server restarted, the network dropped) or a transaction Postgre
 serialization failure) is retried with exponential backoff for up to ``retry_for`` seconds, so a restart of
 the database is invisible to the engine as long as it comes back in time.
 
-:class:`GroupWriter` is one task per storage that owns the writes made on behalf of runs (steps, suspends,
-finishes). It takes every pending write, runs them in one transaction and commits once, then resolves each
-caller's future: concurrent instances share commits, and a write nobody awaits (``put_step(durable=False)``)
-stays ordered before every later write of the same storage.
+:class:`GroupWriter` is one task per storage, with a connection of its own, that owns the writes made on
+behalf of runs (steps, suspends, finishes). It takes every pending write, sends them in one transaction and
+one round trip, and resolves each caller's future once the commit returned: concurrent instances share
+commits, the next batch accumulates while one commit is in flight, and a write nobody awaits
+(``put_step(durable=False)``) stays ordered before every later write of the same instance.
 
-Every function run here must be safe to run again after a failed or unknown commit: the group-committed ops
-are upserts or fenced updates (a repeat after a commit we did not hear about is refused by the fence).
+Run writes are declarative (:class:`StepWrite`, :class:`Write`), not functions of a connection, so a batch
+needs no client-side decision between its statements. Every one must be safe to run again after a failed or
+unknown commit: they are upserts or fenced updates (a repeat after a commit we did not hear about is refused
+by the fence).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
+import json
 import logging
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
@@ -25,7 +30,8 @@ from typing import Any, TypeVar
 import psycopg
 from psycopg_pool import AsyncConnectionPool
 
-from stepstone.errors import StepstoneError, StorageError
+from stepstone.errors import FencedError, StepstoneError, StorageError
+from stepstone.storage.sqlite_schema import STEP_COLUMNS
 
 T = TypeVar("T")
 Conn = psycopg.AsyncConnection[tuple[Any, ...]]
@@ -43,13 +49,6 @@ class AmbiguousCommit(StorageError):
     """The connection broke during COMMIT: the transaction may or may not have been applied."""
 
 
-class _OpFailed(StorageError):
-    def __init__(self, index: int, cause: psycopg.Error) -> None:
-        super().__init__(str(cause))
-        self.index = index
-        self.cause = cause
-
-
 class Transactor:
     """Runs functions of a connection in transactions, retrying transient failures with backoff."""
 
@@ -57,13 +56,15 @@ class Transactor:
         self.pool = pool
         self.retry_for = retry_for
 
-    async def run(self, fn: Callable[[Conn], Awaitable[T]], *, idempotent: bool = True) -> T:
+    async def run(self, fn: Callable[[Conn], Awaitable[T]], *, idempotent: bool = True, single: bool = False) -> T:
         """Run ``fn`` in one transaction and commit; returns its result.
 
         Args:
             fn: the work; it may raise our errors (they roll back and pass through).
             idempotent: whether running ``fn`` again after a commit whose outcome is unknown is harmless.
                 If not, such a failure raises :class:`AmbiguousCommit` instead of retrying.
+            single: ``fn`` runs one statement, which is a transaction by itself: it runs in autocommit, in
+                one round trip instead of three (``BEGIN``, the statement, ``COMMIT``).
         """
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.retry_for
@@ -72,6 +73,14 @@ class Transactor:
             committing = False
             try:
                 async with self.pool.connection() as conn:
+                    if single:
+                        await conn.set_autocommit(True)
+                        try:
+                            committing = True
+                            return await fn(conn)
+                        finally:
+                            with contextlib.suppress(psycopg.Error):
+                                await conn.set_autocommit(False)
                     result = await fn(conn)
                     committing = True
                     await conn.commit()
@@ -93,108 +102,333 @@ class Transactor:
                 delay = min(delay * 2, 1.0)
 
 
-class GroupWriter:
-    """The task that group-commits a storage's run writes."""
+class StepWrite:
+    """A fenced step upsert: ``row`` is :func:`step_to_row` without the instance key. Batched with the other
+    step writes of its batch into one ``INSERT ... SELECT`` (:data:`STEP_BATCH_UPSERT`)."""
 
-    def __init__(self, transactor: Transactor, *, max_batch: int = 500, ride_along_s: float = 0.02) -> None:
-        self._tx = transactor
+    __slots__ = ("key", "row", "token")
+
+    def __init__(self, key: int, token: str, row: tuple[Any, ...]) -> None:
+        self.key = key
+        self.token = token
+        self.row = row
+
+
+class Write:
+    """Any other run write: ``statements`` run in order inside the batch's transaction, and ``check`` turns the
+    last one's rows into the caller's result (or raises, e.g. :class:`FencedError`).
+
+    No decision is taken between the statements on the client, so a batch goes to the server in one round
+    trip; a write that must be refused is refused by its own ``WHERE`` (a fenced write changes nothing).
+    """
+
+    __slots__ = ("check", "key", "statements")
+
+    def __init__(
+        self, key: int, statements: list[tuple[str, tuple[Any, ...]]], check: Callable[[list[tuple[Any, ...]]], Any]
+    ) -> None:
+        self.key = key
+        self.statements = statements
+        self.check = check
+
+
+Item = tuple[int, "StepWrite | Write", "asyncio.Future[Any] | None"]
+_BEGIN = ("BEGIN", ())
+_COMMIT = ("COMMIT", ())
+
+
+class _Unit:
+    """Statements of one batch whose last one's rows resolve ``targets``."""
+
+    __slots__ = ("resolve", "statements")
+
+    def __init__(
+        self, statements: list[tuple[str, tuple[Any, ...]]], resolve: Callable[[list[tuple[Any, ...]]], None]
+    ) -> None:
+        self.statements = statements
+        self.resolve = resolve
+
+
+class GroupWriter:
+    """The task that group-commits a storage's run writes, on a connection of its own.
+
+    A batch is every write queued since the previous batch was sent: while one commit is in flight, the next
+    batch accumulates. The batch goes to the server in one round trip (psycopg pipeline mode: ``BEGIN``, the
+    statements, ``COMMIT``); its step writes become one ``INSERT ... SELECT FROM unnest(...)`` that checks
+    every lease while locking the instance rows in pk order, and reports which writes were fenced.
+    """
+
+    def __init__(
+        self,
+        connect: Callable[[], Awaitable[Conn]],
+        *,
+        retry_for: float,
+        max_batch: int = 2000,
+        ride_along_s: float = 0.02,
+    ) -> None:
+        self._connect = connect
+        self._retry_for = retry_for
         self._max_batch = max_batch
         self._ride_along_s = ride_along_s
-        self._queue: asyncio.Queue[tuple[int, Op, asyncio.Future[Any] | None] | None] = asyncio.Queue()
+        self._pending: list[Item] = []
+        self._wake: asyncio.Future[None] | None = None
+        self._stopping = False
+        self._conn: Conn | None = None
         self._task: asyncio.Task[None] | None = None
         self.commits = 0
         self.writes = 0
 
-    def start(self) -> None:
-        """Start the writer task on the running loop."""
+    async def start(self) -> None:
+        """Connect and start the writer task on the running loop."""
+        self._conn = await self._connect()
         self._task = asyncio.create_task(self._run(), name="stepstone-pg-writer")
 
-    def submit(self, op: Op, *, key: int, wait: bool = True) -> asyncio.Future[Any] | None:
-        """Queue a write for instance ``key``; with ``wait`` the returned future resolves after its commit."""
+    def submit(self, op: StepWrite | Write, *, wait: bool = True) -> asyncio.Future[Any] | None:
+        """Queue a write; with ``wait`` the returned future resolves after its commit."""
         fut: asyncio.Future[Any] | None = asyncio.get_running_loop().create_future() if wait else None
-        self._queue.put_nowait((key, op, fut))
+        self._pending.append((op.key, op, fut))
+        wake = self._wake
+        if wake is not None and not wake.done() and (wait or len(self._pending) >= self._max_batch):
+            wake.set_result(None)
         return fut
 
-    async def run(self, op: Callable[[Conn], Awaitable[T]], *, key: int) -> T:
-        """Queue a write for instance ``key`` and wait for its commit; returns the op's result."""
-        fut = self.submit(op, key=key)
+    async def run(self, op: StepWrite | Write) -> Any:
+        """Queue a write and wait for its commit; returns its result."""
+        fut = self.submit(op)
         assert fut is not None
-        result: T = await fut
-        return result
+        return await fut
 
     async def stop(self) -> None:
-        """Commit what is queued, then stop."""
-        if self._task is None:
-            return
-        self._queue.put_nowait(None)
-        with contextlib.suppress(asyncio.CancelledError):
-            await self._task
-        self._task = None
+        """Commit what is queued, then stop and disconnect."""
+        if self._task is not None:
+            self._stopping = True
+            if self._wake is not None and not self._wake.done():
+                self._wake.set_result(None)
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+        if self._conn is not None:
+            with contextlib.suppress(Exception):
+                await self._conn.close()
+            self._conn = None
+
+    async def _wait(self, timeout: float | None) -> None:
+        loop = asyncio.get_running_loop()
+        self._wake = wake = loop.create_future()
+        timer = loop.call_later(timeout, _settle, wake) if timeout is not None else None
+        try:
+            await wake
+        finally:
+            self._wake = None
+            if timer is not None:
+                timer.cancel()
 
     async def _run(self) -> None:
-        stopping = False
-        while not stopping:
-            batch = [await self._queue.get()]
-            while len(batch) < self._max_batch:
-                try:
-                    batch.append(self._queue.get_nowait())
-                except asyncio.QueueEmpty:
-                    # Writes nobody waits for ride along with the next awaited one, at most ride_along_s.
-                    if any(item is None or item[2] is not None for item in batch):
-                        break
-                    try:
-                        batch.append(await asyncio.wait_for(self._queue.get(), self._ride_along_s))
-                    except TimeoutError:
-                        break
-            if any(item is None for item in batch):
-                stopping = True
-            # Instance rows are locked in pk order (as renewals lock them), so batches never deadlock;
-            # the sort is stable, so each instance's writes keep their order.
-            items = sorted((item for item in batch if item is not None), key=lambda item: item[0])
-            if items:
-                await self._commit([(op, fut) for _, op, fut in items])
-
-    async def _commit(self, items: list[tuple[Op, asyncio.Future[Any] | None]]) -> None:
-        pending = list(items)
-        while pending:
-            try:
-                outcomes = await self._tx.run(lambda conn: _apply(conn, pending))
-            except _OpFailed as failed:
-                # One op hit a real error and aborted the transaction: fail it, replay the others.
-                fut = pending.pop(failed.index)[1]
-                error = StorageError(f"PostgreSQL error: {failed.cause}")
-                if fut is not None and not fut.done():
-                    fut.set_exception(error)
-                elif fut is None:
-                    log.error("a queued write failed: %s", error)
+        while True:
+            if not self._pending:
+                if self._stopping:
+                    return
+                await self._wait(None)
                 continue
-            except StorageError as exc:
-                for _, fut in pending:
-                    if fut is not None and not fut.done():
-                        fut.set_exception(exc)
-                return
-            self.commits += 1
-            self.writes += len(pending)
-            for (_, fut), (ok, value) in zip(pending, outcomes, strict=True):
-                if fut is None or fut.done():
-                    continue
-                if ok:
-                    fut.set_result(value)
-                else:
-                    fut.set_exception(value)
-            return
+            if not self._stopping and all(fut is None for _, _, fut in self._pending):
+                # Writes nobody waits for ride along with the next awaited one, at most ride_along_s.
+                await self._wait(self._ride_along_s)
+            batch, self._pending = self._pending[: self._max_batch], self._pending[self._max_batch :]
+            # Instance rows are locked in pk order (as renewals lock them), so batches rarely deadlock
+            # (a deadlock is retried); the sort is stable, so each instance's writes keep their order.
+            batch.sort(key=_key)
+            await self._commit(batch)
 
-
-async def _apply(conn: Conn, pending: list[tuple[Op, asyncio.Future[Any] | None]]) -> list[tuple[bool, Any]]:
-    outcomes: list[tuple[bool, Any]] = []
-    for index, (op, _) in enumerate(pending):
+    async def _commit(self, batch: list[Item]) -> None:
+        units = _plan(batch)
         try:
-            outcomes.append((True, await op(conn)))
+            results = await self._execute(units)
+        except _NotTransient as failed:
+            if len(batch) > 1:
+                # One write hit a real error and aborted the transaction: commit each write on its own.
+                for item in batch:
+                    await self._commit([item])
+                return
+            fut = batch[0][2]
+            error = StorageError(f"PostgreSQL error: {failed.cause}")
+            if fut is not None and not fut.done():
+                fut.set_exception(error)
+            elif fut is None:
+                log.error("a queued write failed: %s", error)
+            return
+        except StorageError as exc:
+            for _, _, fut in batch:
+                if fut is not None and not fut.done():
+                    fut.set_exception(exc)
+            return
+        self.commits += 1
+        self.writes += len(batch)
+        for unit, rows in zip(units, results, strict=True):
+            unit.resolve(rows)
+
+    async def _execute(self, units: list[_Unit]) -> list[list[tuple[Any, ...]]]:
+        """Run the units in one transaction, retrying transient failures on a fresh connection."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self._retry_for
+        delay = 0.02
+        statements = [s for unit in units for s in unit.statements]
+        if len(statements) > 1:
+            statements = [_BEGIN, *statements, _COMMIT]
+        lasts = list(itertools.accumulate(len(unit.statements) for unit in units))
+        offset = 1 if len(statements) > 1 else 0
+        while True:
+            try:
+                if self._conn is None or self._conn.closed:
+                    self._conn = await self._connect()
+                conn = self._conn
+                cursors = []
+                try:
+                    if len(statements) == 1:
+                        # One statement is its own transaction (autocommit), committed when it returns.
+                        cursors.append(await conn.execute(*statements[0]))
+                    else:
+                        async with conn.pipeline():
+                            for query, params in statements:
+                                cursors.append(await conn.execute(query, params))
+                except psycopg.Error as exc:
+                    if is_transient(exc):
+                        raise
+                    if not conn.closed and conn.info.transaction_status != psycopg.pq.TransactionStatus.IDLE:
+                        await conn.execute("ROLLBACK")
+                    raise _NotTransient(exc) from exc
+                return [await cursors[offset + last - 1].fetchall() for last in lasts]
+            except psycopg.OperationalError as exc:
+                conn_, self._conn = self._conn, None
+                if conn_ is not None:
+                    with contextlib.suppress(Exception):
+                        await conn_.close()
+                if loop.time() + delay > deadline:
+                    raise StorageError(f"PostgreSQL unavailable for {self._retry_for:.0f}s, giving up: {exc}") from exc
+                log.warning("PostgreSQL write batch failed (%s); retrying in %.2fs", exc, delay)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 1.0)
+
+
+class _NotTransient(Exception):
+    def __init__(self, cause: psycopg.Error) -> None:
+        super().__init__(str(cause))
+        self.cause = cause
+
+
+def _key(item: Item) -> int:
+    return item[0]
+
+
+def _settle(fut: asyncio.Future[None]) -> None:
+    if not fut.done():
+        fut.set_result(None)
+
+
+def _plan(batch: list[Item]) -> list[_Unit]:
+    """The batch's statements, in an order that keeps each instance's writes in submission order.
+
+    Step writes go into rounds: an instance's step writes after its k-th other write (suspend, finish...) go
+    into round k+1, so they run after it; round k's step writes run as one statement before round k's other
+    writes. A step written twice in one round keeps its last version (each upsert replaces the whole row).
+    """
+    rounds: list[dict[tuple[int, str], list[Any]]] = []
+    others: list[list[tuple[Write, asyncio.Future[Any] | None]]] = []
+    rank: dict[int, int] = {}
+    for key, op, fut in batch:
+        r = rank.get(key, 0)
+        if isinstance(op, StepWrite):
+            while True:
+                while len(rounds) <= r:
+                    rounds.append({})
+                    others.append([])
+                slot = rounds[r].get((key, op.row[0]))
+                if slot is None:
+                    rounds[r][(key, op.row[0])] = [op.token, op.row, [fut]]
+                    break
+                if slot[0] == op.token:
+                    slot[1] = op.row
+                    slot[2].append(fut)
+                    break
+                r += 1
+                rank[key] = r
+        else:
+            while len(rounds) <= r:
+                rounds.append({})
+                others.append([])
+            others[r].append((op, fut))
+            rank[key] = r + 1
+    units: list[_Unit] = []
+    for steps, writes in zip(rounds, others, strict=True):
+        if steps:
+            units.append(_step_unit(steps))
+        units.extend(_write_unit(op, fut) for op, fut in writes)
+    return units
+
+
+_STEP_FIELDS = STEP_COLUMNS.split(", ")
+_STEP_TYPES = ("text", "text", "text", "int", "int", "text", "float8", "float8", "float8") + ("text",) * 6
+# Every step write of a round in one statement. The rows travel as one JSON array (json.dumps is C; psycopg
+# dumps Python lists into PostgreSQL arrays element by element in Python, which cost 2x more here). The fence
+# CTE locks the instance rows whose lease token still matches, in pk order; rows of fenced writes are not
+# inserted, and RETURNING tells which were written.
+STEP_BATCH_UPSERT = (
+    "WITH v AS MATERIALIZED (SELECT (r->>0)::bigint AS instance_pk, r->>1 AS token, "
+    + ", ".join(f"(r->>{i + 2})::{t} AS {c}" for i, (c, t) in enumerate(zip(_STEP_FIELDS, _STEP_TYPES, strict=True)))
+    + " FROM jsonb_array_elements(%s::jsonb) r), "
+    "fence AS MATERIALIZED (SELECT i.pk, i.lease_token FROM instances i "
+    "JOIN (SELECT DISTINCT instance_pk, token FROM v) t ON i.pk = t.instance_pk AND i.lease_token = t.token "
+    "ORDER BY i.pk FOR UPDATE OF i) "
+    f"INSERT INTO steps (instance_pk, {STEP_COLUMNS}) SELECT v.instance_pk, "
+    + ", ".join(f"v.{c}" for c in _STEP_FIELDS)
+    + " FROM v JOIN fence ON fence.pk = v.instance_pk AND fence.lease_token = v.token "
+    "ON CONFLICT (instance_pk, key) DO UPDATE SET "
+    + ", ".join(f"{c} = excluded.{c}" for c in _STEP_FIELDS if c != "key")
+    + " RETURNING instance_pk, key"
+)
+# One step write: the fence and the write in one statement; the CTE locks the instance row only if the token
+# still matches.
+STEP_UPSERT = (
+    "WITH fence AS (SELECT pk FROM instances WHERE pk = %s AND lease_token = %s FOR UPDATE) "
+    f"INSERT INTO steps (instance_pk, {STEP_COLUMNS}) SELECT fence.pk, "
+    + ", ".join(["%s"] * len(_STEP_FIELDS))
+    + " FROM fence ON CONFLICT (instance_pk, key) DO UPDATE SET "
+    + ", ".join(f"{c} = excluded.{c}" for c in _STEP_FIELDS if c != "key")
+    + " RETURNING instance_pk, key"
+)
+
+
+def _step_unit(steps: dict[tuple[int, str], list[Any]]) -> _Unit:
+    entries = list(steps.items())
+    if len(entries) == 1:
+        (pk, _), (token, row, _) = entries[0]
+        statement = (STEP_UPSERT, (pk, token, *row))
+    else:
+        statement = (STEP_BATCH_UPSERT, (json.dumps([(pk, token, *row) for (pk, _), (token, row, _) in entries]),))
+
+    def resolve(rows: list[tuple[Any, ...]]) -> None:
+        written = set(rows)
+        for (pk, key), (_, _, futs) in entries:
+            if (pk, key) in written:
+                for fut in futs:
+                    if fut is not None and not fut.done():
+                        fut.set_result(None)
+            else:
+                for fut in futs:
+                    if fut is not None and not fut.done():
+                        fut.set_exception(FencedError(f"lease on instance {pk} is no longer held"))
+
+    return _Unit([statement], resolve)
+
+
+def _write_unit(op: Write, fut: asyncio.Future[Any] | None) -> _Unit:
+    def resolve(rows: list[tuple[Any, ...]]) -> None:
+        try:
+            value = op.check(rows)
         except StepstoneError as exc:
-            # Our own refusals (fencing) are raised before the op writes anything.
-            outcomes.append((False, exc))
-        except psycopg.Error as exc:
-            if is_transient(exc):
-                raise
-            raise _OpFailed(index, exc) from exc
-    return outcomes
+            if fut is not None and not fut.done():
+                fut.set_exception(exc)
+            return
+        if fut is not None and not fut.done():
+            fut.set_result(value)
+
+    return _Unit(op.statements, resolve)

@@ -272,7 +272,10 @@ async def run_do(
         state.enter()
         try:
             try:
-                value = await _with_timeout(state, _invoke(fn, ctx, kwargs), timeout_s, config.timeout_ms)
+                try:
+                    value = await _with_timeout(state, _invoke(fn, ctx, kwargs), timeout_s, config.timeout_ms)
+                finally:
+                    marker.cancel()  # the attempt is over: no start marker once its outcome is being written
                 encoded = codec.encode(value, what=f'step "{display}" result')
                 check_size(len(encoded.encode()), state.limits.step_result_bytes, what=f'step "{display}" result')
             except SerializationError as exc:

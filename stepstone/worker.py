@@ -19,7 +19,7 @@ from typing import Any
 from stepstone.clock import Clock
 from stepstone.errors import StorageError
 from stepstone.executor import Execution, WorkflowDef
-from stepstone.models import Lease
+from stepstone.models import Claim, Lease
 from stepstone.storage.base import Storage
 
 log = logging.getLogger("stepstone.worker")
@@ -195,10 +195,7 @@ class Worker:
                 timeout = min(timeout, max(0.0, result.next_due - self.clock.now()))
             await self.clock.wait(self._wake, timeout)
 
-    def _start(self, definition: WorkflowDef, claim: object) -> None:
-        from stepstone.models import Claim
-
-        assert isinstance(claim, Claim)
+    def _start(self, definition: WorkflowDef, claim: Claim) -> None:
         execution = Execution(
             storage=self.storage,
             clock=self.clock,

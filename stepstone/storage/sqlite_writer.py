@@ -267,9 +267,21 @@ class LoopWriter:
         except sqlite3.Error as exc:
             fail(conn, batch, exc)
             return
+        loop = asyncio.get_running_loop()
+        if not getattr(loop, "_ready", True):
+            # Nothing else is ready to run on the loop: commit here and save the hand-off to the thread.
+            try:
+                conn.execute("COMMIT")
+            except sqlite3.Error as exc:
+                fail(conn, batch, exc)
+                return
+            self.commits += 1
+            self.writes += len(batch)
+            settle(outcomes)
+            return
         self._committing = True
         assert self._committer is not None
-        commit = asyncio.get_running_loop().run_in_executor(self._committer, conn.execute, "COMMIT")
+        commit = loop.run_in_executor(self._committer, conn.execute, "COMMIT")
         commit.add_done_callback(lambda done: self._committed(done, conn, batch, outcomes))
 
     def _committed(

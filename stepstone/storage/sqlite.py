@@ -7,9 +7,12 @@ claims, leases and fencing work exactly as on PostgreSQL, through the same colum
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import functools
 import os
 import sqlite3
 import threading
+import time
 import uuid
 from collections.abc import Awaitable, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -85,6 +88,9 @@ class SQLiteStorage:
             LoopWriter(self._connect_writer) if mode == "loop" else Writer(self._connect_writer)
         )
         self._loop_reader: Conn | None = None
+        self._watcher: asyncio.Task[None] | None = None
+        self._own_signals: set[int] = set()
+        self.signal_poll_s = 0.01
         self._readers = ThreadPoolExecutor(max_workers=readers, thread_name_prefix="stepstone-sqlite-read")
         self._local = threading.local()
         self._reader_conns: list[Conn] = []
@@ -159,6 +165,11 @@ class SQLiteStorage:
         if not self._open:
             return
         self._open = False
+        if self._watcher is not None:
+            self._watcher.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._watcher
+            self._watcher = None
         if isinstance(self._writer, LoopWriter):
             await self._writer.stop()
             if self._loop_reader is not None:
@@ -173,8 +184,32 @@ class SQLiteStorage:
             self._reader_conns.clear()
 
     async def subscribe(self, on_signal: Callable[[int, str], None]) -> None:
-        """No cross-process signals on SQLite: workers on the same file poll."""
-        return None
+        """Deliver other processes' control operations on this file (created, event, pause, resume, abort).
+
+        Control operations append to the ``signals`` table in their own transaction; a watcher reads what is
+        new every ``signal_poll_s`` (one indexed read of a tiny table), skipping this process's own.
+        """
+        start = await self._read(lambda c: c.execute("SELECT COALESCE(MAX(seq), 0) FROM signals").fetchone()[0])
+        self._watcher = asyncio.create_task(self._watch(on_signal, int(start)), name="stepstone-sqlite-signals")
+
+    async def _watch(self, on_signal: Callable[[int, str], None], seen: int) -> None:
+        while self._open:
+            await asyncio.sleep(self.signal_poll_s)
+            try:
+                rows = await self._read(functools.partial(_signals_after, after=seen))
+            except StorageError:
+                continue
+            for seq, pk, kind in rows:
+                seen = seq
+                if seq in self._own_signals:
+                    self._own_signals.discard(seq)
+                    continue
+                on_signal(pk, kind)
+
+    def _signal(self, conn: Conn, pk: int, kind: str, now: float) -> None:
+        seq = conn.execute("INSERT INTO signals (instance_pk, kind, at) VALUES (?, ?, ?)", (pk, kind, now)).lastrowid
+        if seq is not None and self._watcher is not None:
+            self._own_signals.add(seq)
 
     # -- workflows ------------------------------------------------------------------------------------
     async def put_workflow(self, record: WorkflowRecord) -> WorkflowRecord:
@@ -310,6 +345,8 @@ class SQLiteStorage:
                     continue
                 created.append(instance_from_row(row))
                 touched.add(new.workflow)
+            if created:
+                self._signal(conn, 0, "new", rows[0].created_on)
             for name in touched:
                 conn.execute("UPDATE workflows SET triggered_on = ? WHERE name = ?", (rows[0].created_on, name))
             return created
@@ -574,6 +611,7 @@ class SQLiteStorage:
                 conn.execute("UPDATE instances SET status = 'waitingForPause', modified_on = ? WHERE pk = ?", (now, pk))
             elif status in ("waiting", "queued"):
                 _set_paused(conn, pk, now)
+            self._signal(conn, pk, "pause", now)
             return _get(conn, pk)
 
         return await self._write(op)
@@ -598,6 +636,7 @@ class SQLiteStorage:
                     "modified_on = ? WHERE pk = ?",
                     (now, now, pk),
                 )
+            self._signal(conn, pk, "resume", now)
             return _get(conn, pk)
 
         return await self._write(op)
@@ -618,6 +657,7 @@ class SQLiteStorage:
                 "WHERE pk = ?",
                 (now, now, now, now + retention_ms / 1000, pk),
             )
+            self._signal(conn, pk, "abort", now)
             return _get(conn, pk)
 
         return await self._write(op)
@@ -653,6 +693,8 @@ class SQLiteStorage:
                 "modified_on = ? WHERE pk = ?",
                 (now, now, pk),
             )
+            self._signal(conn, pk, "abort", now)
+            self._signal(conn, 0, "new", now)
             return _get(conn, pk)
 
         return await self._write(op)
@@ -675,6 +717,7 @@ class SQLiteStorage:
                 (now, pk, f",{event_type},"),
             )
             assert event_pk is not None
+            self._signal(conn, pk, "new", now)
             return EventRecord(event_pk, event_type, payload, now)
 
         return await self._write(op)
@@ -693,6 +736,8 @@ class SQLiteStorage:
                     found.append(instance_id)
                     pks.append(row[0])
             _delete_pks(conn, pks)
+            for pk in pks:
+                self._signal(conn, pk, "abort", time.time())
             return found
 
         return await self._write(op)
@@ -703,6 +748,9 @@ class SQLiteStorage:
         def op(conn: Conn) -> int:
             pks = [r[0] for r in conn.execute("SELECT pk FROM instances WHERE expires_at <= ?", (now,))]
             _delete_pks(conn, pks)
+            # Signals are read within milliseconds by live watchers; keep a minute for slow ones.
+            conn.execute("DELETE FROM signals WHERE seq < (SELECT COALESCE(MAX(seq), 0) FROM signals) - 10000")
+            conn.execute("DELETE FROM signals WHERE at < ? AND seq < (SELECT MAX(seq) FROM signals)", (now - 60,))
             return len(pks)
 
         return await self._write(op)
@@ -741,6 +789,13 @@ def _candidates(conn: Conn, now: float, limit: int, workflows: Sequence[str]) ->
             (now, now, *names, size),
         ).fetchall()
     return [(pk, status) for _, pk, status in sorted(rows)[:limit]]
+
+
+def _signals_after(conn: Conn, *, after: int) -> list[tuple[int, int, str]]:
+    rows: list[tuple[int, int, str]] = conn.execute(
+        "SELECT seq, instance_pk, kind FROM signals WHERE seq > ? ORDER BY seq", (after,)
+    ).fetchall()
+    return rows
 
 
 def _fence(conn: Conn, lease: Lease) -> str:

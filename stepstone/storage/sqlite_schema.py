@@ -85,6 +85,15 @@ MIGRATIONS: Final[tuple[str, ...]] = (
     );
     CREATE INDEX events_by_instance ON events (instance_pk, pk);
     """,
+    # version 2: cross-process signals between processes sharing the file (SQLite has no LISTEN/NOTIFY)
+    """
+    CREATE TABLE signals (
+        seq INTEGER PRIMARY KEY AUTOINCREMENT,
+        instance_pk INTEGER NOT NULL,
+        kind TEXT NOT NULL,
+        at REAL NOT NULL
+    );
+    """,
 )
 SCHEMA_VERSION: Final = len(MIGRATIONS)
 

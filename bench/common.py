@@ -36,6 +36,7 @@ PHASE_TITLES = {
 SIZES: dict[str, dict[str, float]] = {
     "full": {
         "p1_steps": 200,
+        "p1_warmup": 1000,
         "p2_instances": 200,
         "p2_steps": 10,
         "p3_singles": 1000,

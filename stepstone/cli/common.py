@@ -34,18 +34,27 @@ class Target:
     json: bool = False
 
 
+config_option = click.option(
+    "-c",
+    "--config",
+    "config",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="The project file (default: stepstone.toml, wrangler.toml or wrangler.jsonc here or above).",
+)
+"""``-c/--config``: the project file, shared by every command that reads a project."""
+
+
+def database_option(help_text: str = "Use this database instead of the project's.") -> Callable[[F], F]:
+    """``--database URL``: a database URL that overrides the project's."""
+    return click.option("--database", default=None, metavar="URL", help=help_text)
+
+
 def target_options(fn: F) -> F:
     """Add the options of :class:`Target` to a command; it receives them as ``target``."""
 
-    @click.option(
-        "-c",
-        "--config",
-        "config",
-        type=click.Path(dir_okay=False, path_type=Path),
-        default=None,
-        help="The project file (default: stepstone.toml, wrangler.toml or wrangler.jsonc here or above).",
-    )
-    @click.option("--database", default=None, metavar="URL", help="Use this database instead of the project's.")
+    @config_option
+    @database_option()
     @click.option("--api", default=None, metavar="URL", help="Act through a running stepstone server instead.")
     @click.option("--token", default=None, help="API token for --api (default: STEPSTONE_API_TOKEN).")
     @click.option("--account-id", default="local", show_default=True, help="Account id in --api paths.")

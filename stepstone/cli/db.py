@@ -7,22 +7,14 @@ from pathlib import Path
 
 import click
 
-from stepstone.cli.common import load_project, run
+from stepstone.cli.common import config_option, database_option, load_project, run
 from stepstone.cli.output import info
 from stepstone.config import DEFAULT_DATABASE
 from stepstone.storage import storage_for_url
 from stepstone.storage.schema_status import SchemaStatus, schema_status
 
-_config_option = click.option(
-    "-c",
-    "--config",
-    type=click.Path(dir_okay=False, path_type=Path),
-    default=None,
-    help="The project file (default: found from the working directory).",
-)
-_database_option = click.option(
-    "--database", default=None, metavar="URL", help="sqlite:///file.db or postgresql://... (default: the project's)."
-)
+_config_option = config_option
+_database_option = database_option("sqlite:///file.db or postgresql://... (default: the project's).")
 _json_option = click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 
 

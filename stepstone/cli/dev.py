@@ -18,7 +18,7 @@ from pathlib import Path
 
 import click
 
-from stepstone.cli.common import load_project, run
+from stepstone.cli.common import config_option, database_option, load_project, run
 from stepstone.cli.output import info, warn
 from stepstone.cli.worker import setup_logging
 from stepstone.config import ConfigError
@@ -175,14 +175,8 @@ async def run_dev(project: Project, *, database: str | None, port: int, api: boo
 
 
 @click.command()
-@click.option(
-    "-c",
-    "--config",
-    type=click.Path(dir_okay=False, path_type=Path),
-    default=None,
-    help="The project file (default: found from the working directory).",
-)
-@click.option("--database", default=None, metavar="URL", help="Use this database instead of the project's.")
+@config_option
+@database_option()
 @click.option("--port", type=click.IntRange(0, 65535), default=None, help="API port (default: the project's, 8787).")
 @click.option("--no-api", is_flag=True, help="Do not serve the REST API.")
 @click.option(

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import click
 
-from stepstone.cli.common import load_project, run
+from stepstone.cli.common import config_option, database_option, load_project, run
 from stepstone.cli.output import info
 from stepstone.cli.worker import setup_logging, until_signalled
 from stepstone.config import default_settings, find_config
@@ -48,15 +48,8 @@ async def run_serve(engine: Engine, *, host: str, port: int, tokens: list[dict[s
 
 
 @click.command()
-@click.option(
-    "-c",
-    "--config",
-    "config",
-    type=click.Path(dir_okay=False, path_type=Path),
-    default=None,
-    help="The project file (default: stepstone.toml, wrangler.toml or wrangler.jsonc here or above).",
-)
-@click.option("--database", default=None, metavar="URL", help="Serve this database instead of the project's.")
+@config_option
+@database_option("Serve this database instead of the project's.")
 @click.option("--host", default=None, help="Address to listen on (default 127.0.0.1; others need API tokens).")
 @click.option("--port", default=None, type=click.IntRange(0, 65535), help="Port (default 8787).")
 def serve(config: Path | None, database: str | None, host: str | None, port: int | None) -> None:

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import click
 
-from stepstone.cli.common import load_project, run
+from stepstone.cli.common import config_option, database_option, load_project, run
 from stepstone.cli.output import info
 from stepstone.project import Project, run_schedules, schedules_of
 
@@ -66,16 +66,8 @@ async def run_worker(
 
 
 @click.command()
-@click.option(
-    "-c",
-    "--config",
-    type=click.Path(dir_okay=False, path_type=Path),
-    default=None,
-    help="The project file (default: found from the working directory).",
-)
-@click.option(
-    "--database", default=None, metavar="URL", help="sqlite:///file.db or postgresql://... (default: the project's)."
-)
+@config_option
+@database_option("sqlite:///file.db or postgresql://... (default: the project's).")
 @click.option(
     "--concurrency", type=click.IntRange(min=1), default=None, help="Instances run at once (default: the project's)."
 )

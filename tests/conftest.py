@@ -44,3 +44,17 @@ def postgres_url() -> Iterator[str]:
             yield admin_url.rsplit("/", 1)[0] + "/" + name
         finally:
             admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    """Say plainly, at the end of the run, when PostgreSQL tests were skipped and why."""
+    skipped = [
+        report
+        for report in terminalreporter.stats.get("skipped", [])
+        if "no PostgreSQL server" in str(getattr(report, "longrepr", ""))
+    ]
+    if skipped:
+        reason = str(skipped[0].longrepr[2]) if isinstance(skipped[0].longrepr, tuple) else str(skipped[0].longrepr)
+        terminalreporter.write_sep("=", "PostgreSQL tests SKIPPED", yellow=True, bold=True)
+        terminalreporter.write_line(f"{len(skipped)} PostgreSQL test(s) did not run: {reason}")
+        terminalreporter.write_line("Start PostgreSQL or set STEPSTONE_TEST_POSTGRES; with CI=true this is a failure.")

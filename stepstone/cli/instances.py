@@ -42,7 +42,9 @@ def _check_status(status: str | None) -> str | None:
 @click.argument("name")
 @click.option("--status", default=None, help=f"Only instances in this status: {', '.join(STATUSES)}.")
 @click.option("--page", type=click.IntRange(min=1), default=1, show_default=True, help="Page to show.")
-@click.option("--per-page", type=click.IntRange(min=1, max=1000), default=50, show_default=True)
+@click.option(
+    "--per-page", type=click.IntRange(min=1, max=1000), default=50, show_default=True, help="Instances per page."
+)
 @click.option("--reverse", is_flag=True, help="Oldest first.")
 @target_options
 def list_instances(name: str, status: str | None, page: int, per_page: int, reverse: bool, target: Target) -> None:

@@ -9,8 +9,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from stepstone.errors import FencedError, InstanceNotFoundError, InvalidStateError
-from stepstone.models import FINISHED, EventRecord, InstanceRecord, Lease, StepRef
+from stepstone.errors import InstanceNotFoundError, InvalidStateError
+from stepstone.models import FINISHED, EventRecord, InstanceRecord, StepRef
 from stepstone.storage.postgres_writer import Conn
 from stepstone.storage.sqlite_schema import INSTANCE_COLUMNS, instance_from_row
 
@@ -177,14 +177,6 @@ async def fetch_one(conn: Conn, query: str, *params: object) -> tuple[Any, ...]:
     row = await fetch_maybe(conn, query, *params)
     assert row is not None
     return row
-
-
-async def fence(conn: Conn, lease: Lease) -> str:
-    row = await fetch_maybe(conn, "SELECT lease_token, status FROM instances WHERE pk = %s FOR UPDATE", lease.pk)
-    if row is None or row[0] != lease.token:
-        raise FencedError(f"lease on instance {lease.pk} is no longer held")
-    status: str = row[1]
-    return status
 
 
 async def _find(conn: Conn, workflow: str, instance_id: str) -> tuple[int, str]:

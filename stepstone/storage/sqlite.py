@@ -83,7 +83,6 @@ class SQLiteStorage:
         self.path = path
         self.url = f"sqlite:///{path}"
         self._synchronous = synchronous
-        self._mode = mode
         self._writer: Writer | LoopWriter = (
             LoopWriter(self._connect_writer) if mode == "loop" else Writer(self._connect_writer)
         )

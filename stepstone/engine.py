@@ -147,10 +147,11 @@ class Engine:
             return version
         meta = self._meta.get(name)
         if meta is None:
+            # A workflow registered elsewhere (an API server runs no user code): read its record each time, so a
+            # PUT or DELETE made through another process is seen at once.
             record = await self.storage.get_workflow(name)
             if record is None:
                 raise WorkflowNotFoundError(f"workflow {name!r} is not registered")
-            self._versions[name] = record.version_id
             return record.version_id
         now = self.clock.now()
         # Keep settings made elsewhere (a REST PUT: retention, schedules, a concurrency limit); ours win.

@@ -167,6 +167,11 @@ class StepRef:
     count: int = 1
     type: Literal["do", "sleep", "waitForEvent"] = "do"
 
+    @property
+    def kind(self) -> StepKind:
+        """The stored step kind for this Cloudflare step type."""
+        return "wait" if self.type == "waitForEvent" else self.type
+
 
 def step_key(kind: StepKind, name: str, count: int, extra: str = "") -> str:
     """The cache key of a step: kind, name (plus the sleep's target), and occurrence count."""

@@ -43,6 +43,15 @@ class ClaimResult:
     next_due: float | None
 
 
+def redact_url(url: str) -> str:
+    """A database URL fit for messages: its password, if any, replaced by ``***``."""
+    scheme, sep, rest = url.partition("://")
+    creds, at, host = rest.rpartition("@")
+    if not at or ":" not in creds:
+        return url
+    return f"{scheme}{sep}{creds.split(':', 1)[0]}:***@{host}"
+
+
 def concurrency_limit(config: str) -> int | None:
     """A workflow's ``{"concurrency": {"limit": N}}`` from its config JSON: at most N instances of it run at
     once across all workers (waiting ones do not count); None when unset or malformed."""

@@ -42,7 +42,7 @@ from stepstone.models import (
     WorkflowRecord,
 )
 from stepstone.storage import postgres_control as control
-from stepstone.storage.base import ClaimResult, InstancePage, concurrency_limit
+from stepstone.storage.base import ClaimResult, InstancePage, concurrency_limit, redact_url
 from stepstone.storage.postgres_control import RELEASE, fetch_all, fetch_maybe, fetch_one
 from stepstone.storage.postgres_schema import migrate
 from stepstone.storage.postgres_writer import Conn, GroupWriter, StepWrite, Transactor, Write
@@ -59,7 +59,6 @@ from stepstone.storage.sqlite_schema import (
 T = TypeVar("T")
 log = logging.getLogger("stepstone.storage.postgres")
 
-KIND_OF_TYPE = {"do": "do", "sleep": "sleep", "waitForEvent": "wait"}
 _STEP_FIELDS = STEP_COLUMNS.split(", ")
 # A wait step and its event, fenced, in one statement: the event is marked only under a held lease, and the
 # step is written only if the event was marked (or already marked by this very step).
@@ -162,16 +161,16 @@ class PostgresStorage:
                 await migrate(conn, self.schema)
             await self._pool.open(wait=True, timeout=30.0)
         except psycopg.Error as exc:
-            raise StorageError(f"cannot open PostgreSQL database {_redact(self.url)}: {exc}") from exc
+            raise StorageError(f"cannot open PostgreSQL database {redact_url(self.url)}: {exc}") from exc
         except Exception as exc:
             if isinstance(exc, StorageError):
                 raise
-            raise StorageError(f"cannot open PostgreSQL database {_redact(self.url)}: {exc}") from exc
+            raise StorageError(f"cannot open PostgreSQL database {redact_url(self.url)}: {exc}") from exc
         try:
             await self._writer.start()
         except psycopg.Error as exc:
             await self._pool.close()
-            raise StorageError(f"cannot open PostgreSQL database {_redact(self.url)}: {exc}") from exc
+            raise StorageError(f"cannot open PostgreSQL database {redact_url(self.url)}: {exc}") from exc
         self._open = True
 
     async def _connect_writer(self) -> Conn:
@@ -657,11 +656,3 @@ def _fenced_value(lease: Lease) -> Callable[[list[tuple[Any, ...]]], Any]:
         return rows[0][0]
 
     return check
-
-
-def _redact(url: str) -> str:
-    scheme, sep, rest = url.partition("://")
-    creds, at, host = rest.rpartition("@")
-    if not at or ":" not in creds:
-        return url
-    return f"{scheme}{sep}{creds.split(':', 1)[0]}:***@{host}"

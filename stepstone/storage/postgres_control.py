@@ -14,7 +14,6 @@ from stepstone.models import FINISHED, EventRecord, InstanceRecord, StepRef
 from stepstone.storage.postgres_writer import Conn
 from stepstone.storage.sqlite_schema import INSTANCE_COLUMNS, instance_from_row
 
-KIND_OF_TYPE = {"do": "do", "sleep": "sleep", "waitForEvent": "wait"}
 RELEASE = "lease_owner = NULL, lease_token = NULL, lease_expires_at = NULL"
 
 
@@ -82,7 +81,7 @@ async def restart(
             conn,
             "SELECT seq FROM steps WHERE instance_pk = %s AND kind = %s AND name = %s ORDER BY seq",
             pk,
-            KIND_OF_TYPE.get(from_step.type),
+            from_step.kind,
             from_step.name,
         )
         if from_step.count < 1 or len(rows) < from_step.count:

@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import os
-import re
 import sqlite3
 from dataclasses import dataclass
 
 from stepstone.errors import StorageError, ValidationError
+from stepstone.storage.base import redact_url
 
 
 @dataclass(frozen=True, slots=True)
@@ -25,11 +25,6 @@ class SchemaStatus:
         if self.found == self.expected:
             return "current"
         return "needs migration" if self.found < self.expected else "newer than this stepstone"
-
-
-def redact(url: str) -> str:
-    """A URL with its password replaced by ``***``."""
-    return re.sub(r"(://[^:/@]+:)[^@]*@", r"\1***@", url)
 
 
 async def schema_status(url: str) -> SchemaStatus:
@@ -69,6 +64,6 @@ async def schema_status(url: str) -> SchemaStatus:
                     row = await cur.fetchone()
                     found = int(str(row[0])) if row else 0
         except psycopg.Error as exc:
-            raise StorageError(f"cannot read PostgreSQL database {redact(url)}: {exc}") from exc
-        return SchemaStatus("postgresql", redact(url), found, PG_VERSION)
+            raise StorageError(f"cannot read PostgreSQL database {redact_url(url)}: {exc}") from exc
+        return SchemaStatus("postgresql", redact_url(url), found, PG_VERSION)
     raise ValidationError(f"unsupported database URL {url!r}: expected sqlite:///file.db or postgresql://...")

@@ -53,7 +53,6 @@ from stepstone.storage.sqlite_writer import LoopWriter, Writer
 
 T = TypeVar("T")
 Conn = sqlite3.Connection
-_KIND_OF_TYPE = {"do": "do", "sleep": "sleep", "waitForEvent": "wait"}
 _STEP_INSERT = f"INSERT OR REPLACE INTO steps (instance_pk, {STEP_COLUMNS}) VALUES ({', '.join('?' * 16)})"
 # The lease check and the write in one statement: nothing is written unless the token still matches.
 _FENCED_STEP_INSERT = (
@@ -672,7 +671,7 @@ class SQLiteStorage:
                 conn.execute("DELETE FROM steps WHERE instance_pk = ?", (pk,))
                 conn.execute("DELETE FROM events WHERE instance_pk = ?", (pk,))
             else:
-                kind = _KIND_OF_TYPE.get(from_step.type)
+                kind = from_step.kind
                 rows = conn.execute(
                     "SELECT seq FROM steps WHERE instance_pk = ? AND kind = ? AND name = ? ORDER BY seq",
                     (pk, kind, from_step.name),

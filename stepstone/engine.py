@@ -69,12 +69,10 @@ class Engine:
         self._versions: dict[str, str] = {}
         self._bindings: dict[str, Workflow] = {}
         self._run_worker = worker
-        self._worker_opts = {
-            "concurrency": concurrency,
-            "lease_seconds": lease_seconds,
-            "poll_interval": poll_interval,
-            "inprocess_wait_s": inprocess_wait_s,
-        }
+        self._concurrency = concurrency
+        self._lease_seconds = lease_seconds
+        self._poll_interval = poll_interval
+        self._inprocess_wait_s = inprocess_wait_s
         self.worker: Worker | None = None
         self._started = False
         self._runtime = Runtime(
@@ -110,7 +108,7 @@ class Engine:
             raise ValidationError(f"workflow {name!r}: concurrency must be a positive integer, got {concurrency!r}")
         validate_workflow_name(name, self.limits)
         if isinstance(limits, Mapping):
-            limits = self._merge_limits(limits)
+            limits = self.limits.replace(**{str(k): v for k, v in limits.items()})
         self._defs[name] = WorkflowDef(name, cls, limits or self.limits, binding, lambda: self.env)
         self._meta[name] = (class_name or cls.__name__, script_name, concurrency)
         self._versions.pop(name, None)
@@ -120,9 +118,6 @@ class Engine:
         if self._started:
             self.wake()
         return wf
-
-    def _merge_limits(self, overrides: Mapping[str, object]) -> Limits:
-        return _apply(self.limits, overrides)
 
     def workflow(self, name: str) -> Workflow:
         """The binding for a workflow (registered here, or only known to the database)."""
@@ -190,15 +185,14 @@ class Engine:
         for name in self._defs:
             await self._ensure_workflow(name)
         if self._run_worker:
-            opts = self._worker_opts
             self.worker = Worker(
                 storage=self.storage,
                 clock=self.clock,
                 definitions=lambda: self._defs,
-                concurrency=int(opts["concurrency"]),
-                lease_seconds=float(opts["lease_seconds"]),
-                poll_interval=float(opts["poll_interval"]),
-                inprocess_wait_s=float(opts["inprocess_wait_s"]),
+                concurrency=self._concurrency,
+                lease_seconds=self._lease_seconds,
+                poll_interval=self._poll_interval,
+                inprocess_wait_s=self._inprocess_wait_s,
             )
             await self.worker.start()
 
@@ -225,7 +219,3 @@ class Engine:
     async def list_workflows(self) -> list[WorkflowRecord]:
         """Every workflow the database knows."""
         return await self.storage.list_workflows()
-
-
-def _apply(base: Limits, overrides: Mapping[str, object]) -> Limits:
-    return base.replace(**{str(k): v for k, v in overrides.items()})

@@ -168,13 +168,15 @@ class WorkflowStep:
         now = state.clock.now()
         if rec is not None and rec.status == "success":
             return
+        new = rec is None
         if rec is None:
             wake = until if until is not None else now + (seconds or 0.0)
             rec = StepRecord(key, "sleep", name, count, state.next_seq(), "waiting", now, wake_at=wake)
             state.history[key] = rec
         assert rec.wake_at is not None
         if now < rec.wake_at:
-            await state.write(rec, durable=False)
+            if new:  # a pending sleep replayed from history is already stored as it is
+                await state.write(rec, durable=False)
             reason = WakeReason("sleep", f"{name}-{count}", rec.wake_at)
             if rec.wake_at - now > state.inprocess_wait_s:
                 raise state.suspend(reason)
@@ -220,6 +222,7 @@ class WorkflowStep:
         if rec is not None and rec.status == "timeout":
             raise WorkflowTimeoutError(rec.error_message or f"Execution timed out after {int(ms)}ms")
         now = state.clock.now()
+        new = rec is None
         if rec is None:
             rec = StepRecord(
                 key,
@@ -249,7 +252,8 @@ class WorkflowStep:
             rec.error_message = f"Execution timed out after {int(ms)}ms"
             await state.write(rec)
             raise WorkflowTimeoutError(rec.error_message)
-        await state.write(rec, durable=False)
+        if new:  # a pending wait replayed from history is already stored as it is
+            await state.write(rec, durable=False)
         raise state.suspend(WakeReason("waitForEvent", f"{name}-{count}", rec.wake_at, event_type))
 
 

@@ -250,7 +250,8 @@ async def phase5(url: str, sizes: dict[str, float]) -> dict[str, Any]:
     ARRIVED.clear()
     loop = asyncio.get_running_loop()
     async with _engine(url) as engine:
-        poll = engine._worker_opts["poll_interval"]
+        assert engine.worker is not None
+        poll = engine.worker.poll_interval
         wf = engine.register(EventW, name="p5")
         ids = [f"e{i}" for i in range(n)]
         xids = [f"x{i}" for i in range(nx)]

@@ -24,6 +24,7 @@ from stepstone.limits import (
     validate_instance_id,
 )
 from stepstone.models import InstanceRecord, NewInstance, StepRef, TriggerSource
+from stepstone.observe import Observer
 from stepstone.storage.base import InstancePage, Storage
 
 
@@ -38,6 +39,8 @@ class Runtime:
     """Makes sure the workflow is registered in the database; returns its version id."""
     notify: Callable[[int, str], None]
     """Tells the local worker about a change: ``new``, ``pause``, ``resume`` or ``abort``."""
+    observer: Observer | None = None
+    """Told of the instances created here."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -147,6 +150,8 @@ class Workflow:
         new = self._new(options, version=version, now=self._rt.clock.now(), trigger=trigger)
         (record,) = await self._rt.storage.create_instances([new], skip_existing=False)
         self._rt.notify(record.pk, "new")
+        if self._rt.observer is not None:
+            self._rt.observer.instances_created([record], now=new.created_on)
         return WorkflowInstance(self, record.id)
 
     async def create_batch(
@@ -162,6 +167,8 @@ class Workflow:
         records = await self._rt.storage.create_instances(rows, skip_existing=True)
         if records:
             self._rt.notify(records[0].pk, "new")
+            if self._rt.observer is not None:
+                self._rt.observer.instances_created(records, now=now)
         return [WorkflowInstance(self, r.id) for r in records]
 
     async def get(self, id: str) -> WorkflowInstance:

@@ -7,7 +7,8 @@ This is the only module that reads the environment. It parses and checks; it imp
 
 Wrangler's keys are read as they are (``name``, ``main``, ``[vars]``, ``[[workflows]]`` with ``name``, ``binding``,
 ``class_name``, ``script_name``, ``limits.steps``, ``schedules``); our own settings sit in a ``[stepstone]`` table:
-``database``, ``concurrency``, ``host``, ``port``, ``retention = {success, error}`` and ``api_tokens``.
+``database``, ``concurrency``, ``host``, ``port``, ``retention = {success, error}``, ``api_tokens``, ``log_level`` and
+``log_format``.
 """
 
 from __future__ import annotations
@@ -38,6 +39,9 @@ ENV_CONCURRENCY: Final[str] = "STEPSTONE_CONCURRENCY"
 ENV_HOST: Final[str] = "STEPSTONE_HOST"
 ENV_PORT: Final[str] = "STEPSTONE_PORT"
 ENV_API_TOKEN: Final[str] = "STEPSTONE_API_TOKEN"
+ENV_LOG_LEVEL: Final[str] = "STEPSTONE_LOG_LEVEL"
+LOG_LEVELS: Final[tuple[str, ...]] = ("debug", "info", "warning", "error")
+LOG_FORMATS: Final[tuple[str, ...]] = ("text", "json")
 
 # Wrangler keys that make sense for a Worker but not here: accepted silently.
 _QUIET_KEYS: Final[frozenset[str]] = frozenset({"$schema", "compatibility_date", "compatibility_flags"})
@@ -46,7 +50,7 @@ _WORKFLOW_KEYS: Final[frozenset[str]] = frozenset(
     {"name", "binding", "class_name", "script_name", "limits", "schedules"}
 )
 _SETTINGS_KEYS: Final[frozenset[str]] = frozenset(
-    {"database", "concurrency", "host", "port", "retention", "api_tokens"}
+    {"database", "concurrency", "host", "port", "retention", "api_tokens", "log_level", "log_format"}
 )
 
 
@@ -81,6 +85,10 @@ class Settings:
     error_retention_ms: float | None = None
     api_tokens: tuple[dict[str, Any], ...] = ()
     """``{"token": str | None, "token_sha256": str | None, "accounts": tuple[str, ...]}`` each (TokenRule fields)."""
+    log_level: str | None = None
+    """``debug``, ``info``, ``warning`` or ``error``; None lets each command choose (``dev``: info, others: warning)."""
+    log_format: str = "text"
+    """``text`` or ``json``."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -282,6 +290,12 @@ def _settings(c: _Checker, raw: object, warnings: list[str]) -> dict[str, Any]:
             out["success_retention_ms"] = c.duration(retention["success"], "stepstone.retention.success")
         if "error" in retention:
             out["error_retention_ms"] = c.duration(retention["error"], "stepstone.retention.error")
+    for key, choices in (("log_level", LOG_LEVELS), ("log_format", LOG_FORMATS)):
+        if key in table:
+            value = table[key]
+            if not isinstance(value, str) or value.lower() not in choices:
+                raise c.fail(f"stepstone.{key}", f"one of {', '.join(choices)}", value)
+            out[key] = value.lower()
     if "api_tokens" in table:
         tokens = table["api_tokens"]
         if not isinstance(tokens, list):
@@ -300,7 +314,8 @@ def _database_url(url: str, base: Path) -> str:
 
 
 def apply_env(settings: Settings, environ: Mapping[str, str] | None = None, *, cwd: Path | None = None) -> Settings:
-    """``STEPSTONE_DATABASE_URL``, ``_CONCURRENCY``, ``_HOST``, ``_PORT`` and ``_API_TOKEN`` over ``settings``."""
+    """``STEPSTONE_DATABASE_URL``, ``_CONCURRENCY``, ``_HOST``, ``_PORT``, ``_LOG_LEVEL`` and ``_API_TOKEN`` over
+    ``settings``."""
     env = os.environ if environ is None else environ
     c = _Checker(Path("environment"))
     changes: dict[str, Any] = {}
@@ -312,6 +327,11 @@ def apply_env(settings: Settings, environ: Mapping[str, str] | None = None, *, c
         changes["host"] = env[ENV_HOST]
     if env.get(ENV_PORT):
         changes["port"] = c.integer(env[ENV_PORT], ENV_PORT, low=0, high=65535)
+    if env.get(ENV_LOG_LEVEL):
+        level = env[ENV_LOG_LEVEL].strip().lower()
+        if level not in LOG_LEVELS:
+            raise c.fail(ENV_LOG_LEVEL, f"one of {', '.join(LOG_LEVELS)}", env[ENV_LOG_LEVEL])
+        changes["log_level"] = level
     if env.get(ENV_API_TOKEN):
         rule = {"token": env[ENV_API_TOKEN], "token_sha256": None, "accounts": ("*",)}
         changes["api_tokens"] = (*settings.api_tokens, rule)

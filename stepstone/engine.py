@@ -15,6 +15,8 @@ from stepstone.errors import ValidationError, WorkflowNotFoundError
 from stepstone.executor import WorkflowDef
 from stepstone.limits import Limits, validate_workflow_name
 from stepstone.models import WorkflowRecord
+from stepstone.observe import Observers
+from stepstone.observe.logs import LogObserver
 from stepstone.storage import storage_for_url
 from stepstone.storage.base import Storage
 from stepstone.worker import Worker
@@ -75,12 +77,15 @@ class Engine:
         self._inprocess_wait_s = inprocess_wait_s
         self.worker: Worker | None = None
         self._started = False
+        self.observers = Observers([LogObserver()])
+        """What the engine tells of its instances (logs; metrics and traces when enabled): add your own."""
         self._runtime = Runtime(
             storage=self.storage,
             clock=self.clock,
             limits_for=self._limits_for,
             ensure_workflow=self._ensure_workflow,
             notify=self._notify,
+            observer=self.observers,
         )
 
     # -- registration -----------------------------------------------------------------------------------
@@ -193,6 +198,7 @@ class Engine:
                 lease_seconds=self._lease_seconds,
                 poll_interval=self._poll_interval,
                 inprocess_wait_s=self._inprocess_wait_s,
+                observer=self.observers,
             )
             await self.worker.start()
 

@@ -14,7 +14,7 @@ from stepstone.clock import Clock
 from stepstone.errors import FencedError, SerializationError, StepstoneError, error_name
 from stepstone.limits import Limits, check_size
 from stepstone.models import Claim
-from stepstone.run_state import Abort, RunState, Suspend
+from stepstone.run_state import Abort, RunHooks, RunState, Suspend, current_run
 from stepstone.step import WorkflowStep
 from stepstone.storage.base import Storage
 from stepstone.workflow import WorkflowEntrypoint, WorkflowEvent
@@ -45,6 +45,7 @@ class Execution:
         claim: Claim,
         inprocess_wait_s: float = 1.0,
         on_park: Callable[[int], None] | None = None,
+        hooks: RunHooks | None = None,
     ) -> None:
         self.storage = storage
         self.clock = clock
@@ -53,6 +54,9 @@ class Execution:
         self.lease = claim.lease
         self.inprocess_wait_s = inprocess_wait_s
         self.on_park = on_park
+        self.hooks = hooks
+        self.error: tuple[str, str] | None = None
+        """The error name and message this run finished the instance with, if it errored it."""
         self.state: RunState | None = None
         self._pause_early = False
         self._drained = False
@@ -103,8 +107,10 @@ class Execution:
             events=events,
             inprocess_wait_s=self.inprocess_wait_s,
             on_park=self.on_park,
+            hooks=self.hooks,
         )
         self.state = state
+        current_run.set(state)  # this task (and the run task it starts) belongs to this instance
         try:
             params = codec.decode(inst.params)
             event = WorkflowEvent(
@@ -179,7 +185,8 @@ class Execution:
     async def _finish_error(self, exc: BaseException, *, name: str | None = None) -> str:
         inst = self.claim.instance
         if not isinstance(exc, StepstoneError):
-            log.info("instance %s/%s errored: %s: %s", inst.workflow, inst.id, error_name(exc), exc)
+            log.debug("instance %s/%s errored: %s: %s", inst.workflow, inst.id, error_name(exc), exc)
+        self.error = (name or error_name(exc), str(exc))
         return await self._guard(
             self.storage.finish(
                 self.lease,

@@ -8,16 +8,37 @@ unwinds ``run()`` when the instance hibernates (a sleep, an event wait, a long r
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import json
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from typing import Any, Final, Protocol
 
 from stepstone.clock import Clock
 from stepstone.errors import FencedError, WorkflowFatalError
 from stepstone.limits import Limits
-from stepstone.models import EventRecord, Lease, StepRecord
+from stepstone.models import EventRecord, Lease, StepKind, StepRecord, step_key
 from stepstone.storage.base import Storage
+
+_KINDS: Final[dict[str, StepKind]] = {"do": "do", "sleep": "sleep", "waitForEvent": "wait"}
+"""Counter-key prefix (``do-name``) → stored step kind: lets :meth:`RunState.next_count` find the step's key."""
+_SETTLED: Final[frozenset[str]] = frozenset({"success", "error", "timeout"})
+
+
+class RunHooks(Protocol):
+    """What observers (``stepstone.observe``) learn from a run; the engine passes one in, or None."""
+
+    def step_written(self, state: RunState, step: StepRecord) -> None:
+        """A live step record was just stored (a result, a failed attempt, a sleep or wait begun or ended)."""
+
+    def attempt(self, state: RunState, step: StepRecord, attempt: int, aw: Awaitable[Any]) -> Awaitable[Any]:
+        """Wrap one live attempt of a ``step.do`` (a trace span around it); return ``aw`` to add nothing."""
+
+
+current_run: contextvars.ContextVar[RunState | None] = contextvars.ContextVar("stepstone_current_run", default=None)
+"""The run whose ``run()`` (or step) is executing in this context: set by the executor for its run task, read by
+the log filter and the stdout wrapper in ``stepstone.observe.logs``."""
 
 
 class Suspend(BaseException):
@@ -67,10 +88,16 @@ class RunState:
     """Branches waiting in process for a short timer: while nothing else runs, the instance is waiting."""
     on_park: Callable[[int], None] | None = None
     """Told +1 when the first branch parks and -1 when the last one leaves."""
+    hooks: RunHooks | None = None
+    replaying: bool = False
+    """True from the start of a run that has history, while every step called so far was served from it; the
+    first step call that is not settled there (new, or pending: a retry, a sleep or wait not yet over) ends the
+    replay for good. A run with no history starts live."""
 
     def __post_init__(self) -> None:
         self.idle.set()
         self.unpaused.set()
+        self.replaying = bool(self.history)  # run() ran before: it re-runs until the first step not settled
         self.seq = max((s.seq for s in self.history.values()), default=0)
         for event in self.events:
             self.buffered.setdefault(event.type, deque()).append(event)
@@ -79,7 +106,16 @@ class RunState:
         """The next occurrence number for a counter key (first is 1), assigned at call time."""
         count = self.counters.get(counter_key, 0) + 1
         self.counters[counter_key] = count
+        if self.replaying:
+            prefix, _, rest = counter_key.partition("-")
+            settled = self.history.get(step_key(_KINDS[prefix], rest, count))
+            if settled is None or settled.status not in _SETTLED:
+                self.replaying = False
         return count
+
+    def observed(self, step: StepRecord, attempt: int, aw: Awaitable[Any]) -> Awaitable[Any]:
+        """One live attempt, wrapped by the hooks (a trace span) when there are any."""
+        return aw if self.hooks is None else self.hooks.attempt(self, step, attempt, aw)
 
     def next_seq(self) -> int:
         """The order in which a new step first started."""
@@ -174,6 +210,8 @@ class RunState:
         except FencedError:
             self.aborted = True
             raise Abort() from None
+        if self.hooks is not None:
+            self.hooks.step_written(self, step)
 
     def write_nowait(self, step: StepRecord) -> None:
         """Queue a step write into the next commit without waiting for it (a fenced one is dropped)."""
@@ -187,6 +225,8 @@ class RunState:
         except FencedError:
             self.aborted = True
             raise Abort() from None
+        if self.hooks is not None:
+            self.hooks.step_written(self, step)
 
     def waiting_for(self) -> tuple[float | None, str, list[str]]:
         """Earliest wake-up, the JSON description of what the instance waits for, and event types."""

@@ -7,6 +7,7 @@ replay would. A failure after the last retry is stored with its class and re-rai
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import functools
 import importlib
 import inspect
@@ -104,7 +105,8 @@ async def _invoke(fn: Callable[..., Any], ctx: StepContext, kwargs: dict[str, An
         call = fn
     if inspect.iscoroutinefunction(fn):
         return await call()
-    result = await asyncio.get_running_loop().run_in_executor(None, call)
+    # The thread runs in this task's context, so its logs and prints carry the instance id and its trace span.
+    result = await asyncio.get_running_loop().run_in_executor(None, contextvars.copy_context().run, call)
     if inspect.isawaitable(result):
         return await result
     return result
@@ -273,7 +275,8 @@ async def run_do(
         try:
             try:
                 try:
-                    value = await _with_timeout(state, _invoke(fn, ctx, kwargs), timeout_s, config.timeout_ms)
+                    attempt = state.observed(rec, attempt_no, _invoke(fn, ctx, kwargs))
+                    value = await _with_timeout(state, attempt, timeout_s, config.timeout_ms)
                 finally:
                     marker.cancel()  # the attempt is over: no start marker once its outcome is being written
                 encoded = codec.encode(value, what=f'step "{display}" result')

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import logging
 import os
 import socket
@@ -20,6 +21,7 @@ from stepstone.clock import Clock
 from stepstone.errors import StorageError
 from stepstone.executor import Execution, WorkflowDef
 from stepstone.models import Claim, Lease
+from stepstone.observe import Observer
 from stepstone.storage.base import Storage
 
 log = logging.getLogger("stepstone.worker")
@@ -71,6 +73,7 @@ class Worker:
         inprocess_wait_s: float = 1.0,
         purge_interval: float = 60.0,
         owner: str | None = None,
+        observer: Observer | None = None,
     ) -> None:
         self.storage = storage
         self.clock = clock
@@ -81,6 +84,8 @@ class Worker:
         self.inprocess_wait_s = inprocess_wait_s
         self.purge_interval = purge_interval
         self.owner = owner or new_owner_id()
+        self.observer = observer
+        """Told of every run started and finished here, and (as the run hooks) of its live steps."""
         self.running: dict[int, tuple[Execution, asyncio.Task[str]]] = {}
         self.outcomes: dict[str, int] = {}
         self._wake = asyncio.Event()
@@ -203,9 +208,15 @@ class Worker:
             claim=claim,
             inprocess_wait_s=self.inprocess_wait_s,
             on_park=self._park,
+            hooks=self.observer,
         )
         pk = claim.instance.pk
-        task = asyncio.create_task(execution.execute(), name=f"stepstone-run-{claim.instance.id}")
+        # The run's task copies this context: what the observer sets in it (a trace span) spans the whole run.
+        context = contextvars.copy_context()
+        if self.observer is not None:
+            context.run(self.observer.run_started, claim, now=self.clock.now())
+        name = f"stepstone-run-{claim.instance.id}"
+        task = asyncio.get_running_loop().create_task(execution.execute(), name=name, context=context)
         self.running[pk] = (execution, task)
         task.add_done_callback(lambda t: self._done(pk, execution, t))
 
@@ -222,6 +233,8 @@ class Worker:
         else:
             outcome = task.result()
         self.outcomes[outcome] = self.outcomes.get(outcome, 0) + 1
+        if self.observer is not None:
+            self.observer.run_finished(execution.claim, outcome, now=self.clock.now(), error=execution.error)
         self._wake.set()
 
     async def _renew_loop(self) -> None:

@@ -14,8 +14,9 @@ import click
 
 from stepstone.cli.backend import Backend, LocalBackend
 from stepstone.cli.output import warn
-from stepstone.config import ConfigError, client_token, env_database, find_config
+from stepstone.config import ConfigError, Settings, client_token, env_database, find_config
 from stepstone.engine import Engine
+from stepstone.observe.logs import setup_logging
 from stepstone.project import Project, ProjectError
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -48,6 +49,30 @@ config_option = click.option(
 def database_option(help_text: str = "Use this database instead of the project's.") -> Callable[[F], F]:
     """``--database URL``: a database URL that overrides the project's."""
     return click.option("--database", default=None, metavar="URL", help=help_text)
+
+
+def log_options(fn: F) -> F:
+    """``--log-level`` and ``--log-format``; the command receives them as ``log_level`` and ``log_format``."""
+    fn = click.option(
+        "--log-format",
+        type=click.Choice(["text", "json"]),
+        default=None,
+        help="Log lines as text or one JSON object per line (default: the project's log_format, text).",
+    )(fn)
+    return click.option(
+        "--log-level",
+        type=click.Choice(["debug", "info", "warning", "error"], case_sensitive=False),
+        default=None,
+        help="Least severe log level shown (default: STEPSTONE_LOG_LEVEL, the project's log_level, info).",
+    )(fn)
+
+
+def start_logging(level: str | None, fmt: str | None, settings: Settings) -> tuple[str, str]:
+    """Install the log handler: options over the environment and project settings over ``info``/``text``;
+    returns the level and format chosen (``dev`` passes them to its worker)."""
+    chosen = ((level or settings.log_level or "info").lower(), fmt or settings.log_format)
+    setup_logging(*chosen)
+    return chosen
 
 
 def target_options(fn: F) -> F:

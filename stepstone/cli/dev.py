@@ -18,9 +18,8 @@ from pathlib import Path
 
 import click
 
-from stepstone.cli.common import config_option, database_option, load_project, run
+from stepstone.cli.common import config_option, database_option, load_project, log_options, run, start_logging
 from stepstone.cli.output import info, warn
-from stepstone.cli.worker import setup_logging
 from stepstone.config import ConfigError
 from stepstone.engine import Engine
 from stepstone.project import Project, run_schedules, schedules_of
@@ -101,13 +100,22 @@ async def _serve_api(project: Project, engine: Engine, port: int) -> None:
     await task
 
 
-async def run_dev(project: Project, *, database: str | None, port: int, api: bool, poll: float) -> None:
+async def run_dev(
+    project: Project,
+    *,
+    database: str | None,
+    port: int,
+    api: bool,
+    poll: float,
+    logging: tuple[str, str] = ("info", "text"),
+) -> None:
     """Supervise the worker child, fire the schedules and serve the API until SIGINT/SIGTERM."""
     from stepstone.cli.worker import until_signalled
 
     config_path = project.config.path
     db = database or project.settings.database
     child_args = ["--config", str(config_path), "--database", db, "--no-schedules", "--poll-interval", "0.2"]
+    child_args += ["--log-level", logging[0], "--log-format", logging[1]]
     info(f"⎔ Starting stepstone dev for {project.config.name} ({config_path})")
     info(f"  database: {db}")
     for wf in project.config.workflows:
@@ -186,8 +194,26 @@ async def run_dev(project: Project, *, database: str | None, port: int, api: boo
     show_default=True,
     help="Seconds between checks for changed files.",
 )
-def dev(config: Path | None, database: str | None, port: int | None, no_api: bool, watch_interval: float) -> None:
+@log_options
+def dev(
+    config: Path | None,
+    database: str | None,
+    port: int | None,
+    no_api: bool,
+    watch_interval: float,
+    log_level: str | None,
+    log_format: str | None,
+) -> None:
     """Run the project locally: a worker restarted on code changes, the cron schedules, the REST API."""
-    setup_logging()
     project = load_project(config)
-    run(run_dev(project, database=database, port=port or project.settings.port, api=not no_api, poll=watch_interval))
+    chosen = start_logging(log_level, log_format, project.settings)
+    run(
+        run_dev(
+            project,
+            database=database,
+            port=port or project.settings.port,
+            api=not no_api,
+            poll=watch_interval,
+            logging=chosen,
+        )
+    )

@@ -9,14 +9,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import logging
 from pathlib import Path
 
 import click
 
-from stepstone.cli.common import config_option, database_option, load_project, run
+from stepstone.cli.common import config_option, database_option, load_project, log_options, run, start_logging
 from stepstone.cli.output import info
-from stepstone.cli.worker import setup_logging, until_signalled
+from stepstone.cli.worker import until_signalled
 from stepstone.config import default_settings, find_config
 from stepstone.engine import Engine
 
@@ -52,10 +51,16 @@ async def run_serve(engine: Engine, *, host: str, port: int, tokens: list[dict[s
 @database_option("Serve this database instead of the project's.")
 @click.option("--host", default=None, help="Address to listen on (default 127.0.0.1; others need API tokens).")
 @click.option("--port", default=None, type=click.IntRange(0, 65535), help="Port (default 8787).")
-def serve(config: Path | None, database: str | None, host: str | None, port: int | None) -> None:
+@log_options
+def serve(
+    config: Path | None,
+    database: str | None,
+    host: str | None,
+    port: int | None,
+    log_level: str | None,
+    log_format: str | None,
+) -> None:
     """Serve the REST API (Cloudflare's v4 Workflows API) over the project's database; runs no instances."""
-    setup_logging()
-    logging.getLogger("stepstone.server").setLevel(logging.INFO)
     if config is not None or find_config(Path.cwd()) is not None:
         project = load_project(config)
         settings = project.settings
@@ -63,6 +68,7 @@ def serve(config: Path | None, database: str | None, host: str | None, port: int
     else:
         settings = default_settings()
         engine = Engine(database or settings.database, worker=False)
+    start_logging(log_level, log_format, settings)
     run(
         run_serve(
             engine,

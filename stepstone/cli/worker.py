@@ -4,20 +4,15 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import logging
 import signal
 from pathlib import Path
 
 import click
 
-from stepstone.cli.common import config_option, database_option, load_project, run
+from stepstone.cli.common import config_option, database_option, load_project, log_options, run, start_logging
 from stepstone.cli.output import info
+from stepstone.observe.logs import install_stdout
 from stepstone.project import Project, run_schedules, schedules_of
-
-
-def setup_logging() -> None:
-    """Log the engine's warnings (a step that keeps failing, a lost lease) on stderr."""
-    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
 
 
 async def until_signalled() -> None:
@@ -79,12 +74,20 @@ async def run_worker(
     show_default=True,
     help="Seconds between looks for work other processes created.",
 )
+@log_options
 def worker(
-    config: Path | None, database: str | None, concurrency: int | None, schedules: bool, poll_interval: float
+    config: Path | None,
+    database: str | None,
+    concurrency: int | None,
+    schedules: bool,
+    poll_interval: float,
+    log_level: str | None,
+    log_format: str | None,
 ) -> None:
     """Run a worker: claim and run the project's instances until stopped (SIGINT/SIGTERM)."""
-    setup_logging()
     project = load_project(config)
+    start_logging(log_level, log_format, project.settings)
+    install_stdout()
     run(
         run_worker(
             project, database=database, concurrency=concurrency, schedules=schedules, poll_interval=poll_interval

@@ -1,0 +1,90 @@
+"""The observer interface the engine calls, and the fan-out that calls several observers."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Sequence
+from typing import Any
+
+from stepstone.models import Claim, InstanceRecord, StepRecord
+from stepstone.run_state import RunState
+
+
+class Observer:
+    """Hears what the engine does; every method is a no-op here, so a subclass overrides what it needs.
+
+    Methods are called on the event loop and must not block or raise (an observer bug must not fail a run).
+    """
+
+    def instances_created(self, records: Sequence[InstanceRecord], *, now: float) -> None:
+        """Instances were stored by ``create``/``create_batch`` in this process."""
+
+    def run_started(self, claim: Claim, *, now: float) -> None:
+        """A worker in this process claimed an instance and starts running it.
+
+        Called inside the context the run's task will copy, so context variables set here (a trace span)
+        are current for the whole run.
+        """
+
+    def run_finished(self, claim: Claim, outcome: str, *, now: float, error: tuple[str, str] | None) -> None:
+        """A run ended: ``complete``, ``errored``, ``waiting``, ``paused``, ``aborted``, ``cancelled`` or
+        ``failed`` (an engine bug); ``error`` is the (name, message) an errored instance finished with."""
+
+    def step_written(self, state: RunState, step: StepRecord) -> None:
+        """A live step record was just stored (see :class:`~stepstone.run_state.RunHooks`)."""
+
+    def attempt(self, state: RunState, step: StepRecord, attempt: int, aw: Awaitable[Any]) -> Awaitable[Any]:
+        """Wrap one live attempt (return ``aw`` unchanged to add nothing)."""
+        return aw
+
+    def claimed(self, *, takeovers: int) -> None:
+        """A claim took over ``takeovers`` instances whose previous worker's lease had expired."""
+
+
+class Observers(Observer):
+    """Calls each observer in turn; an observer that raises is skipped for that call, never the run."""
+
+    def __init__(self, observers: Sequence[Observer] = ()) -> None:
+        self.observers: list[Observer] = list(observers)
+        self._wrapping = [o for o in self.observers if type(o).attempt is not Observer.attempt]
+
+    def add(self, observer: Observer) -> None:
+        """Add an observer (before the engine starts running instances)."""
+        self.observers.append(observer)
+        self._wrapping = [o for o in self.observers if type(o).attempt is not Observer.attempt]
+
+    def __bool__(self) -> bool:
+        return bool(self.observers)
+
+    def instances_created(self, records: Sequence[InstanceRecord], *, now: float) -> None:
+        for o in self.observers:
+            _safe(o.instances_created, records, now=now)
+
+    def run_started(self, claim: Claim, *, now: float) -> None:
+        for o in self.observers:
+            _safe(o.run_started, claim, now=now)
+
+    def run_finished(self, claim: Claim, outcome: str, *, now: float, error: tuple[str, str] | None) -> None:
+        for o in self.observers:
+            _safe(o.run_finished, claim, outcome, now=now, error=error)
+
+    def step_written(self, state: RunState, step: StepRecord) -> None:
+        for o in self.observers:
+            _safe(o.step_written, state, step)
+
+    def attempt(self, state: RunState, step: StepRecord, attempt: int, aw: Awaitable[Any]) -> Awaitable[Any]:
+        for o in self._wrapping:
+            aw = o.attempt(state, step, attempt, aw)
+        return aw
+
+    def claimed(self, *, takeovers: int) -> None:
+        for o in self.observers:
+            _safe(o.claimed, takeovers=takeovers)
+
+
+def _safe(fn: Any, *args: Any, **kwargs: Any) -> None:
+    try:
+        fn(*args, **kwargs)
+    except Exception:  # an observer's bug is logged, never the run's failure
+        import logging
+
+        logging.getLogger("stepstone.observe").exception("observer %r failed", fn)

@@ -7,7 +7,7 @@ import json
 import uuid
 from collections.abc import Mapping
 from types import SimpleNamespace, TracebackType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from stepstone.binding import Runtime, Workflow
 from stepstone.clock import Clock, SystemClock
@@ -21,6 +21,9 @@ from stepstone.storage import storage_for_url
 from stepstone.storage.base import Storage
 from stepstone.worker import Worker
 from stepstone.workflow import WorkflowEntrypoint
+
+if TYPE_CHECKING:
+    from stepstone.observe.metrics import Metrics
 
 
 class Engine:
@@ -79,6 +82,8 @@ class Engine:
         self._started = False
         self.observers = Observers([LogObserver()])
         """What the engine tells of its instances (logs; metrics and traces when enabled): add your own."""
+        self.metrics: Metrics | None = None
+        """The Prometheus metrics, once :meth:`enable_metrics` was called."""
         self._runtime = Runtime(
             storage=self.storage,
             clock=self.clock,
@@ -179,6 +184,16 @@ class Engine:
         """Make the local worker look for work now."""
         if self.worker is not None:
             self.worker.wake()
+
+    def enable_metrics(self) -> Metrics:
+        """Keep Prometheus metrics for this engine (needs ``prometheus-client``: ``stepstone[metrics]``); returns
+        them, the same object on every call. ``await engine.enable_metrics().exposition()`` is the text format."""
+        if self.metrics is None:
+            from stepstone.observe.metrics import Metrics
+
+            self.metrics = Metrics(self.storage, lambda: self.worker)
+            self.observers.add(self.metrics)
+        return self.metrics
 
     # -- lifecycle --------------------------------------------------------------------------------------
     async def start(self) -> None:

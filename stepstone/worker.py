@@ -188,6 +188,8 @@ class Worker:
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, 5.0)
                 continue
+            if result.takeovers and self.observer is not None:
+                self.observer.claimed(takeovers=result.takeovers)
             for claim in result.claims:
                 definition = defs.get(claim.instance.workflow)
                 if definition is None:  # pragma: no cover - claims are filtered by workflow

@@ -13,6 +13,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 from click.testing import CliRunner
 
@@ -122,6 +123,31 @@ def test_dev_restarts_the_worker_and_a_sleeping_instance_finishes_on_the_new_cod
     assert latest["status"] == "complete"
     assert sc("workflows", "describe", "edited", "--api", api)["name"] == "edited"
     assert "edited" in [w["name"] for w in sc("workflows", "list", "--api", api)]
+
+    # The console: one line per instance event, with the workflow and instance (docs/observe.md); i1 was
+    # created by the CLI's own process, so its "created" line is printed there, not here.
+    text = log.read_text()
+    for line in (
+        "edited/via-api: created (trigger api)",
+        'edited/i1: step "before" completed in',
+        'edited/i1: sleeping "nap"',
+    ):
+        assert line in text, text
+    wait_for(lambda: "edited/w2: completed in" in log.read_text(), 10, "the completed line")
+    # /metrics of dev adds the worker child's metrics to the API process's own.
+    from prometheus_client.parser import text_string_to_metric_families
+
+    scraped = httpx.get(f"{api}/metrics", timeout=10).text
+    values = {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for f in text_string_to_metric_families(scraped)
+        for s in f.samples
+    }
+    assert (
+        values[("stepstone_instances_created_total", (("trigger", "api"), ("workflow", "edited")))] == 2
+    )  # via the API
+    assert values[("stepstone_steps_finished_total", (("status", "success"), ("workflow", "edited")))] >= 4
+    assert values[("stepstone_instances", (("status", "complete"), ("workflow", "edited")))] == 3
 
 
 def test_dev_survives_a_broken_edit(dev: tuple[Path, int]) -> None:

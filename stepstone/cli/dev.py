@@ -12,6 +12,7 @@ import contextlib
 import importlib.util
 import os
 import signal
+import socket
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -76,7 +77,14 @@ class Child:
             await proc.wait()
 
 
-async def _serve_api(project: Project, engine: Engine, port: int) -> None:
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+async def _serve_api(project: Project, engine: Engine, port: int, metrics_also: list[str]) -> None:
     """Serve the REST API; a missing extra or a busy port is a warning, not the end of ``dev``."""
     if importlib.util.find_spec("stepstone.server") is None:
         info("  API: not served (stepstone.server is not part of this install)")
@@ -89,7 +97,9 @@ async def _serve_api(project: Project, engine: Engine, port: int) -> None:
     host = project.settings.host
     tokens = [TokenRule(**rule) for rule in project.settings.api_tokens] or None
     ready = asyncio.Event()
-    task = asyncio.create_task(serve(engine, host=host, port=port, tokens=tokens, ready=ready))
+    task = asyncio.create_task(
+        serve(engine, host=host, port=port, tokens=tokens, ready=ready, metrics_also=metrics_also)
+    )
     waiter = asyncio.create_task(ready.wait())
     await asyncio.wait([task, waiter], return_when=asyncio.FIRST_COMPLETED)
     if task.done():
@@ -97,6 +107,8 @@ async def _serve_api(project: Project, engine: Engine, port: int) -> None:
         warn(f"API not served: {task.exception()}")
         return
     info(f"  API: http://{host}:{port}/client/v4 (and the local explorer API under /cdn-cgi/explorer/api)")
+    if metrics_also:
+        info(f"  metrics: http://{host}:{port}/metrics")
     await task
 
 
@@ -116,6 +128,12 @@ async def run_dev(
     db = database or project.settings.database
     child_args = ["--config", str(config_path), "--database", db, "--no-schedules", "--poll-interval", "0.2"]
     child_args += ["--log-level", logging[0], "--log-format", logging[1]]
+    metrics_also: list[str] = []
+    if importlib.util.find_spec("prometheus_client") is not None:
+        # The worker child serves its metrics on a loopback port; the API's /metrics adds them to its own.
+        metrics_port = _free_port()
+        child_args += ["--metrics-port", str(metrics_port)]
+        metrics_also.append(f"http://127.0.0.1:{metrics_port}/metrics")
     info(f"⎔ Starting stepstone dev for {project.config.name} ({config_path})")
     info(f"  database: {db}")
     for wf in project.config.workflows:
@@ -139,7 +157,7 @@ async def run_dev(
             )
         )
         if api:
-            tasks.append(asyncio.create_task(_serve_api(project, engine, port)))
+            tasks.append(asyncio.create_task(_serve_api(project, engine, port, metrics_also)))
 
         async def supervise() -> None:
             root = project.root

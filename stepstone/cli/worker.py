@@ -36,14 +36,34 @@ async def run_worker(
     schedules: bool,
     poll_interval: float,
     banner: str = "worker",
+    metrics: tuple[str, int] | None = None,
 ) -> None:
-    """Run the project's workflows until SIGINT/SIGTERM; instances in flight carry on at the next start."""
+    """Run the project's workflows until SIGINT/SIGTERM; instances in flight carry on at the next start.
+
+    Args:
+        metrics: serve ``GET /metrics`` on this (host, port).
+    """
     engine = project.engine(worker=True, database=database, concurrency=concurrency, poll_interval=poll_interval)
+    tasks: list[asyncio.Task[None]] = []
+    if metrics is not None:
+        try:
+            from stepstone.observe.metrics import serve_metrics
+        except ImportError as exc:
+            raise click.ClickException(f"--metrics-port needs stepstone[metrics] (prometheus-client): {exc}") from None
+        collected = engine.enable_metrics()
     async with engine:
+        if metrics is not None:
+            ready = asyncio.Event()
+            server = asyncio.create_task(serve_metrics(collected, host=metrics[0], port=metrics[1], ready=ready))
+            started = asyncio.create_task(ready.wait())
+            await asyncio.wait([server, started], return_when=asyncio.FIRST_COMPLETED)
+            started.cancel()
+            if server.done():
+                raise click.ClickException(f"cannot serve metrics on {metrics[0]}:{metrics[1]}: {server.exception()}")
+            tasks.append(server)
         names = ", ".join(engine.definitions) or "none"
         owner = engine.worker.owner if engine.worker is not None else "?"
         info(f"⎔ {banner} {owner} ready: workflows {names}; database {engine.storage.url}")
-        tasks: list[asyncio.Task[None]] = []
         crons = schedules_of(project.config)
         if schedules and crons:
             tasks.append(
@@ -74,6 +94,15 @@ async def run_worker(
     show_default=True,
     help="Seconds between looks for work other processes created.",
 )
+@click.option(
+    "--metrics-port",
+    type=click.IntRange(0, 65535),
+    default=None,
+    help="Serve Prometheus metrics on GET /metrics at this port (0 picks one; needs stepstone[metrics]).",
+)
+@click.option(
+    "--metrics-host", default="127.0.0.1", show_default=True, help="Address the --metrics-port server listens on."
+)
 @log_options
 def worker(
     config: Path | None,
@@ -81,6 +110,8 @@ def worker(
     concurrency: int | None,
     schedules: bool,
     poll_interval: float,
+    metrics_port: int | None,
+    metrics_host: str,
     log_level: str | None,
     log_format: str | None,
 ) -> None:
@@ -90,6 +121,11 @@ def worker(
     install_stdout()
     run(
         run_worker(
-            project, database=database, concurrency=concurrency, schedules=schedules, poll_interval=poll_interval
+            project,
+            database=database,
+            concurrency=concurrency,
+            schedules=schedules,
+            poll_interval=poll_interval,
+            metrics=None if metrics_port is None else (metrics_host, metrics_port),
         )
     )

@@ -18,7 +18,7 @@ from datetime import UTC, datetime
 from typing import Any, Final, TextIO
 
 from stepstone.models import Claim, InstanceRecord, StepRecord
-from stepstone.observe.observer import Observer
+from stepstone.observe.observer import Observer, first_run
 from stepstone.run_state import RunState, current_run
 
 LEVELS: Final[tuple[str, ...]] = ("debug", "info", "warning", "error")
@@ -82,8 +82,8 @@ class LogObserver(Observer):
 
     def run_started(self, claim: Claim, *, now: float) -> None:
         inst = claim.instance
-        first = inst.started_on == now
-        self._emit(logging.DEBUG, inst.workflow, inst.id, "started" if first else "resumed", event="run_started")
+        started = "started" if first_run(inst) else "resumed"
+        self._emit(logging.DEBUG, inst.workflow, inst.id, started, event="run_started")
 
     def run_finished(self, claim: Claim, outcome: str, *, now: float, error: tuple[str, str] | None) -> None:
         inst = claim.instance

@@ -81,6 +81,12 @@ class Observers(Observer):
             _safe(o.claimed, takeovers=takeovers)
 
 
+def first_run(instance: InstanceRecord) -> bool:
+    """Whether a just-claimed instance starts its first run: a claim sets ``modified_on`` to its time, and
+    ``started_on`` too only when it was unset."""
+    return instance.started_on is not None and instance.started_on == instance.modified_on
+
+
 def _safe(fn: Any, *args: Any, **kwargs: Any) -> None:
     try:
         fn(*args, **kwargs)

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import functools
+import importlib.util
 import logging
 from collections.abc import Sequence
 
+import httpx
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
@@ -58,6 +60,28 @@ async def health(request: Request) -> Response:
     except Exception as exc:
         return error_response(api_error_for(exc))
     return ok({"status": "ok", "version": __version__, "workflows": len(workflows)})
+
+
+async def metrics(request: Request) -> Response:
+    """``GET /metrics``: Prometheus' text format (this process's, plus those of ``metrics_also``)."""
+    state = state_of(request)
+    if state.engine.metrics is None:
+        raise ApiError(404, NO_ROUTE, "metrics are off: install stepstone[metrics] (prometheus-client)")
+    from stepstone.observe.metrics import CONTENT_TYPE, merge_expositions
+
+    body = await state.engine.metrics.exposition()
+    if state.metrics_also:
+        texts = [body.decode()]
+        async with httpx.AsyncClient(timeout=5) as client:
+            for url in state.metrics_also:
+                try:
+                    answer = await client.get(url)
+                except httpx.HTTPError:
+                    continue  # the worker is restarting: its metrics are back at the next scrape
+                if answer.status_code == 200:
+                    texts.append(answer.text)
+        body = merge_expositions(texts)
+    return Response(body, media_type=CONTENT_TYPE)
 
 
 async def openapi(request: Request) -> Response:
@@ -116,6 +140,7 @@ def _routes() -> list[Route]:
     routes = [
         Route("/health", health, methods=["GET"]),
         Route("/openapi.json", openapi, methods=["GET"]),
+        Route("/metrics", _guarded(metrics, account=False), methods=["GET"]),
         Route("/client/v4/memberships", memberships, methods=["GET"]),
     ]
     for path, entries in table.items():
@@ -143,22 +168,33 @@ async def _unexpected(request: Request, exc: Exception) -> Response:
     return error_response(api_error_for(exc))
 
 
-def create_app(engine: Engine, *, tokens: Sequence[TokenRule] | None = None, loopback_only: bool) -> Starlette:
-    """The REST API over an engine (started by the caller).
+def create_app(
+    engine: Engine,
+    *,
+    tokens: Sequence[TokenRule] | None = None,
+    loopback_only: bool,
+    metrics_also: Sequence[str] = (),
+) -> Starlette:
+    """The REST API over an engine (started by the caller), and ``/metrics`` when prometheus-client is installed.
 
     Args:
         engine: the engine whose database the API serves; it needs no worker (``Engine(..., worker=False)``).
         tokens: API tokens and their accounts; none means any token is accepted, on loopback only.
         loopback_only: whether the server listens only on loopback addresses.
+        metrics_also: ``/metrics`` URLs of other processes merged into ours (``stepstone dev``'s worker).
 
     Raises:
         InsecureServerError: no tokens while not ``loopback_only``.
     """
     auth = Authenticator(tokens, loopback_only=loopback_only)
+    if importlib.util.find_spec("prometheus_client") is not None:
+        engine.enable_metrics()
     app = Starlette(
         routes=_routes(),
         exception_handlers={HTTPException: _http_error, Exception: _unexpected},
     )
     app.router.redirect_slashes = False
-    app.state.stepstone = ServerState(engine=engine, auth=auth, body_cap=engine.limits.payload_bytes + MARGIN)
+    app.state.stepstone = ServerState(
+        engine=engine, auth=auth, body_cap=engine.limits.payload_bytes + MARGIN, metrics_also=tuple(metrics_also)
+    )
     return app

@@ -386,6 +386,15 @@ def _paths() -> J:
     a, aw, awi = [ACCOUNT], [ACCOUNT, WORKFLOW], [ACCOUNT, WORKFLOW, INSTANCE]
     paths: J = {
         "/health": {"get": _op("The server and its database answer", _ref("Health"))},
+        "/metrics": {
+            "get": {
+                "summary": "Prometheus metrics in the text exposition format (docs/observe.md)",
+                "parameters": [],
+                "responses": {
+                    "200": {"description": "metrics", "content": {"text/plain": {"schema": {"type": "string"}}}}
+                },
+            }
+        },
         "/client/v4/memberships": {
             "get": _op("The accounts the token may use", {"type": "array", "items": _ref("Membership")}, paged=True)
         },

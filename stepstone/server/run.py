@@ -61,6 +61,7 @@ async def serve(
     port: int = 8787,
     tokens: Sequence[TokenRule] | None = None,
     ready: asyncio.Event | None = None,
+    metrics_also: Sequence[str] = (),
 ) -> None:
     """Serve the REST API until cancelled; the engine must be started by the caller.
 
@@ -70,13 +71,14 @@ async def serve(
         port: the port (0 picks a free one; the log line names it).
         tokens: API tokens and their accounts; none accepts any token, on loopback only.
         ready: set once the server accepts connections.
+        metrics_also: ``/metrics`` URLs of other processes merged into this server's ``/metrics``.
 
     Raises:
         InsecureServerError: a non-loopback ``host`` with no ``tokens``.
         ValidationError: the address cannot be listened on (in use, unknown host).
     """
     loopback = is_loopback_host(host)
-    app = create_app(engine, tokens=tokens, loopback_only=loopback)
+    app = create_app(engine, tokens=tokens, loopback_only=loopback, metrics_also=metrics_also)
     sock = _bind(host, port)
     bound = sock.getsockname()
     where = f"http://{'[' + bound[0] + ']' if ':' in bound[0] else bound[0]}:{bound[1]}"

@@ -34,6 +34,8 @@ class ServerState:
     body_cap: int
     terminators: dict[str, asyncio.Task[None]] = field(default_factory=dict)
     """Running terminate-by-status jobs, by workflow name."""
+    metrics_also: tuple[str, ...] = ()
+    """``/metrics`` URLs of other processes whose metrics ours include (``stepstone dev``'s worker child)."""
 
     def workflow_name(self, name: str) -> str:
         """A workflow name from a path, validated (400 when malformed)."""

@@ -41,6 +41,8 @@ class ClaimResult:
 
     claims: list[Claim]
     next_due: float | None
+    takeovers: int = 0
+    """How many of the claims took an instance over from a worker whose lease had expired."""
 
 
 def redact_url(url: str) -> str:

@@ -411,8 +411,10 @@ class PostgresStorage:
 
         async def op(conn: Conn) -> ClaimResult:
             claims: list[Claim] = []
+            takeovers = 0
             if limit > 0 and names:
                 rows = await self._candidates(conn, now=now, limit=limit, names=names)
+                takeovers = sum(1 for _, status, _ in rows if status == "running")  # a lease that expired
                 pausing = [pk for pk, status, _ in rows if status == "waitingForPause"]
                 runnable = [pk for pk, status, _ in rows if status != "waitingForPause"]
                 if pausing:
@@ -451,7 +453,7 @@ class PostgresStorage:
                 )
                 candidates = [t for t in (due, expiring) if t is not None]
                 next_due = min(candidates) if candidates else None
-            return ClaimResult(claims, next_due)
+            return ClaimResult(claims, next_due, takeovers)
 
         return await self._run(op)
 

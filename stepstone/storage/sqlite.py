@@ -427,8 +427,10 @@ class SQLiteStorage:
 
         def op(conn: Conn) -> ClaimResult:
             claims: list[Claim] = []
+            takeovers = 0
             if limit > 0 and workflows:
                 rows = _candidates(conn, now, limit, workflows)
+                takeovers = sum(1 for _, status in rows if status == "running")  # a lease that expired
                 for pk, status in rows:
                     if status == "waitingForPause":
                         conn.execute(
@@ -460,7 +462,7 @@ class SQLiteStorage:
                 ).fetchone()[0]
                 candidates = [t for t in (due, expiring) if t is not None]
                 next_due = min(candidates) if candidates else None
-            return ClaimResult(claims, next_due)
+            return ClaimResult(claims, next_due, takeovers)
 
         return await self._write(op)
 

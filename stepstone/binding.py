@@ -25,6 +25,7 @@ from stepstone.limits import (
 )
 from stepstone.models import InstanceRecord, NewInstance, StepRef, TriggerSource
 from stepstone.observe import Observer
+from stepstone.observe.tracing import current_traceparent, valid_traceparent
 from stepstone.storage.base import InstancePage, Storage
 
 
@@ -79,6 +80,16 @@ def _retention_ms(value: Mapping[str, object] | None, key: str) -> float | None:
     return to_millis(raw, what=f"retention {key}")
 
 
+def _traceparent(given: str | None) -> str | None:
+    if given is None:
+        return current_traceparent()
+    if not valid_traceparent(given):
+        raise ValidationError(
+            f"traceparent {given[:80]!r} is not a W3C traceparent (00-<32 hex trace id>-<16 hex span id>-<2 hex flags>)"
+        )
+    return given
+
+
 class Workflow:
     """A workflow binding: create instances and get handles to them."""
 
@@ -101,6 +112,7 @@ class Workflow:
         version: str,
         now: float,
         trigger: TriggerSource,
+        traceparent: str | None = None,
     ) -> NewInstance:
         limits = self.limits
         if not isinstance(options, Mapping):
@@ -126,6 +138,7 @@ class Workflow:
             schedule=codec.encode(schedule, what="schedule") if schedule is not None else None,
             success_retention_ms=_retention_ms(retention, "success_retention"),
             error_retention_ms=_retention_ms(retention, "error_retention"),
+            traceparent=traceparent,
         )
 
     async def create(
@@ -136,8 +149,13 @@ class Workflow:
         retention: Mapping[str, Duration] | None = None,
         trigger: TriggerSource = "binding",
         schedule: Mapping[str, Any] | None = None,
+        traceparent: str | None = None,
     ) -> WorkflowInstance:
-        """Create an instance; it starts asynchronously. An id in use raises InstanceExistsError."""
+        """Create an instance; it starts asynchronously. An id in use raises InstanceExistsError.
+
+        ``traceparent`` (W3C Trace Context) is stored with the instance so its runs' spans join that trace;
+        by default, the OpenTelemetry span current here, if any.
+        """
         if isinstance(id, Mapping):
             options: dict[str, Any] = dict(id)
         else:
@@ -147,7 +165,8 @@ class Workflow:
             if schedule is not None:
                 options["schedule"] = schedule
         version = await self._rt.ensure_workflow(self.name)
-        new = self._new(options, version=version, now=self._rt.clock.now(), trigger=trigger)
+        parent = _traceparent(traceparent)
+        new = self._new(options, version=version, now=self._rt.clock.now(), trigger=trigger, traceparent=parent)
         (record,) = await self._rt.storage.create_instances([new], skip_existing=False)
         self._rt.notify(record.pk, "new")
         if self._rt.observer is not None:
@@ -155,15 +174,22 @@ class Workflow:
         return WorkflowInstance(self, record.id)
 
     async def create_batch(
-        self, batch: Sequence[Mapping[str, Any]], *, trigger: TriggerSource = "binding"
+        self,
+        batch: Sequence[Mapping[str, Any]],
+        *,
+        trigger: TriggerSource = "binding",
+        traceparent: str | None = None,
     ) -> list[WorkflowInstance]:
-        """Create 1..100 instances at once; ids already in use are skipped and left out of the result."""
+        """Create 1..100 instances at once; ids already in use are skipped and left out of the result.
+
+        ``traceparent`` as in :meth:`create`, for every instance of the batch."""
         if isinstance(batch, Mapping | str | bytes):
             raise ValidationError("create_batch expects a list of {'id': ..., 'params': ...} dicts")
         validate_batch_size(len(batch), self.limits)
         version = await self._rt.ensure_workflow(self.name)
         now = self._rt.clock.now()
-        rows = [self._new(options, version=version, now=now, trigger=trigger) for options in batch]
+        parent = _traceparent(traceparent)
+        rows = [self._new(o, version=version, now=now, trigger=trigger, traceparent=parent) for o in batch]
         records = await self._rt.storage.create_instances(rows, skip_existing=True)
         if records:
             self._rt.notify(records[0].pk, "new")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import importlib.util
 import json
 import uuid
 from collections.abc import Mapping
@@ -15,7 +16,7 @@ from stepstone.errors import ValidationError, WorkflowNotFoundError
 from stepstone.executor import WorkflowDef
 from stepstone.limits import Limits, validate_workflow_name
 from stepstone.models import WorkflowRecord
-from stepstone.observe import Observers
+from stepstone.observe import Observer, Observers
 from stepstone.observe.logs import LogObserver
 from stepstone.storage import storage_for_url
 from stepstone.storage.base import Storage
@@ -80,7 +81,7 @@ class Engine:
         self._inprocess_wait_s = inprocess_wait_s
         self.worker: Worker | None = None
         self._started = False
-        self.observers = Observers([LogObserver()])
+        self.observers = Observers([LogObserver(), *_tracing()])
         """What the engine tells of its instances (logs; metrics and traces when enabled): add your own."""
         self.metrics: Metrics | None = None
         """The Prometheus metrics, once :meth:`enable_metrics` was called."""
@@ -240,3 +241,12 @@ class Engine:
     async def list_workflows(self) -> list[WorkflowRecord]:
         """Every workflow the database knows."""
         return await self.storage.list_workflows()
+
+
+def _tracing() -> list[Observer]:
+    """The trace observer when ``opentelemetry-api`` is installed (it stays idle without a tracer provider)."""
+    if importlib.util.find_spec("opentelemetry") is None:
+        return []
+    from stepstone.observe.tracing import TraceObserver
+
+    return [TraceObserver()]

@@ -55,6 +55,8 @@ class NewInstance:
     schedule: str | None = None
     success_retention_ms: float | None = None
     error_retention_ms: float | None = None
+    traceparent: str | None = None
+    """The W3C ``traceparent`` of the caller (OpenTelemetry): the instance's spans join that trace."""
 
 
 @dataclass(slots=True)
@@ -88,6 +90,8 @@ class InstanceRecord:
     error_retention_ms: float | None = None
     expires_at: float | None = None
     terminated_at: float | None = None
+    traceparent: str | None = None
+    """The W3C ``traceparent`` given at creation, if any."""
 
 
 @dataclass(slots=True)

@@ -21,6 +21,7 @@ from stepstone.binding import Workflow, WorkflowInstance
 from stepstone.details import instance_summary, iso, step_result
 from stepstone.errors import InstanceNotFoundError, InvalidStateError
 from stepstone.models import STATUSES, InstanceRecord
+from stepstone.observe.tracing import valid_traceparent
 from stepstone.server.body import json_object, only_keys, query_choice, query_int, query_time, read_json
 from stepstone.server.envelope import INSTANCE_NOT_FOUND, ApiError, bad_request, ok
 from stepstone.server.state import ADDRESSABLE_ID, ServerState, state_of
@@ -78,10 +79,15 @@ def create_options(body: Any, *, id_key: str = "instance_id") -> dict[str, Any]:
     return options
 
 
-async def create_one(state: ServerState, name: str, body: Any, *, id_key: str = "instance_id") -> InstanceRecord:
-    """Create an instance; it stays queued until a worker that registered the workflow claims it."""
+async def create_one(
+    state: ServerState, name: str, body: Any, *, id_key: str = "instance_id", traceparent: str | None = None
+) -> InstanceRecord:
+    """Create an instance; it stays queued until a worker that registered the workflow claims it.
+
+    A malformed ``traceparent`` header is ignored, as W3C Trace Context says (the trace restarts)."""
     wf = await state.workflow(name)
-    handle = await wf.create(create_options(body, id_key=id_key), trigger="api")
+    parent = traceparent if valid_traceparent(traceparent) else None
+    handle = await wf.create(create_options(body, id_key=id_key), trigger="api", traceparent=parent)
     return await handle.record()
 
 
@@ -89,7 +95,9 @@ async def create_instance(request: Request) -> Response:
     """``POST /instances``."""
     state = state_of(request)
     body = await read_json(request, state.body_cap, empty={})
-    record = await create_one(state, request.path_params["workflow_name"], body)
+    record = await create_one(
+        state, request.path_params["workflow_name"], body, traceparent=request.headers.get("traceparent")
+    )
     return ok(create_result(record))
 
 

@@ -73,11 +73,12 @@ _CONSUME_EVENT = (
     + " RETURNING 1"
 )
 # New instances from a JSON array of [workflow, id, params, created_on, trigger_source, version_id, schedule,
-# success_retention_ms, error_retention_ms] rows.
+# success_retention_ms, error_retention_ms, traceparent] rows.
 _NEW_ROWS = (
     "SELECT r->>0 AS workflow, r->>1 AS id, r->>2 AS params, (r->>3)::float8 AS created_on, r->>4 AS trigger_source, "
     "r->>5 AS version_id, r->>6 AS schedule, (r->>7)::float8 AS success_retention_ms, "
-    "(r->>8)::float8 AS error_retention_ms, n FROM jsonb_array_elements(%s::jsonb) WITH ORDINALITY AS a(r, n)"
+    "(r->>8)::float8 AS error_retention_ms, r->>9 AS traceparent, n "
+    "FROM jsonb_array_elements(%s::jsonb) WITH ORDINALITY AS a(r, n)"
 )
 _EXPIRED_IDS = (
     f"SELECT i.pk FROM instances i JOIN ({_NEW_ROWS}) v ON i.workflow = v.workflow AND i.id = v.id "
@@ -85,9 +86,9 @@ _EXPIRED_IDS = (
 )
 _INSERT_INSTANCES = (
     "INSERT INTO instances (workflow, id, status, params, created_on, modified_on, runnable_at, trigger_source, "
-    "version_id, schedule, success_retention_ms, error_retention_ms) "
+    "version_id, schedule, success_retention_ms, error_retention_ms, traceparent) "
     "SELECT workflow, id, 'queued', params, created_on, created_on, created_on, trigger_source, version_id, "
-    f"schedule, success_retention_ms, error_retention_ms FROM ({_NEW_ROWS}) v ORDER BY n "
+    f"schedule, success_retention_ms, error_retention_ms, traceparent FROM ({_NEW_ROWS}) v ORDER BY n "
     f"ON CONFLICT (workflow, id) DO NOTHING RETURNING {INSTANCE_COLUMNS}"
 )
 # Steps (by seq) then unconsumed events (by pk) in one statement; an event row is laid out as
@@ -313,6 +314,7 @@ class PostgresStorage:
                     new.schedule,
                     new.success_retention_ms,
                     new.error_retention_ms,
+                    new.traceparent,
                 ]
                 for new in rows
             ]

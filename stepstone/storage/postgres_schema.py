@@ -89,6 +89,10 @@ MIGRATIONS: Final[tuple[str, ...]] = (
     );
     CREATE INDEX events_by_instance ON events (instance_pk, pk);
     """,
+    # version 2: the W3C traceparent of the caller that created the instance (its runs' spans continue that trace)
+    """
+    ALTER TABLE instances ADD COLUMN traceparent TEXT;
+    """,
 )
 SCHEMA_VERSION: Final = len(MIGRATIONS)
 

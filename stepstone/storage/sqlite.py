@@ -318,7 +318,7 @@ class SQLiteStorage:
                 row = conn.execute(
                     "INSERT INTO instances (workflow, id, status, params, created_on, modified_on, "
                     "runnable_at, trigger_source, version_id, schedule, success_retention_ms, "
-                    "error_retention_ms) VALUES (?, ?, 'queued', ?, ?, ?, ?, ?, ?, ?, ?, ?) "
+                    "error_retention_ms, traceparent) VALUES (?, ?, 'queued', ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
                     f"ON CONFLICT (workflow, id) DO NOTHING RETURNING {INSTANCE_COLUMNS}",
                     (
                         new.workflow,
@@ -332,6 +332,7 @@ class SQLiteStorage:
                         new.schedule,
                         new.success_retention_ms,
                         new.error_retention_ms,
+                        new.traceparent,
                     ),
                 ).fetchone()
                 if row is None:

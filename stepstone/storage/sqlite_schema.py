@@ -94,6 +94,10 @@ MIGRATIONS: Final[tuple[str, ...]] = (
         at REAL NOT NULL
     );
     """,
+    # version 3: the W3C traceparent of the caller that created the instance (its runs' spans continue that trace)
+    """
+    ALTER TABLE instances ADD COLUMN traceparent TEXT;
+    """,
 )
 SCHEMA_VERSION: Final = len(MIGRATIONS)
 
@@ -101,7 +105,7 @@ INSTANCE_COLUMNS: Final = (
     "pk, workflow, id, status, params, created_on, modified_on, output, error_name, error_message, "
     "started_on, ended_on, runnable_at, waiting_for, paused_at, generation, lease_owner, lease_token, "
     "lease_expires_at, trigger_source, version_id, schedule, success_retention_ms, error_retention_ms, "
-    "expires_at, terminated_at"
+    "expires_at, terminated_at, traceparent"
 )
 STEP_COLUMNS: Final = (
     "key, kind, name, count, seq, status, started_at, ended_at, wake_at, result, error_name, "

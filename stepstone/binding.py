@@ -22,11 +22,13 @@ from stepstone.limits import (
     validate_batch_size,
     validate_event_type,
     validate_instance_id,
+    validate_step_name,
 )
 from stepstone.models import InstanceRecord, NewInstance, StepRef, TriggerSource
 from stepstone.observe import Observer
 from stepstone.observe.tracing import current_traceparent, valid_traceparent
 from stepstone.storage.base import InstancePage, Storage
+from stepstone.text import check_text
 
 
 @dataclass(slots=True)
@@ -95,7 +97,7 @@ class Workflow:
 
     def __init__(self, runtime: Runtime, name: str) -> None:
         self._rt = runtime
-        self.name = name
+        self.name = check_text(name, what="workflow name")
 
     def __repr__(self) -> str:
         return f"Workflow({self.name!r})"
@@ -201,6 +203,7 @@ class Workflow:
         """A handle to an existing instance; raises InstanceNotFoundError."""
         if not isinstance(id, str) or not id:
             raise ValidationError(f"instance id must be a non-empty string, got {id!r}")
+        check_text(id, what="instance id")
         record = await self._rt.storage.get_instance(self.name, id)
         if record is None:
             raise InstanceNotFoundError(f"instance {id!r} not found in workflow {self.name!r}")
@@ -238,7 +241,7 @@ class WorkflowInstance:
 
     def __init__(self, workflow: Workflow, instance_id: str) -> None:
         self.workflow = workflow
-        self.id = instance_id
+        self.id = check_text(instance_id, what="instance id")
         self._rt = workflow._rt
 
     def __repr__(self) -> str:
@@ -289,6 +292,7 @@ class WorkflowInstance:
             kind = from_step.get("type", "do")
             if not isinstance(name, str):
                 raise ValidationError(f"restart from_step needs a step name, got {name!r}")
+            validate_step_name(name, self.workflow.limits, what="restart from.name")
             if not isinstance(count, int) or isinstance(count, bool) or count < 1:
                 raise ValidationError(f"restart from_step count must be a positive integer, got {count!r}")
             if kind not in ("do", "sleep", "waitForEvent"):

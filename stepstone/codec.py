@@ -6,6 +6,10 @@ it decodes unchanged. Tuples become lists; dict keys must be strings; NaN and in
 Subclasses of str, int and float are stored as their base type, and an aware datetime comes back with a
 fixed-offset timezone (the same instant and offset).
 
+Text must be valid Unicode: a lone surrogate (``"\ud800"``, which JSON and Python allow but UTF-8 cannot
+encode) in any string or key is refused here, with its path, so no backend ever sees it (the rule is
+:mod:`stepstone.text`'s). A NUL is fine inside a value: the JSON text holds it as ``\u0000``.
+
 Values with none of these special cases are checked by one quick walk and then handed to :func:`json.dumps`
 as they are; only values that need it are rebuilt.
 """
@@ -21,6 +25,7 @@ from datetime import datetime
 from typing import Any
 
 from stepstone.errors import SerializationError
+from stepstone.text import text_problem
 
 __all__ = ["decode", "encode"]
 
@@ -131,6 +136,38 @@ def _rebuild(value: object, active: set[int]) -> object:
     raise _Unstorable(_kind(value))
 
 
+def _find_surrogate(value: object, path: list[str | int]) -> tuple[str, str, int] | None:
+    """The first string (``"string"``) or key (``"key"``) in ``value`` with a lone surrogate, the surrogate and its
+    index; ``path`` is left pointing at it, outermost first."""
+    if isinstance(value, str):
+        return _surrogate_at(value, "string")
+    if isinstance(value, dict):
+        for k, v in value.items():
+            path.append(k)
+            found = _surrogate_at(k, "key") if isinstance(k, str) else None
+            if found is None:
+                found = _find_surrogate(v, path)
+            if found is not None:
+                return found
+            path.pop()
+    elif isinstance(value, list | tuple):
+        for i, item in enumerate(value):
+            path.append(i)
+            found = _find_surrogate(item, path)
+            if found is not None:
+                return found
+            path.pop()
+    return None
+
+
+def _surrogate_at(text: str, kind: str) -> tuple[str, str, int] | None:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        return kind, text[exc.start], int(exc.start)
+    return None
+
+
 def _format_path(path: list[str | int]) -> str:
     parts = ["$"]
     for step in reversed(path):
@@ -139,7 +176,7 @@ def _format_path(path: list[str | int]) -> str:
         elif _IDENT_RE.fullmatch(step):
             parts.append(f".{step}")
         else:
-            parts.append(f"[{json.dumps(step, ensure_ascii=False)}]")
+            parts.append(f"[{json.dumps(step, ensure_ascii=text_problem(step, nul=False) is not None)}]")
     return "".join(parts)
 
 
@@ -156,9 +193,10 @@ def encode(value: object, *, what: str) -> str:
 
     Raises:
         SerializationError: the value holds something else (a set, an object, a function, a non-str key,
-            NaN, a cycle), e.g. ``step "fetch-1" result cannot be stored: set at $.items[2] (allowed: JSON
-            values, bytes, datetime)``.
+            NaN, a cycle) or a string or key with a lone surrogate, e.g. ``step "fetch-1" result cannot be
+            stored: set at $.items[2] (allowed: JSON values, bytes, datetime)``.
     """
+    original = value
     try:
         if _needs_rebuild(value, set()):
             value = _rebuild(value, set())
@@ -175,9 +213,20 @@ def encode(value: object, *, what: str) -> str:
     except RecursionError:
         raise SerializationError(f"{what} cannot be stored: it is nested too deeply {_ALLOWED}") from None
     try:
-        return _dumps(value)
+        text: str = _dumps(value)
     except ValueError as exc:  # e.g. an int with more digits than Python will print
         raise SerializationError(f"{what} cannot be stored: {exc}") from None
+    if not text.isascii():
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError:
+            path: list[str | int] = []
+            kind, char, index = _find_surrogate(original, path) or ("string", "\ud800", 0)
+            raise SerializationError(
+                f"{what} cannot be stored: a lone surrogate {char!r} at index {index} of the {kind} at "
+                f"{_format_path(path[::-1])} (text must be valid Unicode)"
+            ) from None
+    return text
 
 
 def _restore(value: object) -> object:

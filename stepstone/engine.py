@@ -20,6 +20,7 @@ from stepstone.observe import Observer, Observers
 from stepstone.observe.logs import LogObserver
 from stepstone.storage import storage_for_url
 from stepstone.storage.base import Storage
+from stepstone.text import check_text
 from stepstone.worker import Worker
 from stepstone.workflow import WorkflowEntrypoint
 
@@ -118,6 +119,8 @@ class Engine:
         ):
             raise ValidationError(f"workflow {name!r}: concurrency must be a positive integer, got {concurrency!r}")
         validate_workflow_name(name, self.limits)
+        check_text(class_name or cls.__name__, what="class_name")
+        check_text(script_name, what="script_name")
         if isinstance(limits, Mapping):
             limits = self.limits.replace(**{str(k): v for k, v in limits.items()})
         self._defs[name] = WorkflowDef(name, cls, limits or self.limits, binding, lambda: self.env)

@@ -16,6 +16,7 @@ from typing import Any
 
 from stepstone.durations import format_millis, to_millis
 from stepstone.errors import LimitExceededError, ValidationError
+from stepstone.text import check_text
 
 __all__ = [
     "ID_PATTERN",
@@ -169,21 +170,22 @@ def validate_event_type(value: object, limits: Limits) -> str:
     return _check_id(value, n, "event type", _id_rule(n))
 
 
-def validate_step_name(value: object, limits: Limits) -> str:
-    """Check a step name: a string of at most 256 characters with no control character; empty is allowed.
+def validate_step_name(value: object, limits: Limits, *, what: str = "step name") -> str:
+    """Check a step name: a string of at most 256 characters with no control character and no lone surrogate;
+    empty is allowed. ``what`` names the value in messages (``restart from.name``).
 
     Raises:
-        ValidationError: not a string, or a control character (``\\x00``-``\\x1f``).
+        ValidationError: not a string, a control character (``\\x00``-``\\x1f``) or a lone surrogate.
         LimitExceededError: too long.
     """
     n = limits.step_name_length
     if not isinstance(value, str):
-        raise ValidationError(f"step name {_show(value)} is invalid: expected a string")
+        raise ValidationError(f"{what} {_show(value)} is invalid: expected a string")
     if len(value) > n:
-        raise LimitExceededError(f"step name {_show(value)} is {len(value)} characters, over the limit of {n}")
+        raise LimitExceededError(f"{what} {_show(value)} is {len(value)} characters, over the limit of {n}")
     if _CONTROL_RE.search(value):
-        raise ValidationError(f"step name {_show(value)} is invalid: control characters (\\x00-\\x1f) are not allowed")
-    return value
+        raise ValidationError(f"{what} {_show(value)} is invalid: control characters (\\x00-\\x1f) are not allowed")
+    return check_text(value, what=what)
 
 
 def _check_ms(ms: float, what: str) -> None:

@@ -230,7 +230,10 @@ async def change_status(state: ServerState, request: Request, body: Any, *, key:
         await handle.terminate()
     else:
         start = body.get("from")
-        await handle.restart(json_object(start, "from") if start is not None else None)
+        if start is not None:
+            start = json_object(start, "from")
+            only_keys(start, ("name", "count", "type"), "from")
+        await handle.restart(start)
     record = await handle.record()
     return {"status": record.status, "timestamp": iso(state.engine.clock.now())}
 

@@ -10,6 +10,7 @@ from typing import Any
 from starlette.requests import Request
 from starlette.responses import Response
 
+from stepstone.cron import CronError, parse_cron
 from stepstone.details import iso, workflow_summary
 from stepstone.durations import to_millis
 from stepstone.errors import ValidationError
@@ -18,6 +19,7 @@ from stepstone.models import WorkflowRecord
 from stepstone.server.body import json_object, only_keys, query_int, read_json
 from stepstone.server.envelope import ApiError, bad_request, ok
 from stepstone.server.state import ServerState, state_of
+from stepstone.text import check_text
 
 MAX_PER_PAGE = 1000
 VERSION_NOT_FOUND = 10201
@@ -93,10 +95,14 @@ def _config_from(body: dict[str, Any], old: dict[str, Any]) -> dict[str, Any]:
         if not isinstance(schedules, list):
             raise bad_request('schedules must be an array of {"cron": "<expression>"}')
         crons: list[str] = []
-        for item in schedules:
+        for index, item in enumerate(schedules):
             cron = json_object(item, "each schedule").get("cron")
             if not isinstance(cron, str) or not cron.strip() or len(cron) > 256:
                 raise bad_request(f"schedule cron must be a non-empty string of at most 256 characters, got {cron!r}")
+            try:
+                parse_cron(cron)
+            except CronError as exc:
+                raise bad_request(f"schedules[{index}].cron is invalid: {exc}") from None
             crons.append(cron)
         config["schedules"] = crons
     return config
@@ -106,7 +112,7 @@ def _text(body: dict[str, Any], key: str) -> str:
     value = body.get(key)
     if not isinstance(value, str) or not value or len(value) > 256:
         raise bad_request(f"{key} is required: a non-empty string of at most 256 characters, got {value!r}")
-    return value
+    return check_text(value, what=key)
 
 
 async def put_workflow(request: Request) -> Response:

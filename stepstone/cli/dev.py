@@ -106,6 +106,7 @@ async def _serve_api(project: Project, engine: Engine, port: int, metrics_also: 
         waiter.cancel()
         warn(f"API not served: {task.exception()}")
         return
+    info(f"  dashboard: http://{host}:{port}/")
     info(f"  API: http://{host}:{port}/client/v4 (and the local explorer API under /cdn-cgi/explorer/api)")
     if metrics_also:
         info(f"  metrics: http://{host}:{port}/metrics")

@@ -34,7 +34,8 @@ async def run_serve(engine: Engine, *, host: str, port: int, tokens: list[dict[s
         started = asyncio.create_task(ready.wait())
         await asyncio.wait([server, stop, started], return_when=asyncio.FIRST_COMPLETED)
         if started.done() and not server.done():
-            info(f"⎔ stepstone API on http://{host}:{port}/client/v4 (database {engine.storage.url})")
+            where = f"http://{host}:{port}"
+            info(f"⎔ stepstone API on {where}/client/v4, dashboard on {where}/ (database {engine.storage.url})")
             await asyncio.wait([server, stop], return_when=asyncio.FIRST_COMPLETED)
         for task in (stop, started):
             task.cancel()

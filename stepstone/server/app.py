@@ -20,6 +20,7 @@ from stepstone.server import instances as inst
 from stepstone.server import workflows as wf
 from stepstone.server.auth import Authenticator, TokenRule
 from stepstone.server.body import MARGIN
+from stepstone.server.dashboard import Sessions, dashboard_routes
 from stepstone.server.envelope import BAD_METHOD, NO_ROUTE, ApiError, api_error_for, error_response, ok
 from stepstone.server.explorer import PREFIXES, explorer_routes
 from stepstone.server.openapi import openapi_document
@@ -175,7 +176,8 @@ def create_app(
     loopback_only: bool,
     metrics_also: Sequence[str] = (),
 ) -> Starlette:
-    """The REST API over an engine (started by the caller), and ``/metrics`` when prometheus-client is installed.
+    """The REST API and the dashboard over an engine (started by the caller), and ``/metrics`` when prometheus-client
+    is installed.
 
     Args:
         engine: the engine whose database the API serves; it needs no worker (``Engine(..., worker=False)``).
@@ -190,10 +192,11 @@ def create_app(
     if importlib.util.find_spec("prometheus_client") is not None:
         engine.enable_metrics()
     app = Starlette(
-        routes=_routes(),
+        routes=[*_routes(), *dashboard_routes()],
         exception_handlers={HTTPException: _http_error, Exception: _unexpected},
     )
     app.router.redirect_slashes = False
+    app.state.dashboard = Sessions(auth)
     app.state.stepstone = ServerState(
         engine=engine, auth=auth, body_cap=engine.limits.payload_bytes + MARGIN, metrics_also=tuple(metrics_also)
     )

@@ -48,7 +48,7 @@ def db() -> None:
 @_database_option
 @_json_option
 def status(config: Path | None, database: str | None, as_json: bool) -> None:
-    """Show the schema version of the database, changing nothing. Exit 1 if it needs a migration."""
+    """Show the schema version of the database, changing nothing. Exit 1 if it needs a migration or cannot be read."""
     current = run(schema_status(_url(config, database)))
     _print(current, as_json)
     if current.state != "current":

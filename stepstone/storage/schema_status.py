@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import sqlite3
 from dataclasses import dataclass
+from pathlib import Path
 
 from stepstone.errors import StorageError, ValidationError
 from stepstone.storage.base import redact_url
@@ -27,25 +28,47 @@ class SchemaStatus:
         return "needs migration" if self.found < self.expected else "newer than this stepstone"
 
 
+def _sqlite_version(path: str) -> int:
+    """The schema version in a SQLite file (0: no stepstone tables yet); StorageError when it cannot be read."""
+    what = f"cannot read SQLite database {path!r}"
+    if os.path.isdir(path):
+        raise StorageError(f"{what}: it is a directory, not a database file")
+    if not os.access(path, os.R_OK):
+        raise StorageError(f"{what}: permission denied (this user may not read the file)")
+    try:
+        conn = sqlite3.connect(Path(path).resolve().as_uri() + "?mode=ro", uri=True)
+        try:
+            tables = conn.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'stepstone_meta'")
+            if tables.fetchone() is None:
+                return 0  # a SQLite database without stepstone's tables yet
+            row = conn.execute("SELECT value FROM stepstone_meta WHERE key = 'schema_version'").fetchone()
+            return int(row[0]) if row else 0
+        finally:
+            conn.close()
+    except sqlite3.Error as exc:
+        raise StorageError(f"{what}: {exc}{_sqlite_hint(path)}") from exc
+
+
+def _sqlite_hint(path: str) -> str:
+    folder = os.path.dirname(os.path.abspath(path))
+    if not os.access(folder, os.W_OK):
+        return (
+            f" (its directory {folder!r} is read-only: SQLite in WAL mode must create {os.path.basename(path)}-shm "
+            "beside the file even to read it; stepstone cannot use the database there: mount it read-write or "
+            "copy it to a writable directory)"
+        )
+    if not os.access(path, os.W_OK):
+        return " (the file is read-only: stepstone needs to write to its database)"
+    return ""
+
+
 async def schema_status(url: str) -> SchemaStatus:
     """The schema version of the database at ``url``, read-only."""
     if url.startswith("sqlite://"):
         from stepstone.storage.sqlite_schema import SCHEMA_VERSION as SQLITE_VERSION
 
         path = os.path.expanduser(url[len("sqlite://") :][1:])
-        found = 0
-        if os.path.exists(path):
-            try:
-                conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
-                try:
-                    row = conn.execute("SELECT value FROM stepstone_meta WHERE key = 'schema_version'").fetchone()
-                    found = int(row[0]) if row else 0
-                except sqlite3.OperationalError:
-                    found = 0  # no stepstone tables yet
-                finally:
-                    conn.close()
-            except sqlite3.Error as exc:
-                raise StorageError(f"cannot read SQLite database {path!r}: {exc}") from exc
+        found = _sqlite_version(path) if os.path.lexists(path) else 0
         return SchemaStatus("sqlite", url, found, SQLITE_VERSION)
     if url.startswith(("postgresql://", "postgres://")):
         try:

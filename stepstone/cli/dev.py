@@ -1,6 +1,9 @@
 """``stepstone dev``: the project's worker in a child process, restarted when the code changes; the cron schedules;
 and the REST API on 127.0.0.1:8787 once ``stepstone.server`` exists.
 
+A port already taken ends ``dev`` at once (exit 1): running on without an API would send ``--local`` commands to
+whatever else listens there. The worker child dies with ``dev``, even on SIGKILL (:mod:`stepstone.cli.lifeline`).
+
 The child imports the user's code; this process never does, so an edit that breaks the import only stops the
 worker until the next edit. Instances carry on across restarts by replay: a stopped worker releases its leases.
 """
@@ -84,16 +87,22 @@ def _free_port() -> int:
         return port
 
 
-async def _serve_api(project: Project, engine: Engine, port: int, metrics_also: list[str]) -> None:
-    """Serve the REST API; a missing extra or a busy port is a warning, not the end of ``dev``."""
+async def _start_api(project: Project, engine: Engine, port: int, metrics_also: list[str]) -> asyncio.Task[None] | None:
+    """Start serving the REST API and return once it listens (the serving task), or None when this install has no
+    server.
+
+    Raises:
+        click.ClickException: the port is taken (or the address unusable). ``dev`` must not run on without its
+            API: ``--local`` commands would reach whatever else listens there, perhaps another project's dev.
+    """
     if importlib.util.find_spec("stepstone.server") is None:
         info("  API: not served (stepstone.server is not part of this install)")
-        return
+        return None
     try:
         from stepstone.server import TokenRule, serve
     except ImportError as exc:
         info(f"  API: not served ({exc})")
-        return
+        return None
     host = project.settings.host
     tokens = [TokenRule(**rule) for rule in project.settings.api_tokens] or None
     ready = asyncio.Event()
@@ -104,13 +113,16 @@ async def _serve_api(project: Project, engine: Engine, port: int, metrics_also: 
     await asyncio.wait([task, waiter], return_when=asyncio.FIRST_COMPLETED)
     if task.done():
         waiter.cancel()
-        warn(f"API not served: {task.exception()}")
-        return
+        raise click.ClickException(
+            f"cannot serve the API: {task.exception()}. Something else listens there (another stepstone dev?), "
+            "and `--local` commands would reach it instead of this project: stop it, or pick a free port with "
+            "--port N (then pass --port N to --local commands too), or run with --no-api"
+        )
     info(f"  dashboard: http://{host}:{port}/")
     info(f"  API: http://{host}:{port}/client/v4 (and the local explorer API under /cdn-cgi/explorer/api)")
     if metrics_also:
         info(f"  metrics: http://{host}:{port}/metrics")
-    await task
+    return task
 
 
 async def run_dev(
@@ -128,6 +140,7 @@ async def run_dev(
     config_path = project.config.path
     db = database or project.settings.database
     child_args = ["--config", str(config_path), "--database", db, "--no-schedules", "--poll-interval", "0.2"]
+    child_args += ["--parent-pid", str(os.getpid())]  # the child dies with us, even on SIGKILL
     child_args += ["--log-level", logging[0], "--log-format", logging[1]]
     metrics_also: list[str] = []
     if importlib.util.find_spec("prometheus_client") is not None:
@@ -147,6 +160,11 @@ async def run_dev(
     tasks: list[asyncio.Task[None]] = []
     child = Child(child_args)
     async with engine:
+        if api:
+            # before the worker and the schedules start: a taken port ends dev here, with nothing left running
+            served = await _start_api(project, engine, port, metrics_also)
+            if served is not None:
+                tasks.append(served)
         current = {"project": project}
         tasks.append(
             asyncio.create_task(
@@ -157,8 +175,6 @@ async def run_dev(
                 )
             )
         )
-        if api:
-            tasks.append(asyncio.create_task(_serve_api(project, engine, port, metrics_also)))
 
         async def supervise() -> None:
             root = project.root

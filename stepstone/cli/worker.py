@@ -10,6 +10,7 @@ from pathlib import Path
 import click
 
 from stepstone.cli.common import config_option, database_option, load_project, log_options, run, start_logging
+from stepstone.cli.lifeline import die_with_parent, parent_gone
 from stepstone.cli.output import info
 from stepstone.observe.logs import install_stdout
 from stepstone.project import Project, run_schedules, schedules_of
@@ -37,12 +38,38 @@ async def run_worker(
     poll_interval: float,
     banner: str = "worker",
     metrics: tuple[str, int] | None = None,
+    parent_pid: int | None = None,
 ) -> None:
     """Run the project's workflows until SIGINT/SIGTERM; instances in flight carry on at the next start.
 
     Args:
         metrics: serve ``GET /metrics`` on this (host, port).
+        parent_pid: stop, as on SIGTERM, when this process (``stepstone dev``) exits, however it exits.
     """
+    loop = asyncio.get_running_loop()
+    stopping = asyncio.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):  # from the start: a SIGTERM while starting still stops cleanly
+        loop.add_signal_handler(sig, stopping.set)
+    try:
+        await _run_worker(
+            project, database, concurrency, schedules, poll_interval, banner, metrics, parent_pid, stopping
+        )
+    finally:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.remove_signal_handler(sig)
+
+
+async def _run_worker(
+    project: Project,
+    database: str | None,
+    concurrency: int | None,
+    schedules: bool,
+    poll_interval: float,
+    banner: str,
+    metrics: tuple[str, int] | None,
+    parent_pid: int | None,
+    stopping: asyncio.Event,
+) -> None:
     engine = project.engine(worker=True, database=database, concurrency=concurrency, poll_interval=poll_interval)
     tasks: list[asyncio.Task[None]] = []
     if metrics is not None:
@@ -72,12 +99,22 @@ async def run_worker(
                 )
             )
         try:
-            await until_signalled()
+            stops: list[asyncio.Task[object]] = [asyncio.create_task(stopping.wait())]
+            if parent_pid is not None:
+                stops.append(asyncio.create_task(parent_gone(parent_pid)))
+            try:
+                done, _ = await asyncio.wait(stops, return_when=asyncio.FIRST_COMPLETED)
+                if parent_pid is not None and stops[-1] in done:
+                    info(f"⎔ the parent process {parent_pid} exited: stopping")
+            finally:
+                for stop in stops:
+                    stop.cancel()
         finally:
             for task in tasks:
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
+    info(f"⎔ {banner} {owner} stopped")
 
 
 @click.command()
@@ -103,6 +140,7 @@ async def run_worker(
 @click.option(
     "--metrics-host", default="127.0.0.1", show_default=True, help="Address the --metrics-port server listens on."
 )
+@click.option("--parent-pid", type=int, default=None, hidden=True, help="Exit when this process exits (dev).")
 @log_options
 def worker(
     config: Path | None,
@@ -112,10 +150,13 @@ def worker(
     poll_interval: float,
     metrics_port: int | None,
     metrics_host: str,
+    parent_pid: int | None,
     log_level: str | None,
     log_format: str | None,
 ) -> None:
     """Run a worker: claim and run the project's instances until stopped (SIGINT/SIGTERM)."""
+    if parent_pid is not None:
+        die_with_parent(parent_pid)  # before the user's code is imported: a dead dev leaves no stale worker
     project = load_project(config)
     start_logging(log_level, log_format, project.settings)
     install_stdout()
@@ -127,5 +168,6 @@ def worker(
             schedules=schedules,
             poll_interval=poll_interval,
             metrics=None if metrics_port is None else (metrics_host, metrics_port),
+            parent_pid=parent_pid,
         )
     )

@@ -1,7 +1,8 @@
 """A real stepstone server in a subprocess, for the REST tests: an engine with a worker, a few workflows,
 and the REST API on a loopback port, over a SQLite file.
 
-Run as a script: ``python tests/server_process.py DATABASE_URL PORT [TOKENS_JSON]``.
+Run as a script: ``python tests/server_process.py DATABASE_URL PORT [TOKENS_JSON [LIMITS_JSON]]`` (LIMITS_JSON:
+the fields of :class:`~stepstone.server.ConnectionLimits`).
 """
 
 from __future__ import annotations
@@ -80,18 +81,23 @@ WORKFLOWS: dict[str, type[WorkflowEntrypoint]] = {
 }
 
 
-async def _main(database: str, port: int, tokens_json: str | None) -> None:
-    from stepstone.server import TokenRule, serve
+async def _main(database: str, port: int, tokens_json: str | None, limits_json: str | None) -> None:
+    from stepstone.server import ConnectionLimits, TokenRule, serve
 
     tokens = None
-    if tokens_json:
+    limits = ConnectionLimits(**json.loads(limits_json)) if limits_json else None
+    if tokens_json and tokens_json != "null":
         rules = json.loads(tokens_json)
         tokens = [TokenRule(r.get("token"), r.get("token_sha256"), tuple(r["accounts"])) for r in rules]
     engine = Engine(database, poll_interval=0.05)
     for name, cls in WORKFLOWS.items():
         engine.register(cls, name=name, script_name="tests")
     async with engine:
-        await serve(engine, host="127.0.0.1", port=port, tokens=tokens)
+        await serve(engine, host="127.0.0.1", port=port, tokens=tokens, limits=limits)
+
+
+PIDS: dict[str, int] = {}
+"""The pid of each running server process, by base URL."""
 
 
 def free_port() -> int:
@@ -103,18 +109,28 @@ def free_port() -> int:
 
 @contextlib.contextmanager
 def running_server(
-    tmp: Path, *, tokens: list[dict[str, Any]] | None = None, database: str | None = None
+    tmp: Path,
+    *,
+    tokens: list[dict[str, Any]] | None = None,
+    database: str | None = None,
+    limits: dict[str, Any] | None = None,
 ) -> Iterator[str]:
-    """Start the server process; yields its base URL (``http://127.0.0.1:PORT``); stops it after."""
+    """Start the server process; yields its base URL (``http://127.0.0.1:PORT``); stops it after.
+
+    Its pid is ``PIDS[base]`` meanwhile, and what it logs goes to ``tmp / f"server-{port}.log"``.
+    """
     database = database or f"sqlite:///{tmp / 'rest.db'}"
     port = free_port()
     args = [sys.executable, str(Path(__file__)), database, str(port)]
-    if tokens is not None:
+    if tokens is not None or limits is not None:
         args.append(json.dumps(tokens))
+    if limits is not None:
+        args.append(json.dumps(limits))
     log = (tmp / f"server-{port}.log").open("w")
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     proc = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, env=env)
     base = f"http://127.0.0.1:{port}"
+    PIDS[base] = proc.pid
     try:
         deadline = time.monotonic() + 20
         while True:
@@ -137,10 +153,12 @@ def running_server(
             proc.kill()
             proc.wait()
         log.close()
+        PIDS.pop(base, None)
 
 
 if __name__ == "__main__":
     import logging
 
     logging.basicConfig(level=logging.INFO)
-    asyncio.run(_main(sys.argv[1], int(sys.argv[2]), sys.argv[3] if len(sys.argv) > 3 else None))
+    extra = [*sys.argv[3:5], None, None]
+    asyncio.run(_main(sys.argv[1], int(sys.argv[2]), extra[0], extra[1]))

@@ -20,8 +20,17 @@ from stepstone.server import instances as inst
 from stepstone.server import workflows as wf
 from stepstone.server.auth import Authenticator, TokenRule
 from stepstone.server.body import MARGIN
+from stepstone.server.connections import ConnectionLimits
 from stepstone.server.dashboard import Sessions, dashboard_routes
-from stepstone.server.envelope import BAD_METHOD, NO_ROUTE, ApiError, api_error_for, error_response, ok
+from stepstone.server.envelope import (
+    BAD_METHOD,
+    NO_ROUTE,
+    ApiError,
+    api_error_for,
+    error_response,
+    log_failure,
+    ok,
+)
 from stepstone.server.explorer import PREFIXES, explorer_routes
 from stepstone.server.openapi import openapi_document
 from stepstone.server.state import Handler, ServerState, state_of
@@ -31,33 +40,51 @@ log = logging.getLogger("stepstone.server")
 V4 = "/client/v4/accounts/{account_id}/workflows"
 
 
+def _authorize(request: Request, *, account: str | None, any_account: bool = False) -> frozenset[str]:
+    return state_of(request).auth.authorize(
+        account=account,
+        any_account=any_account,
+        authorization=request.headers.get("authorization"),
+        host=request.headers.get("host"),
+        origin=request.headers.get("origin"),
+        client=request.client.host if request.client else None,
+    )
+
+
 def _guarded(handler: Handler, *, account: bool = True) -> Handler:
-    """Authenticate, run the handler, and turn any exception into an error envelope."""
+    """Authenticate, run the handler, and turn any exception into an error envelope (logged once)."""
 
     @functools.wraps(handler)
     async def endpoint(request: Request) -> Response:
         try:
-            state_of(request).auth.authorize(
-                account=request.path_params.get("account_id") if account else None,
-                authorization=request.headers.get("authorization"),
-                host=request.headers.get("host"),
-                origin=request.headers.get("origin"),
-                client=request.client.host if request.client else None,
-            )
+            _authorize(request, account=request.path_params.get("account_id") if account else None)
             return await handler(request)
         except Exception as exc:
             error = api_error_for(exc)
-            if error.status >= 500:
-                log.error("%s %s failed", request.method, request.url.path, exc_info=exc)
+            log_failure(log, request, exc, error)
             return error_response(error)
 
     return endpoint
 
 
 async def health(request: Request) -> Response:
-    """``GET /health``: the database answers."""
+    """``GET /health``: the database answers.
+
+    Liveness (``{"status": "ok"}``) is for anyone a token-protected server answers; the version and the workflow
+    count only for a request every other route would accept (a token allowed every account, or, on an open
+    server, a loopback client addressing a loopback host from no foreign origin). An open server refuses the
+    rest (403), as every route does, so a page of another origin reached by DNS rebinding learns nothing.
+    """
+    state = state_of(request)
     try:
-        workflows = await state_of(request).engine.list_workflows()
+        _authorize(request, account=None)
+    except ApiError as error:
+        if state.auth.open:
+            log_failure(log, request, error, error)
+            return error_response(error)
+        return ok({"status": "ok"})
+    try:
+        workflows = await state.engine.list_workflows()
     except Exception as exc:
         return error_response(api_error_for(exc))
     return ok({"status": "ok", "version": __version__, "workflows": len(workflows)})
@@ -92,15 +119,11 @@ async def openapi(request: Request) -> Response:
 
 async def memberships(request: Request) -> Response:
     """``GET /client/v4/memberships``: what wrangler asks when it is given no account id."""
-    state = state_of(request)
-    accounts = state.auth.authorize(
-        account=None,
-        any_account=True,
-        authorization=request.headers.get("authorization"),
-        host=request.headers.get("host"),
-        origin=request.headers.get("origin"),
-        client=request.client.host if request.client else None,
-    )
+    try:
+        accounts = _authorize(request, account=None, any_account=True)
+    except ApiError as error:
+        log_failure(log, request, error, error)
+        return error_response(error)
     ids = sorted(a for a in accounts if a != "*") or ["local"]
     result = [{"id": a, "account": {"id": a, "name": a}, "status": "accepted"} for a in ids]
     return ok(result, result_info=wf.page_info(1, max(1, len(result)), len(result), len(result)))
@@ -165,8 +188,9 @@ async def _http_error(request: Request, exc: Exception) -> Response:
 
 
 async def _unexpected(request: Request, exc: Exception) -> Response:
-    log.error("%s %s failed", request.method, request.url.path, exc_info=exc)
-    return error_response(api_error_for(exc))
+    error = api_error_for(exc)
+    log_failure(log, request, exc, error)
+    return error_response(error)
 
 
 def create_app(
@@ -175,6 +199,7 @@ def create_app(
     tokens: Sequence[TokenRule] | None = None,
     loopback_only: bool,
     metrics_also: Sequence[str] = (),
+    limits: ConnectionLimits | None = None,
 ) -> Starlette:
     """The REST API and the dashboard over an engine (started by the caller), and ``/metrics`` when prometheus-client
     is installed.
@@ -184,6 +209,7 @@ def create_app(
         tokens: API tokens and their accounts; none means any token is accepted, on loopback only.
         loopback_only: whether the server listens only on loopback addresses.
         metrics_also: ``/metrics`` URLs of other processes merged into ours (``stepstone dev``'s worker).
+        limits: the body deadline (the other limits apply in :func:`~stepstone.server.serve`'s uvicorn).
 
     Raises:
         InsecureServerError: no tokens while not ``loopback_only``.
@@ -198,6 +224,10 @@ def create_app(
     app.router.redirect_slashes = False
     app.state.dashboard = Sessions(auth)
     app.state.stepstone = ServerState(
-        engine=engine, auth=auth, body_cap=engine.limits.payload_bytes + MARGIN, metrics_also=tuple(metrics_also)
+        engine=engine,
+        auth=auth,
+        body_cap=engine.limits.payload_bytes + MARGIN,
+        body_timeout=(limits or ConnectionLimits()).body_timeout,
+        metrics_also=tuple(metrics_also),
     )
     return app

@@ -1,11 +1,14 @@
 """Reading requests: JSON bodies under a size cap, and typed query parameters.
 
 A body is refused from its ``Content-Length`` before it is read, and counted while it streams (a chunked
-body has no length), so no request can make the server buffer more than the cap.
+body has no length), so no request can make the server buffer more than the cap. It must arrive whole within a
+deadline (:attr:`~stepstone.server.connections.ConnectionLimits.body_timeout`), so a body sent a byte a minute,
+or a ``Content-Length`` whose bytes never come, cannot hold the request open.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import Mapping
 from datetime import UTC, datetime
@@ -13,7 +16,7 @@ from typing import Any, Final
 
 from starlette.requests import Request
 
-from stepstone.server.envelope import TOO_LARGE, ApiError, bad_request
+from stepstone.server.envelope import BODY_TIMEOUT, TOO_LARGE, ApiError, bad_request
 
 MARGIN: Final = 64 * 1024
 """Room over the payload limit for the JSON around a payload (ids, options, escaping)."""
@@ -23,8 +26,9 @@ def _reject_constant(name: str) -> Any:
     raise ValueError(f"{name} is not valid JSON")
 
 
-async def read_body(request: Request, cap: int) -> bytes:
-    """The raw body, at most ``cap`` bytes (413 beyond, without reading further)."""
+async def read_body(request: Request, cap: int, timeout: float) -> bytes:
+    """The raw body, at most ``cap`` bytes (413 beyond, without reading further), within ``timeout`` seconds
+    (408 after)."""
     length = request.headers.get("content-length")
     if length is not None:
         if not length.strip().isdigit():
@@ -33,17 +37,23 @@ async def read_body(request: Request, cap: int) -> bytes:
             raise ApiError(413, TOO_LARGE, f"the request body is {int(length)} bytes, over the cap of {cap} bytes")
     chunks: list[bytes] = []
     size = 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > cap:
-            raise ApiError(413, TOO_LARGE, f"the request body is over the cap of {cap} bytes")
-        chunks.append(chunk)
+    try:
+        async with asyncio.timeout(timeout):
+            async for chunk in request.stream():
+                size += len(chunk)
+                if size > cap:
+                    raise ApiError(413, TOO_LARGE, f"the request body is over the cap of {cap} bytes")
+                chunks.append(chunk)
+    except TimeoutError:
+        raise ApiError(
+            408, BODY_TIMEOUT, f"the request body did not arrive within {timeout:g}s ({size} bytes came): send it whole"
+        ) from None
     return b"".join(chunks)
 
 
-async def read_json(request: Request, cap: int, *, empty: Any = ...) -> Any:
+async def read_json(request: Request, cap: int, timeout: float, *, empty: Any = ...) -> Any:
     """The body parsed as JSON; an empty body gives ``empty`` (400 when not given)."""
-    raw = await read_body(request, cap)
+    raw = await read_body(request, cap, timeout)
     if not raw.strip():
         if empty is ...:
             raise bad_request("the request body is empty: send a JSON document")

@@ -13,6 +13,7 @@ code  status meaning
 10001 500/503 internal error / the database is unavailable (retry)
 10002 400    the request is malformed: body, query, path parameter, or a value over a limit
 10003 413    the request body is over the size cap
+10004 408    the request body did not arrive in time, or the client went away before sending it
 10200 404    workflow not found
 10400 404    instance not found
 10401 409    an instance with this id already exists (use restart)
@@ -24,8 +25,10 @@ code  status meaning
 
 from __future__ import annotations
 
+import logging
 from typing import Any, Final
 
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse
 
 from stepstone.errors import (
@@ -42,6 +45,7 @@ AUTH: Final = 10000
 INTERNAL: Final = 10001
 INVALID: Final = 10002
 TOO_LARGE: Final = 10003
+BODY_TIMEOUT: Final = 10004
 WORKFLOW_NOT_FOUND: Final = 10200
 INSTANCE_NOT_FOUND: Final = 10400
 INSTANCE_EXISTS: Final = 10401
@@ -99,6 +103,8 @@ def api_error_for(exc: BaseException) -> ApiError:
     """The envelope error for an exception raised while serving a request."""
     if isinstance(exc, ApiError):
         return exc
+    if isinstance(exc, ClientDisconnect):
+        return ApiError(400, BODY_TIMEOUT, "the client disconnected before sending the whole request body")
     message = str(exc) or type(exc).__name__
     if isinstance(exc, InstanceExistsError):
         return ApiError(409, INSTANCE_EXISTS, message)
@@ -115,3 +121,20 @@ def api_error_for(exc: BaseException) -> ApiError:
     if isinstance(exc, StorageError):
         return ApiError(503, INTERNAL, f"the database is unavailable: {message}")
     return ApiError(500, INTERNAL, f"internal error ({type(exc).__name__}); see the server log")
+
+
+def log_failure(logger: logging.Logger, request: Request, exc: BaseException, error: ApiError) -> None:
+    """Log a failed request once, the way an operator wants to read it.
+
+    A refusal (401/403) is a WARNING, a body cut off (too slow, or the client went away mid-body) an INFO, both
+    one line without a traceback: they are the client's doing. A 5xx is an ERROR with its traceback. Other 4xx
+    are answered to the client and not logged.
+    """
+    where = f"{request.method} {request.url.path[:200]}"
+    peer = request.client.host if request.client else "?"
+    if error.status in (401, 403):
+        logger.warning("%s from %s refused (%d): %s", where, peer, error.status, error.message)
+    elif error.code == BODY_TIMEOUT:
+        logger.info("%s from %s: %s", where, peer, error.message)
+    elif error.status >= 500:
+        logger.error("%s failed", where, exc_info=exc)

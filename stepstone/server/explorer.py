@@ -23,7 +23,7 @@ PREFIXES = ("/cdn-cgi/explorer/api", "/cdn-cgi/local/explorer/api")
 async def create(request: Request) -> Response:
     """``POST /workflows/{name}/instances`` with ``{"id", "params"}``."""
     state = state_of(request)
-    body = await read_json(request, state.body_cap, empty={})
+    body = await read_json(request, state.body_cap, state.body_timeout, empty={})
     record = await create_one(state, request.path_params["workflow_name"], body, id_key="id")
     return ok(create_result(record))
 
@@ -51,7 +51,7 @@ async def delete_instance(request: Request) -> Response:
 async def status(request: Request) -> Response:
     """``PATCH /workflows/{name}/instances/{id}/status`` with ``{"action": ...}`` (``status`` also accepted)."""
     state = state_of(request)
-    body = await read_json(request, state.body_cap)
+    body = await read_json(request, state.body_cap, state.body_timeout)
     key = "status" if isinstance(body, dict) and "action" not in body and "status" in body else "action"
     return ok(await change_status(state, request, body, key=key) | {"success": True})
 

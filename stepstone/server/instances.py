@@ -94,7 +94,7 @@ async def create_one(
 async def create_instance(request: Request) -> Response:
     """``POST /instances``."""
     state = state_of(request)
-    body = await read_json(request, state.body_cap, empty={})
+    body = await read_json(request, state.body_cap, state.body_timeout, empty={})
     record = await create_one(
         state, request.path_params["workflow_name"], body, traceparent=request.headers.get("traceparent")
     )
@@ -105,7 +105,7 @@ async def create_batch(request: Request) -> Response:
     """``POST /instances/batch``: ids already in use are skipped and left out of the result."""
     state = state_of(request)
     wf = await state.workflow(request.path_params["workflow_name"])
-    body = await read_json(request, state.body_cap)
+    body = await read_json(request, state.body_cap, state.body_timeout)
     if not isinstance(body, list):
         raise bad_request('the batch must be a JSON array of instances: [{"instance_id": ..., "params": ...}]')
     handles = await wf.create_batch([create_options(item) for item in body], trigger="api")
@@ -241,14 +241,14 @@ async def change_status(state: ServerState, request: Request, body: Any, *, key:
 async def patch_status(request: Request) -> Response:
     """``PATCH /instances/{id}/status`` with ``{"status": "pause"|"resume"|"terminate"|"restart"}``."""
     state = state_of(request)
-    body = await read_json(request, state.body_cap)
+    body = await read_json(request, state.body_cap, state.body_timeout)
     return ok(await change_status(state, request, body, key="status"))
 
 
 async def send_event(state: ServerState, request: Request) -> dict[str, Any]:
     """Send the request body as an event's payload (an empty body is ``null``)."""
     handle, _ = await state.instance(request.path_params["workflow_name"], request.path_params["instance_id"])
-    payload = await read_json(request, state.body_cap, empty=None)
+    payload = await read_json(request, state.body_cap, state.body_timeout, empty=None)
     await handle.send_event(request.path_params["event_type"], payload)
     return {"instanceId": handle.id, "timestamp": iso(state.engine.clock.now())}
 
@@ -262,7 +262,7 @@ async def batch_delete(request: Request) -> Response:
     """``POST /instances/batch/delete`` with ``{"instances": [ids]}``; unknown ids are per-item errors."""
     state = state_of(request)
     wf = await state.workflow(request.path_params["workflow_name"])
-    body = json_object(await read_json(request, state.body_cap), "the request body")
+    body = json_object(await read_json(request, state.body_cap, state.body_timeout), "the request body")
     only_keys(body, ("instances",), "batch delete")
     ids = body.get("instances")
     limit = wf.limits.batch_max

@@ -14,6 +14,7 @@ from stepstone.engine import Engine
 from stepstone.errors import ValidationError
 from stepstone.server.app import create_app
 from stepstone.server.auth import TokenRule, is_loopback_host
+from stepstone.server.connections import ConnectionLimits, guarded_protocol
 
 log = logging.getLogger("stepstone.server")
 
@@ -62,6 +63,7 @@ async def serve(
     tokens: Sequence[TokenRule] | None = None,
     ready: asyncio.Event | None = None,
     metrics_also: Sequence[str] = (),
+    limits: ConnectionLimits | None = None,
 ) -> None:
     """Serve the REST API until cancelled; the engine must be started by the caller.
 
@@ -72,13 +74,15 @@ async def serve(
         tokens: API tokens and their accounts; none accepts any token, on loopback only.
         ready: set once the server accepts connections.
         metrics_also: ``/metrics`` URLs of other processes merged into this server's ``/metrics``.
+        limits: request deadlines and the connection cap (:class:`ConnectionLimits`' defaults when None).
 
     Raises:
         InsecureServerError: a non-loopback ``host`` with no ``tokens``.
         ValidationError: the address cannot be listened on (in use, unknown host).
     """
     loopback = is_loopback_host(host)
-    app = create_app(engine, tokens=tokens, loopback_only=loopback, metrics_also=metrics_also)
+    limits = limits or ConnectionLimits()
+    app = create_app(engine, tokens=tokens, loopback_only=loopback, metrics_also=metrics_also, limits=limits)
     sock = _bind(host, port)
     bound = sock.getsockname()
     where = f"http://{'[' + bound[0] + ']' if ':' in bound[0] else bound[0]}:{bound[1]}"
@@ -86,7 +90,15 @@ async def serve(
         log.info("REST API on %s (%d API token(s) configured)", where, len(tokens))
     else:
         log.warning("REST API on %s: no API tokens configured, accepting any token from loopback only", where)
-    config = uvicorn.Config(app, lifespan="off", log_config=None, access_log=False, timeout_graceful_shutdown=5)
+    config = uvicorn.Config(
+        app,
+        lifespan="off",
+        log_config=None,
+        access_log=False,
+        timeout_graceful_shutdown=5,
+        http=guarded_protocol(limits),
+        timeout_keep_alive=limits.keep_alive,
+    )
     server = _Server(config, ready)
     task = asyncio.ensure_future(server.serve(sockets=[sock]))
     try:

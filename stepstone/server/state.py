@@ -32,6 +32,8 @@ class ServerState:
     engine: Engine
     auth: Authenticator
     body_cap: int
+    body_timeout: float
+    """Seconds a request has to send its whole body."""
     terminators: dict[str, asyncio.Task[None]] = field(default_factory=dict)
     """Running terminate-by-status jobs, by workflow name."""
     metrics_also: tuple[str, ...] = ()

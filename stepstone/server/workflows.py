@@ -119,7 +119,7 @@ async def put_workflow(request: Request) -> Response:
     """``PUT /workflows/{name}``: create or update the record (a class need not be registered here)."""
     state = state_of(request)
     name = state.workflow_name(request.path_params["workflow_name"])
-    body = json_object(await read_json(request, state.body_cap), "the request body")
+    body = json_object(await read_json(request, state.body_cap, state.body_timeout), "the request body")
     only_keys(
         body,
         ("class_name", "script_name", "default_retention", "limits", "schedules", "concurrency"),

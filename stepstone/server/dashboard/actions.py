@@ -23,7 +23,8 @@ from stepstone.server.body import read_body
 from stepstone.server.dashboard.pages import filter_query, instance_filters
 from stepstone.server.dashboard.session import COOKIE
 from stepstone.server.dashboard.web import FORM_CAP, TEMPLATES, View, back, dashboard_page, error_page, q, sessions_of
-from stepstone.server.envelope import ApiError, api_error_for, bad_request
+from stepstone.server.envelope import ApiError, api_error_for, bad_request, log_failure
+from stepstone.server.state import state_of
 
 log = logging.getLogger("stepstone.dashboard")
 
@@ -169,7 +170,7 @@ async def login_page(request: Request) -> Response:
     message = request.query_params.get("why", "")[:300]
     status = 200
     if request.method == "POST":
-        raw = await read_body(request, FORM_CAP)
+        raw = await read_body(request, FORM_CAP, state_of(request).body_timeout)
         form = dict(parse_qsl(raw.decode("utf-8", "replace"), keep_blank_values=True))
         nxt = _safe_next(form.get("next", "/"))
         try:
@@ -178,6 +179,7 @@ async def login_page(request: Request) -> Response:
                 raise ApiError(403, 10000, "cross-origin logins are refused")
             sessions.check_token(request, form.get("token", ""))
         except ApiError as exc:
+            log_failure(log, request, exc, exc)
             message, status = exc.message, exc.status
         else:
             response = RedirectResponse(nxt, status_code=303)
@@ -201,10 +203,11 @@ async def login_page(request: Request) -> Response:
 async def logout(request: Request) -> Response:
     """``POST /logout``: forget the token (CSRF-checked, so no other site can log you out)."""
     sessions = sessions_of(request)
-    raw = await read_body(request, FORM_CAP)
+    raw = await read_body(request, FORM_CAP, state_of(request).body_timeout)
     try:
         sessions.check_csrf(request, dict(parse_qsl(raw.decode("utf-8", "replace"))))
     except ApiError as exc:
+        log_failure(log, request, exc, exc)
         return error_page(request, exc.status, exc.message)
     response = RedirectResponse("/login?" + urlencode({"why": "logged out"}), status_code=303)
     response.delete_cookie(COOKIE, path="/")

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 from datetime import UTC, datetime
 from typing import Any, Final
 
@@ -16,8 +17,10 @@ from stepstone.cron import CronError, parse_cron
 from stepstone.models import FINISHED, STATUSES, InstanceRecord, WorkflowRecord
 from stepstone.server.dashboard.timeline import build_timeline, parse_iso, show_duration, show_time
 from stepstone.server.dashboard.web import View, dashboard_page, error_page, q, sessions_of
-from stepstone.server.envelope import api_error_for, bad_request
+from stepstone.server.envelope import api_error_for, bad_request, log_failure
 from stepstone.server.state import state_of
+
+log = logging.getLogger("stepstone.dashboard")
 
 PER_PAGE: Final = 50
 RECENT_S: Final = 3600.0
@@ -289,6 +292,7 @@ async def root_page(request: Request) -> Response:
         error = api_error_for(exc)
         if error.status == 401 and not sessions.open:
             return RedirectResponse("/login", status_code=303)
+        log_failure(log, request, exc, error)
         return error_page(request, error.status, error.message)
     named = sorted(a for a in accounts if a != "*")
     if "*" in accounts:

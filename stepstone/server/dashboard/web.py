@@ -17,7 +17,7 @@ from starlette.responses import HTMLResponse, RedirectResponse, Response
 from stepstone.server.body import read_body
 from stepstone.server.dashboard.session import CSRF_FIELD, Sessions
 from stepstone.server.dashboard.timeline import show_duration, show_time
-from stepstone.server.envelope import ApiError, api_error_for
+from stepstone.server.envelope import ApiError, api_error_for, log_failure
 from stepstone.server.state import ServerState, state_of
 
 log = logging.getLogger("stepstone.dashboard")
@@ -86,7 +86,7 @@ class View:
 
     async def form(self) -> dict[str, list[str]]:
         """The posted form (``application/x-www-form-urlencoded``), CSRF-checked."""
-        raw = await read_body(self.request, FORM_CAP)
+        raw = await read_body(self.request, FORM_CAP, self.state.body_timeout)
         try:
             pairs = parse_qsl(raw.decode("utf-8"), keep_blank_values=True, max_num_fields=10_000)
         except (UnicodeDecodeError, ValueError) as exc:
@@ -136,13 +136,12 @@ def dashboard_page(handler: Handler) -> Callable[[Request], Awaitable[Response]]
             return await handler(view)
         except Exception as exc:
             error = api_error_for(exc)
-            if error.status == 401 and not sessions.open:
+            if error.status == 401 and not sessions.open:  # not logged in yet: the login form, nothing to log
                 target = "/login?" + urlencode({"next": request.url.path, "why": error.message})
                 if request.headers.get("hx-request"):
                     return Response(status_code=204, headers={"HX-Redirect": target})
                 return RedirectResponse(target, status_code=303)
-            if error.status >= 500:
-                log.error("%s %s failed", request.method, request.url.path, exc_info=exc)
+            log_failure(log, request, exc, error)
             return error_page(request, error.status, error.message)
 
     return endpoint

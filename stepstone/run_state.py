@@ -10,6 +10,8 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import json
+import logging
+import time
 from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -24,6 +26,34 @@ from stepstone.storage.base import Storage
 _KINDS: Final[dict[str, StepKind]] = {"do": "do", "sleep": "sleep", "waitForEvent": "wait"}
 """Counter-key prefix (``do-name``) → stored step kind: lets :meth:`RunState.next_count` find the step's key."""
 _SETTLED: Final[frozenset[str]] = frozenset({"success", "error", "timeout"})
+LEASE_MARGIN: Final[float] = 0.25
+"""The share of the lease length kept in reserve: an attempt starts only while the lease is confirmed for at
+least that much longer (room for clock skew between workers and for the attempt's own start)."""
+
+log = logging.getLogger("stepstone.executor")
+
+
+class LeaseWindow:
+    """Until when (``time.monotonic()``) this worker knows a run's lease is still its own.
+
+    The worker moves it forward after each claim and renewal that confirmed the lease, from the moment the
+    request was *sent* (so a reply that arrives late, after a freeze, confirms nothing beyond what it can).
+    The check before each attempt is one clock read and one comparison; no query.
+    """
+
+    __slots__ = ("lease_seconds", "valid_until")
+
+    def __init__(self, lease_seconds: float, confirmed_at: float) -> None:
+        self.lease_seconds = lease_seconds
+        self.valid_until = confirmed_at + lease_seconds * (1 - LEASE_MARGIN)
+
+    def confirmed(self, sent_at: float) -> None:
+        """A claim or renewal sent at ``sent_at`` (monotonic) found the lease held."""
+        self.valid_until = max(self.valid_until, sent_at + self.lease_seconds * (1 - LEASE_MARGIN))
+
+    def remaining(self) -> float:
+        """Seconds left before an attempt may no longer start (negative: the lease may be gone)."""
+        return self.valid_until - time.monotonic()
 
 
 class RunHooks(Protocol):
@@ -89,6 +119,8 @@ class RunState:
     on_park: Callable[[int], None] | None = None
     """Told +1 when the first branch parks and -1 when the last one leaves."""
     hooks: RunHooks | None = None
+    lease_window: LeaseWindow | None = None
+    """How long the worker knows the lease holds; None (a run without a worker) checks nothing."""
     replaying: bool = False
     """True from the start of a run that has history, while every step called so far was served from it; the
     first step call that is not settled there (new, or pending: a retry, a sleep or wait not yet over) ends the
@@ -150,6 +182,31 @@ class RunState:
         while self.pausing:
             await self.unpaused.wait()
             self.check_open()
+
+    def check_lease(self, display: str) -> None:
+        """Before an attempt starts: unwind (abandon the run) unless the lease is known to hold for a margin.
+
+        A worker that was frozen (SIGSTOP, a VM pause) or starved past its lease must not start a step body
+        that another worker may already be running or have recorded; its writes would be refused, but the
+        side effect would happen twice.
+        """
+        window = self.lease_window
+        if window is None:
+            return
+        remaining = window.remaining()
+        if remaining > 0:
+            return
+        log.warning(
+            "instance %s/%s: lease not confirmed for %.1fs (lease %.1fs); abandoning the run before step %r "
+            "(another worker resumes it)",
+            self.workflow,
+            self.instance_id,
+            window.lease_seconds * (1 - LEASE_MARGIN) - remaining,
+            window.lease_seconds,
+            display,
+        )
+        self.aborted = True
+        raise Abort()
 
     async def wait_in_process(self, reason: WakeReason) -> None:
         """Wait for a short timer without hibernating.

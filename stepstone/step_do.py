@@ -263,6 +263,7 @@ async def run_do(
             if remaining > 0:
                 await state.wait_in_process(reason)
                 await state.gate()
+        state.check_lease(display)
         attempt_no = len(rec.attempts) + 1
         att = Attempt(clock.now())
         rec.attempts.append(att)

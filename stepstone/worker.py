@@ -13,6 +13,7 @@ import contextvars
 import logging
 import os
 import socket
+import time
 import uuid
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -22,6 +23,7 @@ from stepstone.errors import StorageError
 from stepstone.executor import Execution, WorkflowDef
 from stepstone.models import Claim, Lease
 from stepstone.observe import Observer
+from stepstone.run_state import LeaseWindow
 from stepstone.storage.base import Storage
 
 log = logging.getLogger("stepstone.worker")
@@ -171,6 +173,7 @@ class Worker:
             defs = self.definitions()
             free = self.concurrency - self.busy
             now = self.clock.now()
+            sent = time.monotonic()
             try:
                 result = await self.storage.claim(
                     owner=self.owner,
@@ -194,7 +197,7 @@ class Worker:
                 definition = defs.get(claim.instance.workflow)
                 if definition is None:  # pragma: no cover - claims are filtered by workflow
                     continue
-                self._start(definition, claim)
+                self._start(definition, claim, LeaseWindow(self.lease_seconds, sent))
             if free > 0 and len(result.claims) == free:
                 continue
             timeout = self.poll_interval
@@ -202,7 +205,7 @@ class Worker:
                 timeout = min(timeout, max(0.0, result.next_due - self.clock.now()))
             await self.clock.wait(self._wake, timeout)
 
-    def _start(self, definition: WorkflowDef, claim: Claim) -> None:
+    def _start(self, definition: WorkflowDef, claim: Claim, window: LeaseWindow) -> None:
         execution = Execution(
             storage=self.storage,
             clock=self.clock,
@@ -211,6 +214,7 @@ class Worker:
             inprocess_wait_s=self.inprocess_wait_s,
             on_park=self._park,
             hooks=self.observer,
+            lease_window=window,
         )
         pk = claim.instance.pk
         # The run's task copies this context: what the observer sets in it (a trace span) spans the whole run.
@@ -249,6 +253,7 @@ class Worker:
 
     async def _check(self, leases: dict[int, Lease]) -> None:
         """Renew these runs' leases; stop a run whose lease is gone, pause or unpause as its status says."""
+        sent = time.monotonic()
         try:
             states = await self.storage.renew(leases=list(leases.values()), until=self.clock.now() + self.lease_seconds)
         except StorageError as exc:
@@ -261,7 +266,10 @@ class Worker:
             execution, task = entry
             if not lease_state.held:
                 task.cancel()
-            elif lease_state.status == "waitingForPause":
+                continue
+            if execution.lease_window is not None:
+                execution.lease_window.confirmed(sent)
+            if lease_state.status == "waitingForPause":
                 execution.request_pause()
             elif lease_state.status == "running":
                 execution.cancel_pause()

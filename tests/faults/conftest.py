@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import signal
 import subprocess
@@ -37,11 +38,17 @@ class Workers:
         self.procs: list[subprocess.Popen[bytes]] = []
         self.killed: set[int] = set()
 
-    def start(self, step_seconds: float | None = None) -> subprocess.Popen[bytes]:
+    def start(
+        self, step_seconds: float | None = None, *, env: dict[str, str] | None = None, stderr: Path | None = None
+    ) -> subprocess.Popen[bytes]:
+        """Start a worker; ``env`` adds environment variables, ``stderr`` keeps its log lines in that file."""
         args = [sys.executable, "-m", "tests.faults.worker", self.url, str(self.log)]
         if step_seconds is not None:
             args.append(str(step_seconds))
-        proc = subprocess.Popen(args, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        out = open(stderr, "wb") if stderr is not None else contextlib.nullcontext(subprocess.DEVNULL)  # noqa: SIM115
+        with out as err:  # the child has its own copy of the file once started
+            environ = {**os.environ, **(env or {})}
+            proc = subprocess.Popen(args, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=err, env=environ)
         self.procs.append(proc)
         return proc
 

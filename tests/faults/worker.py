@@ -3,6 +3,10 @@
 Usage: ``python -m tests.faults.worker DATABASE_URL LOG_PATH [STEP_SECONDS]``. Every step execution appends
 ``<start time> <pid> <instance id> <step name>`` to LOG_PATH before doing its work, so a test can count
 executions and tell which process ran what. A step's result names the process that produced it.
+
+``STEPSTONE_FAULT_SLOW_WRITE=<step>:<seconds>`` slows one write on purpose: once the result of that step is
+committed, the worker appends ``<pid> committed <step>`` to ``LOG_PATH.marks`` and holds the write's reply for
+that long, so a test can freeze the process (SIGSTOP) while it waits for a commit that already happened.
 """
 
 from __future__ import annotations
@@ -56,8 +60,32 @@ def expected_values(n: int) -> list[int]:
     return [n * 100 + i for i in range(STEPS)]
 
 
+def slow_write(storage: Any, spec: str) -> None:
+    """Hold the reply of the committed result write of one step (see the module docstring)."""
+    name, _, seconds = spec.partition(":")
+    put_step = storage.put_step
+
+    def slowed(lease: Any, step: Any, *, durable: bool) -> Any:
+        done = put_step(lease, step, durable=durable)
+        if step.name != name or step.status != "success":
+            return done
+
+        async def held() -> None:
+            await done
+            with open(LOG_PATH + ".marks", "a") as marks:
+                marks.write(f"{os.getpid()} committed {name}\n")
+            await asyncio.sleep(float(seconds))
+
+        return held()
+
+    storage.put_step = slowed
+
+
 async def main(url: str) -> None:
-    async with Engine(url, concurrency=10, lease_seconds=2.0, poll_interval=0.25) as engine:
+    engine = Engine(url, concurrency=10, lease_seconds=2.0, poll_interval=0.25)
+    if os.environ.get("STEPSTONE_FAULT_SLOW_WRITE"):
+        slow_write(engine.storage, os.environ["STEPSTONE_FAULT_SLOW_WRITE"])
+    async with engine:
         engine.register(Chain, name="chain")
         await asyncio.Event().wait()
 

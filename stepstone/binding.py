@@ -24,7 +24,7 @@ from stepstone.limits import (
     validate_instance_id,
     validate_step_name,
 )
-from stepstone.models import InstanceRecord, NewInstance, StepRef, TriggerSource
+from stepstone.models import InstanceRecord, NewInstance, StepRecord, StepRef, TriggerSource
 from stepstone.observe import Observer
 from stepstone.observe.tracing import current_traceparent, valid_traceparent
 from stepstone.storage.base import InstancePage, Storage
@@ -315,6 +315,12 @@ class WorkflowInstance:
             self.workflow.name, self.id, event_type=event_type, payload=encoded, now=self._rt.clock.now()
         )
         self._rt.notify(0, "new")
+
+    async def history(self) -> list[StepRecord]:
+        """The instance's step records (its history), in the order the steps first started."""
+        rec = await self.record()
+        steps, _ = await self._rt.storage.load_history(rec.pk)
+        return steps
 
     async def describe(self, *, order: str = "asc", simple: bool = False) -> dict[str, Any]:
         """Cloudflare's instance details document: status, params, output, error and every step."""

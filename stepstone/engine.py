@@ -44,6 +44,7 @@ class Engine:
         lease_seconds: how long a worker's claim lasts without renewal.
         poll_interval: how often the worker looks for work other processes created.
         inprocess_wait_s: retry waits up to this long stay in memory; longer ones hibernate.
+        purge_interval: how often (seconds of ``clock``) the worker deletes instances past their retention.
         synchronous: SQLite's synchronous pragma (``FULL`` survives power loss).
         vars: values exposed on ``env`` beside the bindings.
     """
@@ -59,6 +60,7 @@ class Engine:
         lease_seconds: float = 30.0,
         poll_interval: float = 1.0,
         inprocess_wait_s: float = 1.0,
+        purge_interval: float = 60.0,
         synchronous: str = "FULL",
         vars: Mapping[str, Any] | None = None,
     ) -> None:
@@ -80,6 +82,7 @@ class Engine:
         self._lease_seconds = lease_seconds
         self._poll_interval = poll_interval
         self._inprocess_wait_s = inprocess_wait_s
+        self._purge_interval = purge_interval
         self.worker: Worker | None = None
         self._started = False
         self.observers = Observers([LogObserver(), *_tracing()])
@@ -217,6 +220,7 @@ class Engine:
                 lease_seconds=self._lease_seconds,
                 poll_interval=self._poll_interval,
                 inprocess_wait_s=self._inprocess_wait_s,
+                purge_interval=self._purge_interval,
                 observer=self.observers,
             )
             await self.worker.start()

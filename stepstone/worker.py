@@ -96,6 +96,9 @@ class Worker:
         self._last_purge = 0.0
         self._parked = 0
         self._checks: set[asyncio.Task[None]] = set()
+        self._waiting = False
+        self.next_due: float | None = None
+        """When the earliest instance the last claim saw (not yet due) becomes runnable."""
 
     async def start(self) -> None:
         """Release leases of dead workers on this host, then start claiming."""
@@ -161,6 +164,11 @@ class Worker:
         self._wake.set()
 
     @property
+    def idle(self) -> bool:
+        """The claim loop is waiting for work and nothing has woken it (stepstone.testing's clock reads it)."""
+        return self._waiting and not self._wake.is_set()
+
+    @property
     def busy(self) -> int:
         """How many instances are running now."""
         # Instances waiting in process for a short timer do not count, as waiting instances don't.
@@ -203,7 +211,12 @@ class Worker:
             timeout = self.poll_interval
             if result.next_due is not None:
                 timeout = min(timeout, max(0.0, result.next_due - self.clock.now()))
-            await self.clock.wait(self._wake, timeout)
+            self.next_due = result.next_due
+            self._waiting = True
+            try:
+                await self.clock.wait(self._wake, timeout)
+            finally:
+                self._waiting = False
 
     def _start(self, definition: WorkflowDef, claim: Claim, window: LeaseWindow) -> None:
         execution = Execution(

@@ -19,6 +19,7 @@ from typing import Any
 import pytest
 from click.testing import CliRunner, Result
 
+import stepstone
 from stepstone.cli import cli
 
 WORKFLOW = """
@@ -323,6 +324,7 @@ def test_init_makes_a_project_whose_test_passes(tmp_path: Path, monkeypatch: pyt
     again = sc("init", "starter")
     assert again.exit_code == 2 and "already a project" in again.stderr
     env = {k: v for k, v in os.environ.items() if not k.startswith("STEPSTONE_")}
+    env["PYTHONPATH"] = str(Path(stepstone.__file__).resolve().parent.parent)  # this checkout's stepstone
     run = subprocess.run(
         [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "tests"],
         cwd=root,

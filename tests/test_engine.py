@@ -21,7 +21,15 @@ from stepstone import (
     WorkflowEntrypoint,
     WorkflowTimeoutError,
 )
-from stepstone.testing import FAKE_CLOCK_ENGINE_OPTIONS, FakeClock, wait_for_status
+from stepstone.testing import (
+    FAKE_CLOCK_ENGINE_OPTIONS,
+    FakeClock,
+    TestEngine,
+    TimeSkippingClock,
+    wait_for_event_wait,
+    wait_for_status,
+    wait_for_step_result,
+)
 
 CALLS: dict[str, int] = {}
 
@@ -72,9 +80,8 @@ class Flaky(WorkflowEntrypoint):
         return await step.do("flaky", flaky)
 
 
-async def test_retries_with_default_exponential_delays_on_a_fake_clock(db_url: str) -> None:
-    clock = FakeClock(autojump=True)
-    async with Engine(db_url, clock=clock, **FAKE_CLOCK_ENGINE_OPTIONS) as engine:
+async def test_retries_with_default_exponential_delays_on_a_time_skipping_clock(db_url: str) -> None:
+    async with TestEngine(db_url) as engine:
         inst = await engine.register(Flaky, name="flaky").create()
         status = await wait_for_status(inst, "complete")
         assert status.output == "ok on attempt 3"
@@ -168,8 +175,7 @@ async def test_events_before_during_and_after_the_wait_and_a_timeout(db_url: str
         inst = await wf.create(id="ev")
         await inst.send_event(type="go", payload=1)  # before the wait: buffered
         await inst.send_event({"type": "go", "payload": 2})
-        await wait_for_status(inst, "waiting")
-        await asyncio.sleep(0.05)
+        await wait_for_event_wait(inst, "go")
         await inst.send_event(type="go", payload={"third": True})  # during the wait
         status = await wait_for_status(inst, "complete")
         assert status.output == [1, 2, {"third": True}, "Execution timed out after 1000ms"]
@@ -402,9 +408,9 @@ class Week(WorkflowEntrypoint):
 
 
 async def test_a_week_of_sleeps_in_milliseconds(db_url: str) -> None:
-    clock = FakeClock(autojump=True)
+    clock = TimeSkippingClock()
     start = clock.now()
-    async with Engine(db_url, clock=clock, **FAKE_CLOCK_ENGINE_OPTIONS) as engine:
+    async with TestEngine(db_url, clock=clock) as engine:
         inst = await engine.register(Week, name="week").create()
         assert (await wait_for_status(inst, "complete")).output == "a week later"
         assert clock.now() - start >= 7 * 86400
@@ -501,9 +507,9 @@ class TwoWaiters(WorkflowEntrypoint):
 async def test_concurrent_waits_for_one_type_are_served_in_registration_order(db_url: str) -> None:
     async with Engine(db_url) as engine:
         inst = await engine.register(TwoWaiters, name="two").create()
-        await wait_for_status(inst, "waiting")
+        await wait_for_event_wait(inst, "ping")
         await inst.send_event(type="ping", payload="one")
-        await asyncio.sleep(0.05)
+        await wait_for_step_result(inst, {"name": "first", "type": "waitForEvent"})
         await inst.send_event(type="ping", payload="two")
         assert (await wait_for_status(inst, "complete")).output == ["one", "two", "ping"]
 
@@ -555,7 +561,8 @@ async def test_a_short_sleep_stays_in_process_and_a_sibling_hibernation_keeps_it
 
     async with Engine(db_url) as engine:
         inst = await engine.register(Mixed, name="mixed").create()
-        await asyncio.sleep(0.8)
+        assert await wait_for_step_result(inst, "after short") == "x"
+        await wait_for_event_wait(inst, "never")
         doc = await inst.describe()
         assert "after short-1" in [s["name"] for s in doc["steps"]]  # the short branch went on
         assert doc["status"] == "waiting"

@@ -82,7 +82,7 @@ class MyWorkflow(WorkflowEntrypoint):
 '''
 
 TEST = '''\
-"""Runs the starter workflow end to end on a fake clock: the sleep takes no real time."""
+"""Runs the starter workflow end to end on a time-skipping clock: the sleep and retry take no real time."""
 
 from __future__ import annotations
 
@@ -95,19 +95,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "src"))
 
 from entry import MyWorkflow  # noqa: E402
 
-from stepstone import Engine  # noqa: E402
-from stepstone.testing import FAKE_CLOCK_ENGINE_OPTIONS, FakeClock, wait_for_status  # noqa: E402
+from stepstone.testing import TestEngine, wait_for_event_wait, wait_for_status  # noqa: E402
 
 
 async def scenario(tmp: Path) -> Any:
-    clock = FakeClock(autojump=True)
-    engine = Engine(f"sqlite:///{tmp / 'test.db'}", clock=clock, vars={"GREETING": "Hi"}, **FAKE_CLOCK_ENGINE_OPTIONS)
-    async with engine:
+    async with TestEngine(f"sqlite:///{tmp / 'test.db'}", vars={"GREETING": "Hi"}) as engine:
         workflow = engine.register(MyWorkflow, name="test", binding="MY_WORKFLOW")
         instance = await workflow.create(params={"email": "ada@example.com"})
-        await wait_for_status(instance, "waiting")
-        while (await instance.describe())["waiting_for"]["kind"] != "waitForEvent":
-            await asyncio.sleep(0.01)
+        await wait_for_event_wait(instance, "approval")
         await instance.send_event(type="approval", payload={"approved": True})
         return (await wait_for_status(instance, "complete")).output
 

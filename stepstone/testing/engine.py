@@ -1,0 +1,76 @@
+"""The test engine: an :class:`~stepstone.engine.Engine` on a time-skipping clock, with no retention purge,
+leases that never lapse on a skip, and the hooks that workflow introspection (``stepstone.testing``) uses."""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Final
+
+from stepstone.clock import Clock
+from stepstone.engine import Engine
+from stepstone.storage.base import Storage
+from stepstone.testing.clock import TimeSkippingClock
+
+FAKE_CLOCK_ENGINE_OPTIONS: Final[dict[str, Any]] = {
+    # Everything happens in one process, so the worker never needs to poll; leases never expire on a jump.
+    "poll_interval": 10 * 365 * 86400.0,
+    "lease_seconds": 100 * 365 * 86400.0,
+}
+"""Engine options for a :class:`~stepstone.testing.FakeClock` that jumps: no polling, leases that outlive jumps."""
+
+TEST_ENGINE_DEFAULTS: Final[dict[str, Any]] = {
+    "lease_seconds": 100 * 365 * 86400.0,  # a skip of a year never makes the test's own lease lapse
+    "purge_interval": math.inf,  # a skip past the retention never deletes the test's instances
+    "synchronous": "NORMAL",  # a test database need not survive a power cut
+}
+
+
+class TestEngine(Engine):
+    """An engine for tests. Same arguments as :class:`~stepstone.engine.Engine`; the differences:
+
+    - ``clock`` defaults to a :class:`~stepstone.testing.TimeSkippingClock`, attached to this engine so it
+      skips ahead only when every instance is idle;
+    - finished instances are never purged (``purge_interval`` is infinite), and leases last a century, so
+      skipping time never deletes or takes over the test's instances;
+    - SQLite commits with ``synchronous=NORMAL``.
+    """
+
+    __test__ = False  # not a pytest test class
+
+    def __init__(self, database: str | Storage | None = None, *, clock: Clock | None = None, **options: Any) -> None:
+        for key, value in TEST_ENGINE_DEFAULTS.items():
+            options.setdefault(key, value)
+        super().__init__(database, clock=clock or TimeSkippingClock(), **options)
+
+    async def start(self) -> None:
+        """Start as an Engine does, then let a time-skipping clock skip while this engine is idle."""
+        await super().start()
+        if isinstance(self.clock, TimeSkippingClock) and self.worker is not None:
+            self.clock.attach(self.next_wakeup_if_idle)
+
+    async def stop(self) -> None:
+        """Stop skipping, then stop as an Engine does."""
+        if isinstance(self.clock, TimeSkippingClock):
+            await self.clock.detach()
+        await super().stop()
+
+    def next_wakeup_if_idle(self) -> float | None:
+        """The earliest wake-up an instance waits for, if every runnable instance is idle; else None.
+
+        Idle: the worker's claim loop waits and nothing has woken it (no instance created, resumed or sent an
+        event since its last claim), and each run it holds has no step attempt in flight, is not loading,
+        writing, pausing or hibernating, but waits in process for a short timer. The wake-ups are those timers
+        and the earliest ``runnable_at`` of the hibernating instances; a step's own timeout is never one.
+        """
+        worker = self.worker
+        if worker is None or not worker.idle:
+            return None
+        wakes: list[float] = [] if worker.next_due is None else [worker.next_due]
+        for execution, task in worker.running.values():
+            state = execution.state
+            if task.done() or state is None or state.inflight or not state.parked:
+                return None
+            if state.suspending or state.pausing or state.aborted:
+                return None
+            wakes.extend(w.until for w in state.wakes if w.until is not None)
+        return min(wakes) if wakes else None

@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 
 from stepstone import Engine
+from stepstone.testing import wait_for_status
 from tests.crash.worker import Crashy, expected_total
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -51,13 +52,7 @@ async def test_sigkill_at_random_moments_loses_nothing(tmp_path: Path) -> None:
         proc = start_worker(url, log)
         try:
             for n in range(INSTANCES):
-                inst = await wf.get(f"i{n}")
-                for _ in range(600):
-                    status = await inst.status()
-                    if status.status in ("complete", "errored", "terminated"):
-                        break
-                    await asyncio.sleep(0.05)
-                assert status.status == "complete", (n, status)
+                status = await wait_for_status(await wf.get(f"i{n}"), "complete", timeout=120)
                 assert status.output == {"n": n, "total": expected_total(n)}
         finally:
             proc.send_signal(signal.SIGKILL)

@@ -39,12 +39,24 @@ class Workers:
         self.killed: set[int] = set()
 
     def start(
-        self, step_seconds: float | None = None, *, env: dict[str, str] | None = None, stderr: Path | None = None
+        self,
+        step_seconds: float | None = None,
+        *,
+        concurrency: int = 10,
+        lease_seconds: float = 2.0,
+        gate: Path | None = None,
+        gate_step: str = "s0",
+        env: dict[str, str] | None = None,
+        stderr: Path | None = None,
     ) -> subprocess.Popen[bytes]:
-        """Start a worker; ``env`` adds environment variables, ``stderr`` keeps its log lines in that file."""
-        args = [sys.executable, "-m", "tests.faults.worker", self.url, str(self.log)]
+        """Start a worker; ``gate``: its step ``gate_step`` waits until that file exists (see the worker);
+        ``env`` adds environment variables, ``stderr`` keeps its log lines in that file."""
+        args = [sys.executable, "-m", "tests.faults.worker", self.url, str(self.log), f"--concurrency={concurrency}"]
+        args.append(f"--lease-seconds={lease_seconds}")
         if step_seconds is not None:
-            args.append(str(step_seconds))
+            args.append(f"--step-seconds={step_seconds}")
+        if gate is not None:
+            args += [f"--gate={gate}", f"--gate-step={gate_step}"]
         out = open(stderr, "wb") if stderr is not None else contextlib.nullcontext(subprocess.DEVNULL)  # noqa: SIM115
         with out as err:  # the child has its own copy of the file once started
             environ = {**os.environ, **(env or {})}
@@ -125,6 +137,34 @@ async def check_all_complete(url: str, log: Path, count: int, *, timeout: float 
     reruns = [e for e in read_log(log) if e[0] > ended[(e[2], e[3])]]
     assert not reruns, f"completed steps ran again: {reruns[:5]}"
     return outputs
+
+
+def owner_pid(owner: str | None) -> int | None:
+    """The process id in a worker's lease owner id (``host:pid:random``)."""
+    if owner is None:
+        return None
+    pid = owner.split(":")[1]
+    return int(pid) if pid.isdigit() else None
+
+
+async def held_instances(client: Engine, count: int) -> dict[int, set[str]]:
+    """Which process holds the lease of which running instance (of i0..i<count-1>), now."""
+    held: dict[int, set[str]] = {}
+    for n in range(count):
+        record = await client.storage.get_instance("chain", f"i{n}")
+        pid = owner_pid(record.lease_owner) if record is not None and record.status == "running" else None
+        if pid is not None:
+            held.setdefault(pid, set()).add(f"i{n}")
+    return held
+
+
+def started(log: Path, step: str) -> dict[str, int]:
+    """The instances whose step ``step`` has started, and the process that started it first."""
+    out: dict[str, int] = {}
+    for _, pid, inst, name in read_log(log):
+        if name == step:
+            out.setdefault(inst, pid)
+    return out
 
 
 async def wait_until(predicate: object, timeout: float = 30.0) -> None:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import os
 import signal
 from collections import Counter
@@ -11,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from stepstone import Engine
+from stepstone.testing import wait_for_status
 from tests.faults.conftest import Workers, check_all_complete, create_chain, read_log, wait_until
 from tests.faults.worker import STEPS, Chain
 
@@ -30,11 +30,7 @@ async def test_worker_frozen_inside_a_committed_write_starts_no_further_step(wor
     workers.start(step_seconds=0.05)
     async with Engine(workers.url, worker=False) as client:
         inst = await client.register(Chain, name="chain").get("i0")
-        for _ in range(600):
-            if (await inst.status()).status == "complete":
-                break
-            await asyncio.sleep(0.05)
-        assert (await inst.status()).status == "complete"
+        await wait_for_status(inst, "complete", timeout=60)
     # A wakes, receives the commit it was waiting for, and must not start s2 (B ran it long ago).
     os.kill(a.pid, signal.SIGCONT)
 

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.faults.conftest import Workers, check_all_complete, create_chain, read_log
+from tests.faults.conftest import Workers, check_all_complete, create_chain, read_log, started, wait_until
 from tests.faults.worker import STEPS
 
 pytestmark = [pytest.mark.slow, pytest.mark.postgres]
@@ -81,23 +81,24 @@ def cluster() -> Iterator[Cluster]:
 
 
 async def test_workers_survive_a_postgres_restart(cluster: Cluster, tmp_path: Path) -> None:
+    # Two workers of concurrency 10 hold all 20 instances inside step s2, which waits for a gate: the crash
+    # lands in the middle of every instance's run by construction. The gate opens just before the crash, so
+    # those steps finish and write while the server is down.
     kit = Workers(cluster.url, tmp_path / "executions.log")
+    gate = tmp_path / "gate"
     try:
         count = 20
         await create_chain(cluster.url, count)
         for _ in range(2):
-            kit.start(step_seconds=0.3)
-        for _ in range(200):
-            if len(read_log(kit.log)) >= count:
-                break
-            await asyncio.sleep(0.05)
-        done_before = len(read_log(kit.log))
-        assert done_before < count * STEPS, "the run finished before the restart"
+            kit.start(step_seconds=0.3, concurrency=10, gate=gate, gate_step="s2")
+        await wait_until(lambda: len(started(kit.log, "s2")) == count, timeout=60)
+        assert not [e for e in read_log(kit.log) if e[3] not in ("s0", "s1", "s2")]  # nothing passed the gate
+        gate.touch()
         cluster.stop("immediate")  # a crash: no clean shutdown, recovery replays the WAL
         await asyncio.sleep(2.0)
         cluster.start()
         await check_all_complete(cluster.url, kit.log, count, timeout=60)
         assert all(p.poll() is None for p in kit.procs)  # workers rode it out, none crashed
-        assert len(read_log(kit.log)) > done_before
+        assert len(read_log(kit.log)) >= count * STEPS
     finally:
         kit.stop_all()

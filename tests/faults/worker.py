@@ -1,8 +1,12 @@
 """A worker process for the fault tests: runs the ``chain`` workflow on a database until killed.
 
-Usage: ``python -m tests.faults.worker DATABASE_URL LOG_PATH [STEP_SECONDS]``. Every step execution appends
+Usage: ``python -m tests.faults.worker DATABASE_URL LOG_PATH [--step-seconds S] [--concurrency N]
+[--lease-seconds S] [--gate PATH --gate-step NAME]``. Every step execution appends
 ``<start time> <pid> <instance id> <step name>`` to LOG_PATH before doing its work, so a test can count
-executions and tell which process ran what. A step's result names the process that produced it.
+executions and tell which process ran what. A step's result names the process that produced it. With
+``--gate``, the step ``--gate-step`` (default ``s0``) waits after logging until the file PATH exists: a test
+holds every claimed instance inside that step for as long as it wants, so what each worker holds is decided
+by its concurrency, not by timing.
 
 ``STEPSTONE_FAULT_SLOW_WRITE=<step>:<seconds>`` slows one write on purpose: once the result of that step is
 committed, the worker appends ``<pid> committed <step>`` to ``LOG_PATH.marks`` and holds the write's reply for
@@ -11,11 +15,12 @@ that long, so a test can freeze the process (SIGSTOP) while it waits for a commi
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import os
 import random
-import sys
 import time
+from pathlib import Path
 from typing import Any
 
 from stepstone import Engine, WorkflowEntrypoint
@@ -25,6 +30,8 @@ STEPS = 6
 RETRY_FAST = {"retries": {"limit": 50, "delay": 50, "backoff": "constant"}}
 LOG_PATH = ""
 STEP_SECONDS = 0.15
+GATE: Path | None = None
+GATE_STEP = "s0"
 
 
 def log_execution(instance_id: str, name: str) -> None:
@@ -37,7 +44,7 @@ def log_execution(instance_id: str, name: str) -> None:
 
 
 class Chain(WorkflowEntrypoint):
-    """STEPS sequential steps with a hibernating sleep in the middle; each result is ``[n*100+i, pid]``."""
+    """STEPS sequential steps with a short sleep in the middle; each result is ``[n*100+i, pid]``."""
 
     async def run(self, event: Any, step: Any) -> Any:
         n = int(event.payload["n"])
@@ -46,6 +53,8 @@ class Chain(WorkflowEntrypoint):
 
             async def work(i: int = i) -> list[int]:
                 log_execution(event.instance_id, f"s{i}")
+                while GATE is not None and f"s{i}" == GATE_STEP and not GATE.exists():
+                    await asyncio.sleep(0.02)
                 await asyncio.sleep(STEP_SECONDS * random.uniform(0.5, 1.5))
                 return [n * 100 + i, os.getpid()]
 
@@ -81,8 +90,8 @@ def slow_write(storage: Any, spec: str) -> None:
     storage.put_step = slowed
 
 
-async def main(url: str) -> None:
-    engine = Engine(url, concurrency=10, lease_seconds=2.0, poll_interval=0.25)
+async def main(url: str, concurrency: int, lease_seconds: float) -> None:
+    engine = Engine(url, concurrency=concurrency, lease_seconds=lease_seconds, poll_interval=0.25)
     if os.environ.get("STEPSTONE_FAULT_SLOW_WRITE"):
         slow_write(engine.storage, os.environ["STEPSTONE_FAULT_SLOW_WRITE"])
     async with engine:
@@ -91,7 +100,14 @@ async def main(url: str) -> None:
 
 
 if __name__ == "__main__":
-    LOG_PATH = sys.argv[2]
-    if len(sys.argv) > 3:
-        STEP_SECONDS = float(sys.argv[3])
-    asyncio.run(main(sys.argv[1]))
+    parser = argparse.ArgumentParser()
+    parser.add_argument("url")
+    parser.add_argument("log")
+    parser.add_argument("--step-seconds", type=float, default=STEP_SECONDS)
+    parser.add_argument("--concurrency", type=int, default=10)
+    parser.add_argument("--lease-seconds", type=float, default=2.0)
+    parser.add_argument("--gate", type=Path)
+    parser.add_argument("--gate-step", default=GATE_STEP)
+    args = parser.parse_args()
+    LOG_PATH, STEP_SECONDS, GATE, GATE_STEP = args.log, args.step_seconds, args.gate, args.gate_step
+    asyncio.run(main(args.url, args.concurrency, args.lease_seconds))

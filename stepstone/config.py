@@ -35,6 +35,9 @@ DEFAULT_PORT: Final[int] = 8787
 DEFAULT_CONCURRENCY: Final[int] = 100
 
 ENV_DATABASE: Final[str] = "STEPSTONE_DATABASE_URL"
+ENV_DATABASE_FALLBACK: Final[str] = "DATABASE_URL"
+"""The common convention (Heroku, Render, Django, Rails...): used when ``STEPSTONE_DATABASE_URL`` is unset and it
+holds a URL stepstone can open (``sqlite:///`` or ``postgresql://``)."""
 ENV_CONCURRENCY: Final[str] = "STEPSTONE_CONCURRENCY"
 ENV_HOST: Final[str] = "STEPSTONE_HOST"
 ENV_PORT: Final[str] = "STEPSTONE_PORT"
@@ -42,6 +45,10 @@ ENV_API_TOKEN: Final[str] = "STEPSTONE_API_TOKEN"
 ENV_LOG_LEVEL: Final[str] = "STEPSTONE_LOG_LEVEL"
 LOG_LEVELS: Final[tuple[str, ...]] = ("debug", "info", "warning", "error")
 LOG_FORMATS: Final[tuple[str, ...]] = ("text", "json")
+_USABLE_URLS: Final[tuple[str, ...]] = ("sqlite://", "postgresql://", "postgres://")
+# Variables that name a database for other tools: libpq's, and *DATABASE_URL, POSTGRES_URL, DB_DSN and the like.
+_LIBPQ_VARS: Final[frozenset[str]] = frozenset({"PGHOST", "PGHOSTADDR", "PGPORT", "PGDATABASE", "PGUSER", "PGSERVICE"})
+_DATABASE_VAR_RE: Final = re.compile(r"(?:^|_)(?:DATABASE|DB|POSTGRES|POSTGRESQL|PG)_?(?:URL|URI|DSN)$")
 
 # Wrangler keys that make sense for a Worker but not here: accepted silently.
 _QUIET_KEYS: Final[frozenset[str]] = frozenset({"$schema", "compatibility_date", "compatibility_flags"})
@@ -89,6 +96,8 @@ class Settings:
     """``debug``, ``info``, ``warning`` or ``error``; None lets each command choose (``dev``: info, others: warning)."""
     log_format: str = "text"
     """``text`` or ``json``."""
+    database_from: str = "default"
+    """Where ``database`` came from: ``default``, ``file`` (``[stepstone] database``) or the environment variable."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -276,6 +285,7 @@ def _settings(c: _Checker, raw: object, warnings: list[str]) -> dict[str, Any]:
     out: dict[str, Any] = {}
     if "database" in table:
         out["database"] = _database_url(c.string(table["database"], "stepstone.database"), c.path.parent)
+        out["database_from"] = "file"
     if "concurrency" in table:
         out["concurrency"] = c.integer(table["concurrency"], "stepstone.concurrency")
     if "host" in table:
@@ -314,13 +324,15 @@ def _database_url(url: str, base: Path) -> str:
 
 
 def apply_env(settings: Settings, environ: Mapping[str, str] | None = None, *, cwd: Path | None = None) -> Settings:
-    """``STEPSTONE_DATABASE_URL``, ``_CONCURRENCY``, ``_HOST``, ``_PORT``, ``_LOG_LEVEL`` and ``_API_TOKEN`` over
-    ``settings``."""
+    """``STEPSTONE_DATABASE_URL`` (else ``DATABASE_URL``), ``_CONCURRENCY``, ``_HOST``, ``_PORT``, ``_LOG_LEVEL`` and
+    ``_API_TOKEN`` over ``settings``."""
     env = os.environ if environ is None else environ
     c = _Checker(Path("environment"))
     changes: dict[str, Any] = {}
-    if env.get(ENV_DATABASE):
-        changes["database"] = _database_url(env[ENV_DATABASE], cwd or Path.cwd())
+    from_env = _env_database(env)
+    if from_env is not None:
+        changes["database"] = _database_url(from_env[0], cwd or Path.cwd())
+        changes["database_from"] = from_env[1]
     if env.get(ENV_CONCURRENCY):
         changes["concurrency"] = c.integer(env[ENV_CONCURRENCY], ENV_CONCURRENCY)
     if env.get(ENV_HOST):
@@ -395,7 +407,39 @@ def client_token(environ: Mapping[str, str] | None = None) -> str | None:
 
 
 def env_database(environ: Mapping[str, str] | None = None, *, cwd: Path | None = None) -> str | None:
-    """``STEPSTONE_DATABASE_URL`` (relative SQLite paths made absolute), or None when unset."""
+    """``STEPSTONE_DATABASE_URL``, else a usable ``DATABASE_URL`` (relative SQLite paths made absolute), or None."""
     env = os.environ if environ is None else environ
-    url = env.get(ENV_DATABASE)
-    return _database_url(url, cwd or Path.cwd()) if url else None
+    found = _env_database(env)
+    return _database_url(found[0], cwd or Path.cwd()) if found else None
+
+
+def _env_database(env: Mapping[str, str]) -> tuple[str, str] | None:
+    """The database URL the environment gives stepstone, and the variable it came from."""
+    if env.get(ENV_DATABASE):
+        return env[ENV_DATABASE], ENV_DATABASE
+    fallback = env.get(ENV_DATABASE_FALLBACK, "")
+    if fallback.startswith(_USABLE_URLS):
+        return fallback, ENV_DATABASE_FALLBACK
+    return None
+
+
+def database_warning(settings: Settings, environ: Mapping[str, str] | None = None) -> str | None:
+    """What to tell a user whose command is about to use the default SQLite file although the environment names
+    a database under a name stepstone does not read (``PGHOST``, ``POSTGRES_URL``, a ``DATABASE_URL`` that is not a
+    ``sqlite:///`` or ``postgresql://`` URL...), or None."""
+    if settings.database_from != "default":
+        return None
+    env = os.environ if environ is None else environ
+    names = sorted(
+        name
+        for name, value in env.items()
+        if value and name != ENV_DATABASE and (name in _LIBPQ_VARS or _DATABASE_VAR_RE.search(name))
+    )
+    if not names:
+        return None
+    verb = "is" if len(names) == 1 else "are"
+    return (
+        f"using the default SQLite file {settings.database} although {', '.join(names)} {verb} set: stepstone reads "
+        f"its database from --database, {ENV_DATABASE}, {ENV_DATABASE_FALLBACK} (a sqlite:/// or postgresql:// URL) "
+        "or [stepstone] database"
+    )

@@ -14,7 +14,7 @@ import click
 
 from stepstone.cli.backend import Backend, LocalBackend
 from stepstone.cli.output import warn
-from stepstone.config import ConfigError, Settings, client_token, env_database, find_config
+from stepstone.config import ConfigError, Settings, client_token, database_warning, env_database, find_config
 from stepstone.engine import Engine
 from stepstone.observe.logs import setup_logging
 from stepstone.project import Project, ProjectError
@@ -116,6 +116,17 @@ def load_project(config: Path | None) -> Project:
     return project
 
 
+def chosen_database(settings: Settings, database: str | None) -> str:
+    """``--database``, else the settings' database; warns when that is the default SQLite file although the
+    environment names a database under another name (``PGHOST``, ``POSTGRES_URL``...)."""
+    if database:
+        return database
+    hint = database_warning(settings)
+    if hint is not None:
+        warn(hint)
+    return settings.database
+
+
 def run(coro: Coroutine[Any, Any, T]) -> T:
     """Run a command's coroutine to the end."""
     return asyncio.run(coro)
@@ -139,13 +150,14 @@ def client_engine(target: Target, *, need_code: bool) -> tuple[Engine, dict[str,
         return Engine(database, worker=False), {}
     project = load_project(target.config)
     schedules = {wf.name: wf.schedules for wf in project.config.workflows if wf.schedules}
+    database = chosen_database(project.settings, target.database)
     try:
-        return project.engine(worker=False, database=target.database), schedules
+        return project.engine(worker=False, database=database), schedules
     except ProjectError as exc:
         if need_code:
             raise
         warn(f"{exc} (continuing with the workflows the database knows)")
-        return project.engine(worker=False, database=target.database, register=False), schedules
+        return project.engine(worker=False, database=database, register=False), schedules
 
 
 @contextlib.asynccontextmanager

@@ -7,9 +7,9 @@ from pathlib import Path
 
 import click
 
-from stepstone.cli.common import config_option, database_option, load_project, run
+from stepstone.cli.common import chosen_database, config_option, database_option, load_project, run
 from stepstone.cli.output import info
-from stepstone.config import DEFAULT_DATABASE
+from stepstone.config import default_settings, find_config
 from stepstone.storage import storage_for_url
 from stepstone.storage.schema_status import SchemaStatus, schema_status
 
@@ -21,12 +21,11 @@ _json_option = click.option("--json", "as_json", is_flag=True, help="Print JSON.
 def _url(config: Path | None, database: str | None) -> str:
     if database:
         return database
-    try:
-        return load_project(config).settings.database
-    except click.ClickException:
-        if config is not None:
-            raise
-        return DEFAULT_DATABASE
+    if config is not None or find_config(Path.cwd()) is not None:
+        settings = load_project(config).settings
+    else:  # outside any project: the environment, else the default file here
+        settings = default_settings()
+    return chosen_database(settings, None)
 
 
 def _print(status: SchemaStatus, as_json: bool, verb: str = "") -> None:

@@ -22,7 +22,15 @@ from pathlib import Path
 
 import click
 
-from stepstone.cli.common import config_option, database_option, load_project, log_options, run, start_logging
+from stepstone.cli.common import (
+    chosen_database,
+    config_option,
+    database_option,
+    load_project,
+    log_options,
+    run,
+    start_logging,
+)
 from stepstone.cli.output import info, warn
 from stepstone.config import ConfigError
 from stepstone.engine import Engine
@@ -138,7 +146,7 @@ async def run_dev(
     from stepstone.cli.worker import until_signalled
 
     config_path = project.config.path
-    db = database or project.settings.database
+    db = chosen_database(project.settings, database)
     child_args = ["--config", str(config_path), "--database", db, "--no-schedules", "--poll-interval", "0.2"]
     child_args += ["--parent-pid", str(os.getpid())]  # the child dies with us, even on SIGKILL
     child_args += ["--log-level", logging[0], "--log-format", logging[1]]

@@ -13,7 +13,15 @@ from pathlib import Path
 
 import click
 
-from stepstone.cli.common import config_option, database_option, load_project, log_options, run, start_logging
+from stepstone.cli.common import (
+    chosen_database,
+    config_option,
+    database_option,
+    load_project,
+    log_options,
+    run,
+    start_logging,
+)
 from stepstone.cli.output import info
 from stepstone.cli.worker import until_signalled
 from stepstone.config import default_settings, find_config
@@ -65,10 +73,10 @@ def serve(
     if config is not None or find_config(Path.cwd()) is not None:
         project = load_project(config)
         settings = project.settings
-        engine = project.engine(worker=False, database=database, register=False)
+        engine = project.engine(worker=False, database=chosen_database(settings, database), register=False)
     else:
         settings = default_settings()
-        engine = Engine(database or settings.database, worker=False)
+        engine = Engine(chosen_database(settings, database), worker=False)
     start_logging(log_level, log_format, settings)
     run(
         run_serve(

@@ -9,7 +9,15 @@ from pathlib import Path
 
 import click
 
-from stepstone.cli.common import config_option, database_option, load_project, log_options, run, start_logging
+from stepstone.cli.common import (
+    chosen_database,
+    config_option,
+    database_option,
+    load_project,
+    log_options,
+    run,
+    start_logging,
+)
 from stepstone.cli.lifeline import die_with_parent, parent_gone
 from stepstone.cli.output import info
 from stepstone.observe.logs import install_stdout
@@ -163,7 +171,7 @@ def worker(
     run(
         run_worker(
             project,
-            database=database,
+            database=chosen_database(project.settings, database),
             concurrency=concurrency,
             schedules=schedules,
             poll_interval=poll_interval,

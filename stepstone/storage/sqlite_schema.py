@@ -98,6 +98,10 @@ MIGRATIONS: Final[tuple[str, ...]] = (
     """
     ALTER TABLE instances ADD COLUMN traceparent TEXT;
     """,
+    # version 4: counts by status and status-filtered pages read an index, not every row of the workflow
+    """
+    CREATE INDEX instances_by_status ON instances (workflow, status, created_on);
+    """,
 )
 SCHEMA_VERSION: Final = len(MIGRATIONS)
 

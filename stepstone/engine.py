@@ -18,6 +18,7 @@ from stepstone.limits import Limits, validate_workflow_name
 from stepstone.models import WorkflowRecord
 from stepstone.observe import Observer, Observers
 from stepstone.observe.logs import LogObserver
+from stepstone.run_state import TestHooks
 from stepstone.storage import storage_for_url
 from stepstone.storage.base import Storage
 from stepstone.text import check_text
@@ -83,6 +84,7 @@ class Engine:
         self._poll_interval = poll_interval
         self._inprocess_wait_s = inprocess_wait_s
         self._purge_interval = purge_interval
+        self._test_hooks: TestHooks | None = None  # only stepstone.testing.TestEngine sets it: mocks never run here
         self.worker: Worker | None = None
         self._started = False
         self.observers = Observers([LogObserver(), *_tracing()])
@@ -222,6 +224,7 @@ class Engine:
                 inprocess_wait_s=self._inprocess_wait_s,
                 purge_interval=self._purge_interval,
                 observer=self.observers,
+                test_hooks=self._test_hooks,
             )
             await self.worker.start()
 

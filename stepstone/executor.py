@@ -14,7 +14,7 @@ from stepstone.clock import Clock
 from stepstone.errors import FencedError, SerializationError, StepstoneError, error_name
 from stepstone.limits import Limits, check_size
 from stepstone.models import Claim
-from stepstone.run_state import Abort, LeaseWindow, RunHooks, RunState, Suspend, current_run
+from stepstone.run_state import Abort, LeaseWindow, RunHooks, RunState, Suspend, TestHooks, current_run
 from stepstone.step import WorkflowStep
 from stepstone.storage.base import Storage
 from stepstone.workflow import WorkflowEntrypoint, WorkflowEvent
@@ -47,6 +47,7 @@ class Execution:
         on_park: Callable[[int], None] | None = None,
         hooks: RunHooks | None = None,
         lease_window: LeaseWindow | None = None,
+        test_hooks: TestHooks | None = None,
     ) -> None:
         self.storage = storage
         self.clock = clock
@@ -58,6 +59,7 @@ class Execution:
         self.hooks = hooks
         self.lease_window = lease_window
         """Until when the worker knows the lease holds (moved by its renewals); checked before each attempt."""
+        self.test_hooks = test_hooks
         self.error: tuple[str, str] | None = None
         """The error name and message this run finished the instance with, if it errored it."""
         self.state: RunState | None = None
@@ -112,6 +114,7 @@ class Execution:
             on_park=self.on_park,
             hooks=self.hooks,
             lease_window=self.lease_window,
+            test_hooks=self.test_hooks,
         )
         self.state = state
         current_run.set(state)  # this task (and the run task it starts) belongs to this instance

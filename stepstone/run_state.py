@@ -66,6 +66,34 @@ class RunHooks(Protocol):
         """Wrap one live attempt of a ``step.do`` (a trace span around it); return ``aw`` to add nothing."""
 
 
+class TestHooks(Protocol):
+    """How a test engine (``stepstone.testing.TestEngine``) modifies its runs for workflow introspection: mocked
+    attempts, skipped sleeps and retry delays, forced event timeouts, mocked events. An :class:`Engine` has none,
+    so a production run's ``test_hooks`` is always None."""
+
+    def attempt(
+        self, state: RunState, name: str, count: int, attempt: int, run: Callable[[], Awaitable[Any]]
+    ) -> Awaitable[Any]:
+        """One live attempt of a ``step.do``: ``run()`` for the real one, or a mocked result, error or timeout."""
+        ...
+
+    def skip_sleep(self, state: RunState, name: str, count: int) -> bool:
+        """Whether this sleep ends at once."""
+        ...
+
+    def skip_retry_delay(self, state: RunState, name: str, count: int) -> bool:
+        """Whether this step retries at once."""
+        ...
+
+    def event_timeout(self, state: RunState, name: str, count: int) -> bool:
+        """Whether this event wait times out at once."""
+        ...
+
+    def mocked_event(self, state: RunState, event_type: str) -> tuple[Any] | None:
+        """A mocked event's payload for a wait of this type (consumed), or None."""
+        ...
+
+
 current_run: contextvars.ContextVar[RunState | None] = contextvars.ContextVar("stepstone_current_run", default=None)
 """The run whose ``run()`` (or step) is executing in this context: set by the executor for its run task, read by
 the log filter and the stdout wrapper in ``stepstone.observe.logs``."""
@@ -121,6 +149,8 @@ class RunState:
     hooks: RunHooks | None = None
     lease_window: LeaseWindow | None = None
     """How long the worker knows the lease holds; None (a run without a worker) checks nothing."""
+    test_hooks: TestHooks | None = None
+    """The test engine's modifications; None in every production engine."""
     replaying: bool = False
     """True from the start of a run that has history, while every step called so far was served from it; the
     first step call that is not settled there (new, or pending: a retry, a sleep or wait not yet over) ends the

@@ -171,6 +171,8 @@ class WorkflowStep:
         new = rec is None
         if rec is None:
             wake = until if until is not None else now + (seconds or 0.0)
+            if state.test_hooks is not None and state.test_hooks.skip_sleep(state, name, count):
+                wake = now
             rec = StepRecord(key, "sleep", name, count, state.next_seq(), "waiting", now, wake_at=wake)
             state.history[key] = rec
         assert rec.wake_at is not None
@@ -236,13 +238,18 @@ class WorkflowStep:
                 event_type=event_type,
             )
             state.history[key] = rec
+        hooks = state.test_hooks
+        if hooks is not None and hooks.event_timeout(state, name, count):
+            rec.wake_at = now
+        elif hooks is not None and (mocked := hooks.mocked_event(state, event_type)) is not None:
+            rec.status, rec.ended_at = "success", now
+            rec.result = _event_result(event_type, now, codec.encode(mocked[0], what=f'mocked event "{event_type}"'))
+            await state.write(rec)
+            return _event_from_result(rec.result)
         event = state.take_event(event_type)
         if event is not None:
             rec.status, rec.ended_at = "success", now
-            rec.result = (
-                f'{{"type":{json.dumps(event_type)},"timestamp":{{"$datetime":'
-                f'{json.dumps(_iso(event.received_at))}}},"payload":{event.payload}}}'
-            )
+            rec.result = _event_result(event_type, event.received_at, event.payload)
             await state.consume(rec, event.pk)
             return _event_from_result(rec.result)
         assert rec.wake_at is not None
@@ -259,6 +266,14 @@ class WorkflowStep:
 
 def _iso(ts: float) -> str:
     return datetime.fromtimestamp(ts, UTC).isoformat()
+
+
+def _event_result(event_type: str, received_at: float, payload: str) -> str:
+    """A wait step's stored result: the event's type, when it arrived, and its (encoded) payload."""
+    return (
+        f'{{"type":{json.dumps(event_type)},"timestamp":{{"$datetime":'
+        f'{json.dumps(_iso(received_at))}}},"payload":{payload}}}'
+    )
 
 
 def _event_from_result(result: str | None) -> WorkflowStepEvent:

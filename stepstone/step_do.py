@@ -276,7 +276,13 @@ async def run_do(
         try:
             try:
                 try:
-                    attempt = state.observed(rec, attempt_no, _invoke(fn, ctx, kwargs))
+                    hooks = state.test_hooks
+                    live = (
+                        _invoke(fn, ctx, kwargs)
+                        if hooks is None
+                        else hooks.attempt(state, name, count, attempt_no, functools.partial(_invoke, fn, ctx, kwargs))
+                    )
+                    attempt = state.observed(rec, attempt_no, live)
                     value = await _with_timeout(state, attempt, timeout_s, config.timeout_ms)
                 finally:
                     marker.cancel()  # the attempt is over: no start marker once its outcome is being written
@@ -310,6 +316,8 @@ async def run_do(
                     except NonRetryableError as delay_exc:
                         exc, final = delay_exc, True
                         att.error_name, att.error_message = error_name(exc), str(exc)
+                    if state.test_hooks is not None and state.test_hooks.skip_retry_delay(state, name, count):
+                        delay = 0.0
                 if final:
                     rec.status, rec.ended_at = "error", now
                     rec.error_name, rec.error_message = error_name(exc), str(exc)

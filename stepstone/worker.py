@@ -23,7 +23,7 @@ from stepstone.errors import StorageError
 from stepstone.executor import Execution, WorkflowDef
 from stepstone.models import Claim, Lease
 from stepstone.observe import Observer
-from stepstone.run_state import LeaseWindow
+from stepstone.run_state import LeaseWindow, TestHooks
 from stepstone.storage.base import Storage
 
 log = logging.getLogger("stepstone.worker")
@@ -76,6 +76,7 @@ class Worker:
         purge_interval: float = 60.0,
         owner: str | None = None,
         observer: Observer | None = None,
+        test_hooks: TestHooks | None = None,
     ) -> None:
         self.storage = storage
         self.clock = clock
@@ -88,6 +89,8 @@ class Worker:
         self.owner = owner or new_owner_id()
         self.observer = observer
         """Told of every run started and finished here, and (as the run hooks) of its live steps."""
+        self.test_hooks = test_hooks
+        """The test engine's modifications of its runs (stepstone.testing); None for a production engine."""
         self.running: dict[int, tuple[Execution, asyncio.Task[str]]] = {}
         self.outcomes: dict[str, int] = {}
         self._wake = asyncio.Event()
@@ -228,6 +231,7 @@ class Worker:
             on_park=self._park,
             hooks=self.observer,
             lease_window=window,
+            test_hooks=self.test_hooks,
         )
         pk = claim.instance.pk
         # The run's task copies this context: what the observer sets in it (a trace span) spans the whole run.

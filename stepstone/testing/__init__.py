@@ -15,6 +15,13 @@ from __future__ import annotations
 
 from stepstone.testing.clock import FakeClock, TimeSkippingClock
 from stepstone.testing.engine import FAKE_CLOCK_ENGINE_OPTIONS, TestEngine
+from stepstone.testing.introspect import (
+    InstanceIntrospector,
+    WorkflowIntrospector,
+    introspect_workflow,
+    introspect_workflow_instance,
+)
+from stepstone.testing.mocks import Modifier
 from stepstone.testing.waits import (
     StepSelector,
     get_error,
@@ -27,11 +34,16 @@ from stepstone.testing.waits import (
 __all__ = [
     "FAKE_CLOCK_ENGINE_OPTIONS",
     "FakeClock",
+    "InstanceIntrospector",
+    "Modifier",
     "StepSelector",
     "TestEngine",
     "TimeSkippingClock",
+    "WorkflowIntrospector",
     "get_error",
     "get_output",
+    "introspect_workflow",
+    "introspect_workflow_instance",
     "wait_for_event_wait",
     "wait_for_status",
     "wait_for_step_result",

@@ -4,12 +4,41 @@ leases that never lapse on a skip, and the hooks that workflow introspection (``
 from __future__ import annotations
 
 import math
-from typing import Any, Final
+import weakref
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any, Final
 
+from stepstone.binding import Workflow
 from stepstone.clock import Clock
 from stepstone.engine import Engine
+from stepstone.models import InstanceRecord
+from stepstone.observe import Observer
 from stepstone.storage.base import Storage
 from stepstone.testing.clock import TimeSkippingClock
+from stepstone.testing.mocks import Mocks
+
+if TYPE_CHECKING:
+    from stepstone.testing.introspect import WorkflowIntrospector
+
+_ENGINES: weakref.WeakKeyDictionary[Workflow, TestEngine] = weakref.WeakKeyDictionary()
+
+
+def engine_of(workflow: Workflow) -> TestEngine | None:
+    """The test engine a binding belongs to; None for a production engine's binding."""
+    return _ENGINES.get(workflow)
+
+
+class _Creations(Observer):
+    """Tells each open ``introspect_workflow`` block of the instances created in its workflow."""
+
+    def __init__(self, engine: TestEngine) -> None:
+        self._engine = engine
+
+    def instances_created(self, records: Sequence[InstanceRecord], *, now: float) -> None:
+        for record in records:
+            for introspector in list(self._engine.introspectors.get(record.workflow, [])):
+                introspector.created(record.id)
+
 
 FAKE_CLOCK_ENGINE_OPTIONS: Final[dict[str, Any]] = {
     # Everything happens in one process, so the worker never needs to poll; leases never expire on a jump.
@@ -32,7 +61,9 @@ class TestEngine(Engine):
       skips ahead only when every instance is idle;
     - finished instances are never purged (``purge_interval`` is infinite), and leases last a century, so
       skipping time never deletes or takes over the test's instances;
-    - SQLite commits with ``synchronous=NORMAL``.
+    - SQLite commits with ``synchronous=NORMAL``;
+    - its runs apply what ``introspect_workflow`` / ``introspect_workflow_instance`` record (a production
+      :class:`~stepstone.engine.Engine` has no such hook, and introspection refuses its bindings).
     """
 
     __test__ = False  # not a pytest test class
@@ -41,6 +72,18 @@ class TestEngine(Engine):
         for key, value in TEST_ENGINE_DEFAULTS.items():
             options.setdefault(key, value)
         super().__init__(database, clock=clock or TimeSkippingClock(), **options)
+        self.mocks = Mocks()
+        """The modifications of this engine's instances, by (workflow, instance id)."""
+        self.introspectors: dict[str, list[WorkflowIntrospector]] = {}
+        """The open ``introspect_workflow`` blocks, by workflow name."""
+        self._test_hooks = self.mocks
+        self.observers.add(_Creations(self))
+
+    def workflow(self, name: str) -> Workflow:
+        """The binding for a workflow, known to introspection as this test engine's."""
+        binding = super().workflow(name)
+        _ENGINES[binding] = self
+        return binding
 
     async def start(self) -> None:
         """Start as an Engine does, then let a time-skipping clock skip while this engine is idle."""

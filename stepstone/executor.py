@@ -11,12 +11,13 @@ from typing import Any
 
 from stepstone import codec
 from stepstone.clock import Clock
-from stepstone.errors import FencedError, SerializationError, StepstoneError, error_name
+from stepstone.errors import FencedError, SerializationError, StepstoneError
 from stepstone.limits import Limits, check_size
 from stepstone.models import Claim
 from stepstone.run_state import Abort, LeaseWindow, RunHooks, RunState, Suspend, TestHooks, current_run
 from stepstone.step import WorkflowStep
 from stepstone.storage.base import Storage
+from stepstone.text import error_text
 from stepstone.workflow import WorkflowEntrypoint, WorkflowEvent
 
 log = logging.getLogger("stepstone.executor")
@@ -191,17 +192,19 @@ class Execution:
 
     async def _finish_error(self, exc: BaseException, *, name: str | None = None) -> str:
         inst = self.claim.instance
+        recorded_name, message = error_text(exc)
+        recorded_name = name or recorded_name
         if not isinstance(exc, StepstoneError):
-            log.debug("instance %s/%s errored: %s: %s", inst.workflow, inst.id, error_name(exc), exc)
-        self.error = (name or error_name(exc), str(exc))
+            log.debug("instance %s/%s errored: %s: %s", inst.workflow, inst.id, recorded_name, message)
+        self.error = (recorded_name, message)
         return await self._guard(
             self.storage.finish(
                 self.lease,
                 now=self.clock.now(),
                 status="errored",
                 output=None,
-                error_name=name or error_name(exc),
-                error_message=str(exc),
+                error_name=recorded_name,
+                error_message=message,
                 retention_ms=self._retention("error", inst.error_retention_ms),
             ),
             "errored",

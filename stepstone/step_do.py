@@ -26,13 +26,13 @@ from stepstone.errors import (
     ValidationError,
     WorkflowFatalError,
     WorkflowTimeoutError,
-    error_name,
     is_non_retryable,
 )
 from stepstone.limits import check_size
 from stepstone.models import Attempt, StepRecord, step_key
 from stepstone.retry import StepConfig, retry_delay_ms, will_retry
 from stepstone.run_state import RunState, WakeReason
+from stepstone.text import error_text, storable
 
 
 class StepHost(Protocol):
@@ -177,7 +177,7 @@ def _finish_attempt(att: Attempt, now: float, exc: BaseException | None) -> None
     att.end = now
     att.success = exc is None
     if exc is not None:
-        att.error_name, att.error_message = error_name(exc), str(exc)
+        att.error_name, att.error_message = error_text(exc)
 
 
 async def _retry_delay_ms(config: StepConfig, ctx: StepContext, exc: BaseException, attempt: int) -> float:
@@ -298,7 +298,7 @@ async def run_do(
                 state.fatal = fatal
                 _finish_attempt(att, clock.now(), fatal)
                 rec.status, rec.ended_at = "error", att.end
-                rec.error_name, rec.error_message = "WorkflowFatalError", str(fatal)
+                rec.error_name, rec.error_message = "WorkflowFatalError", storable(str(fatal))
                 rec.result = _error_class_ref(fatal)
                 await state.write(rec)
                 raise fatal from exc
@@ -315,12 +315,12 @@ async def run_do(
                         delay = await _retry_delay_ms(config, ctx, exc, attempt_no)
                     except NonRetryableError as delay_exc:
                         exc, final = delay_exc, True
-                        att.error_name, att.error_message = error_name(exc), str(exc)
+                        att.error_name, att.error_message = error_text(exc)
                     if state.test_hooks is not None and state.test_hooks.skip_retry_delay(state, name, count):
                         delay = 0.0
                 if final:
                     rec.status, rec.ended_at = "error", now
-                    rec.error_name, rec.error_message = error_name(exc), str(exc)
+                    rec.error_name, rec.error_message = error_text(exc)
                     rec.result = _error_class_ref(exc)
                     await state.write(rec)
                     raise exc

@@ -9,9 +9,9 @@ alike, instead of a driver error (a 500, or a 503 the SDK retries). Inside JSON 
 
 from __future__ import annotations
 
-from stepstone.errors import ValidationError
+from stepstone.errors import ValidationError, error_name
 
-__all__ = ["check_text", "text_problem"]
+__all__ = ["check_text", "error_text", "storable", "text_problem"]
 
 
 def text_problem(text: str, *, nul: bool = True) -> str | None:
@@ -39,3 +39,23 @@ def check_text(value: str, *, what: str) -> str:
         shown = repr(value) if len(value) <= 80 else repr(value[:77]) + "..."
         raise ValidationError(f"{what} {shown} cannot be stored: it holds {problem}")
     return value
+
+
+def storable(text: str) -> str:
+    """``text`` with what no backend can store written out as escapes: a lone surrogate as ``\\ud800``, a NUL as
+    ``\\x00`` (for text that must be kept rather than refused: an exception's name and message)."""
+    if text.isascii() and "\x00" not in text:
+        return text
+    return text.encode("utf-8", "backslashreplace").decode("utf-8").replace("\x00", "\\x00")
+
+
+def error_text(exc: BaseException) -> tuple[str, str]:
+    """The name and message recorded for an exception, as every backend can store them (see :func:`storable`).
+
+    An exception whose ``__str__`` itself fails is recorded with a message that says so, never lost.
+    """
+    try:
+        message = str(exc)
+    except Exception as failure:
+        message = f"<the message of this {type(exc).__name__} cannot be shown: {type(failure).__name__}>"
+    return storable(error_name(exc)), storable(message)

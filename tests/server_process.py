@@ -73,11 +73,22 @@ class Failing(WorkflowEntrypoint):
         await step.do("boom", boom)
 
 
+class Many(WorkflowEntrypoint):
+    """``params["steps"]`` trivial steps, run 500 at a time in parallel (so 10,000 of them take seconds)."""
+
+    async def run(self, event: Any, step: Any) -> Any:
+        n = int(event.payload["steps"])
+        for start in range(0, n, 500):
+            await asyncio.gather(*(step.do(f"s{i}", lambda i=i: i) for i in range(start, min(n, start + 500))))
+        return {"steps": n}
+
+
 WORKFLOWS: dict[str, type[WorkflowEntrypoint]] = {
     "quick": Quick,
     "waiter": Waiter,
     "sleeper": Sleeper,
     "failing": Failing,
+    "many": Many,
 }
 
 

@@ -118,6 +118,7 @@ class Project:
         database: str | None = None,
         concurrency: int | None = None,
         register: bool = True,
+        engine_class: type[Engine] = Engine,
         **options: Any,
     ) -> Engine:
         """An engine on the project's database with every workflow registered and bound in ``env``.
@@ -128,6 +129,7 @@ class Project:
             concurrency: overrides the configured worker concurrency.
             register: import ``main`` and register its classes (False: only the database's workflows are known,
                 for a process that must not run user code).
+            engine_class: the engine to build (``stepstone.testing.TestEngine`` for the pytest ``project`` fixture).
             options: passed to :class:`Engine` (``poll_interval``, ``clock``...).
         """
         settings = self.settings
@@ -136,7 +138,7 @@ class Project:
             limits["success_retention_ms"] = settings.success_retention_ms
         if settings.error_retention_ms is not None:
             limits["error_retention_ms"] = settings.error_retention_ms
-        engine = Engine(
+        engine = engine_class(
             database or settings.database,
             worker=worker,
             concurrency=concurrency or settings.concurrency,

@@ -9,6 +9,10 @@ from pathlib import Path
 
 import pytest
 
+# The kit's fixtures (engine, project, stepstone_database), also when the installed stepstone's entry points are
+# another checkout's: the plugin's entry point has this name, so pytest registers it once either way.
+pytest_plugins = ["stepstone.pytest_plugin"]
+
 
 @pytest.fixture
 def db_url(tmp_path: Path) -> str:
@@ -18,6 +22,24 @@ def db_url(tmp_path: Path) -> str:
 
 def _postgres_server() -> str:
     return os.environ.get("STEPSTONE_TEST_POSTGRES", "postgresql://postgres@127.0.0.1:5432/test")
+
+
+def _postgres_answers(url: str) -> bool:
+    try:
+        import psycopg
+
+        psycopg.connect(url, connect_timeout=3).close()
+    except Exception:
+        return False
+    return True
+
+
+# The plugin's @pytest.mark.stepstone_postgres runs where STEPSTONE_TEST_POSTGRES names a server: name ours when
+# it answers (and always under CI=true, where a missing server must fail, not skip).
+if "STEPSTONE_TEST_POSTGRES" not in os.environ and (
+    os.environ.get("CI", "").lower() == "true" or _postgres_answers(_postgres_server())
+):
+    os.environ["STEPSTONE_TEST_POSTGRES"] = _postgres_server()
 
 
 @pytest.fixture

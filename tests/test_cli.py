@@ -326,7 +326,7 @@ def test_init_makes_a_project_whose_test_passes(tmp_path: Path, monkeypatch: pyt
     env = {k: v for k, v in os.environ.items() if not k.startswith("STEPSTONE_")}
     env["PYTHONPATH"] = str(Path(stepstone.__file__).resolve().parent.parent)  # this checkout's stepstone
     run = subprocess.run(
-        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "tests"],
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-p", "stepstone.pytest_plugin", "tests"],
         cwd=root,
         capture_output=True,
         text=True,

@@ -82,35 +82,54 @@ class MyWorkflow(WorkflowEntrypoint):
 '''
 
 TEST = '''\
-"""Runs the starter workflow end to end on a time-skipping clock: the sleep and retry take no real time."""
+"""The starter workflow's tests. The ``project`` fixture (from ``stepstone[test]``) loads ../stepstone.toml as
+``stepstone dev`` does, on a fresh database and a clock that skips the sleep and the retry delay: milliseconds."""
 
 from __future__ import annotations
 
-import asyncio
-import sys
-from pathlib import Path
-from typing import Any
-
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "src"))
-
-from entry import MyWorkflow  # noqa: E402
-
-from stepstone.testing import TestEngine, wait_for_event_wait, wait_for_status  # noqa: E402
+from stepstone.pytest_plugin import TestProject
+from stepstone.testing import introspect_workflow_instance, wait_for_event_wait, wait_for_status
 
 
-async def scenario(tmp: Path) -> Any:
-    async with TestEngine(f"sqlite:///{tmp / 'test.db'}", vars={"GREETING": "Hi"}) as engine:
-        workflow = engine.register(MyWorkflow, name="test", binding="MY_WORKFLOW")
-        instance = await workflow.create(params={"email": "ada@example.com"})
-        await wait_for_event_wait(instance, "approval")
-        await instance.send_event(type="approval", payload={"approved": True})
-        return (await wait_for_status(instance, "complete")).output
+async def test_an_approved_request(project: TestProject) -> None:
+    instance = await project.env.MY_WORKFLOW.create(params={"email": "ada@example.com"})
+    await wait_for_event_wait(instance, "approval")
+    await instance.send_event(type="approval", payload={"approved": True})
+    status = await wait_for_status(instance, "complete")
+    assert status.output == {"greeting": "Hello, ada@example.com!", "files": 2, "approved": True}
 
 
-def test_my_workflow(tmp_path: Path) -> None:
-    output = asyncio.run(scenario(tmp_path))
-    assert output == {"greeting": "Hi, ada@example.com!", "files": 2, "approved": True}
+async def test_no_answer_within_the_hour(project: TestProject) -> None:
+    async with introspect_workflow_instance(project.env.MY_WORKFLOW, "no-answer") as inst:
+        await inst.modify(lambda m: m.force_event_timeout("wait for approval"))
+        await project.env.MY_WORKFLOW.create(id="no-answer", params={"email": "bob@example.com"})
+        assert (await inst.wait_for_status("complete")).output["approved"] is False
+        assert await inst.wait_for_step_result("greet") == "Hello, bob@example.com!"
 '''
+
+PYPROJECT = """\
+[project]
+name = "{name}"
+version = "0.1.0"
+description = "A stepstone project: Cloudflare Workflows for Python."
+requires-python = ">=3.11"
+dependencies = ["stepstone"]
+
+[project.optional-dependencies]
+test = ["stepstone[test]"]  # pytest, pytest-asyncio and stepstone's fixtures (engine, project)
+
+[build-system]
+requires = ["hatchling"]
+build-backend = "hatchling.build"
+
+[tool.hatch.build.targets.wheel]
+bypass-selection = true  # the workflows run under stepstone dev, from src/: nothing to package
+
+[tool.pytest.ini_options]
+asyncio_mode = "auto"
+asyncio_default_fixture_loop_scope = "function"
+testpaths = ["tests"]
+"""
 
 README = """\
 # {name}
@@ -118,19 +137,22 @@ README = """\
 A stepstone project: Cloudflare Workflows for Python, running locally.
 
 ```bash
+pip install -e '.[test]'                                   # stepstone, pytest and stepstone's test fixtures
+pytest                                                     # the workflow's tests, in milliseconds
 stepstone dev                                              # runs the workflows; restarts on code changes
 stepstone workflows trigger {workflow} '{{"email": "ada@example.com"}}'
 stepstone workflows instances describe {workflow} latest
 stepstone workflows instances send-event {workflow} latest --type approval --payload '{{"approved": true}}'
 stepstone workflows trigger {workflow} '{{"email": "bob@example.com"}}' --wait   # follow it live
-python -m pytest tests                                     # the workflow's test, on a fake clock
 ```
 
 `src/entry.py` holds the workflow; `stepstone.toml` binds it (wrangler's keys). The state lives in
-`.stepstone/stepstone.db`.
+`.stepstone/stepstone.db`. `tests/test_workflow.py` runs it on the `project` fixture: a fresh database and a
+clock that skips sleeps, with Cloudflare's introspection (`introspect_workflow_instance`, `modify`) to mock steps
+and events; see stepstone's docs/testing.md.
 """
 
-GITIGNORE = ".stepstone/\n__pycache__/\n"
+GITIGNORE = ".stepstone/\n__pycache__/\n.pytest_cache/\n"
 
 
 def _slug(text: str) -> str:
@@ -142,7 +164,7 @@ def _slug(text: str) -> str:
 @click.argument("directory", default=".", type=click.Path(file_okay=False, path_type=Path))
 @click.option("--name", default=None, help="Project name (default: the directory's name).")
 def init(directory: Path, name: str | None) -> None:
-    """Create a starter project in DIRECTORY: stepstone.toml, a workflow, a test."""
+    """Create a starter project in DIRECTORY: stepstone.toml, a workflow, its test, a pyproject.toml."""
     root = directory.resolve()
     existing = [f for f in CONFIG_FILES if (root / f).exists()]
     if existing:
@@ -153,6 +175,7 @@ def init(directory: Path, name: str | None) -> None:
         "stepstone.toml": CONFIG.format(name=project, workflow=workflow),
         "src/entry.py": ENTRY,
         "tests/test_workflow.py": TEST,
+        "pyproject.toml": PYPROJECT.format(name=project),
         "README.md": README.format(name=project, workflow=workflow),
         ".gitignore": GITIGNORE,
     }
@@ -165,6 +188,7 @@ def init(directory: Path, name: str | None) -> None:
     where = "" if root == Path.cwd().resolve() else f"cd {directory} && "
     echo(f'✨ Created project "{project}" in {root} with workflow "{workflow}"')
     echo("Next:")
-    echo(f"  {where}stepstone dev")
+    echo(f"  {where}pip install -e '.[test]' && pytest")
+    echo("  stepstone dev")
     echo(f'  stepstone workflows trigger {workflow} \'{{"email": "ada@example.com"}}\'')
     echo(f"  stepstone workflows instances describe {workflow} latest")

@@ -1,0 +1,131 @@
+"""pytest fixtures for stepstone workflows; ``pip install 'stepstone[test]'`` registers this plugin (``pytest11``).
+
+- ``stepstone_database``: the URL of a fresh database for the test: a SQLite file in its ``tmp_path``, or, for a
+  test marked ``@pytest.mark.stepstone_postgres``, a new PostgreSQL database on the server named by
+  ``STEPSTONE_TEST_POSTGRES`` (dropped afterwards; the test is skipped when the variable is unset).
+- ``engine``: a started :class:`~stepstone.testing.TestEngine` on that database, on the time-skipping clock:
+  register workflows on it.
+- ``project``: the ``stepstone.toml`` / ``wrangler.toml`` / ``wrangler.jsonc`` of the test's directory (or the
+  nearest parent), loaded as ``stepstone dev`` loads it (its ``main`` imported, every workflow registered and
+  bound, ``[vars]`` set) on a TestEngine on that database: ``project.env.MY_WORKFLOW``.
+
+The async fixtures need pytest-asyncio (part of ``stepstone[test]``); without it they fail with that advice.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import AsyncIterator, Callable, Iterator
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+import pytest
+
+from stepstone.config import ProjectConfig
+from stepstone.project import Project
+from stepstone.testing import TestEngine, TimeSkippingClock
+
+MARKER = "stepstone_postgres"
+POSTGRES_ENV = "STEPSTONE_TEST_POSTGRES"
+
+try:
+    import pytest_asyncio
+
+    HAVE_PYTEST_ASYNCIO = True
+except ImportError:  # pragma: no cover - stepstone installed without the [test] extra
+    HAVE_PYTEST_ASYNCIO = False
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Register the marker."""
+    config.addinivalue_line(
+        "markers", f"{MARKER}: run the test's stepstone engine on PostgreSQL (${POSTGRES_ENV}); skipped when unset"
+    )
+
+
+class TestProject:
+    """A project loaded for a test: its configuration, its test engine, and ``env`` with every binding."""
+
+    __test__ = False
+
+    def __init__(self, project: Project, engine: TestEngine) -> None:
+        self.project = project
+        self.engine = engine
+
+    @property
+    def config(self) -> ProjectConfig:
+        """The parsed configuration."""
+        return self.project.config
+
+    @property
+    def root(self) -> Path:
+        """The project's directory."""
+        return self.project.root
+
+    @property
+    def env(self) -> SimpleNamespace:
+        """The bindings (``env.MY_WORKFLOW``) and ``[vars]``, as the workflows see them."""
+        return self.engine.env
+
+    @property
+    def clock(self) -> Any:
+        """The engine's clock (a :class:`~stepstone.testing.TimeSkippingClock`)."""
+        return self.engine.clock
+
+
+def _postgres_database() -> Iterator[str]:
+    server = os.environ.get(POSTGRES_ENV)
+    if not server:
+        pytest.skip(f"@pytest.mark.{MARKER}: set {POSTGRES_ENV}=postgresql://user@host:5432/db to run it")
+    try:
+        import psycopg
+    except ImportError:
+        pytest.fail(f"@pytest.mark.{MARKER} needs the PostgreSQL driver: pip install 'stepstone[postgres]'")
+    name = f"stepstone_t_{uuid.uuid4().hex[:12]}"
+    with psycopg.connect(server, autocommit=True, connect_timeout=5) as admin:
+        admin.execute(f'CREATE DATABASE "{name}"')
+        try:
+            yield server.rsplit("/", 1)[0] + "/" + name
+        finally:
+            admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.fixture
+def stepstone_database(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    """A fresh database URL: SQLite in ``tmp_path``, PostgreSQL under ``@pytest.mark.stepstone_postgres``."""
+    if request.node.get_closest_marker(MARKER) is None:
+        yield f"sqlite:///{tmp_path / 'stepstone.db'}"
+        return
+    yield from _postgres_database()
+
+
+def _async_fixture(fn: Callable[..., AsyncIterator[Any]]) -> Any:
+    if HAVE_PYTEST_ASYNCIO:
+        return pytest_asyncio.fixture(fn)
+
+    def missing() -> None:  # pragma: no cover - stepstone installed without the [test] extra
+        pytest.fail(f"the {fn.__name__} fixture needs pytest-asyncio: pip install 'stepstone[test]'")
+
+    missing.__name__ = fn.__name__
+    missing.__doc__ = fn.__doc__
+    return pytest.fixture(missing)
+
+
+@_async_fixture
+async def engine(stepstone_database: str) -> AsyncIterator[TestEngine]:
+    """A started TestEngine on a fresh database, on a time-skipping clock; stopped after the test."""
+    started = TestEngine(stepstone_database, clock=TimeSkippingClock())
+    async with started:
+        yield started
+
+
+@_async_fixture
+async def project(request: pytest.FixtureRequest, stepstone_database: str) -> AsyncIterator[TestProject]:
+    """The test directory's project on a TestEngine on a fresh database: ``project.env.MY_WORKFLOW``."""
+    loaded = Project.load(cwd=Path(request.path).parent)
+    test_engine = loaded.engine(worker=True, database=stepstone_database, engine_class=TestEngine)
+    assert isinstance(test_engine, TestEngine)
+    async with test_engine:
+        yield TestProject(loaded, test_engine)

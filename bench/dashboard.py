@@ -104,9 +104,12 @@ async def fill(url: str, instances: int, steps: int) -> dict[str, int]:
         paused, ids = ids[: counts["paused"]], ids[counts["paused"] :]
         terminated, ids = ids[: counts["terminated"]], ids[counts["terminated"] :]
         week_ms = 7 * 86_400_000
-        await _in_chunks([functools.partial(storage.pause, WORKFLOW, i, now=now()) for i in paused])
+        await _in_chunks([functools.partial(storage.pause, "local", WORKFLOW, i, now=now()) for i in paused])
         await _in_chunks(
-            [functools.partial(storage.terminate, WORKFLOW, i, now=now(), retention_ms=week_ms) for i in terminated]
+            [
+                functools.partial(storage.terminate, "local", WORKFLOW, i, now=now(), retention_ms=week_ms)
+                for i in terminated
+            ]
         )
         done = counts["complete"] + counts["errored"] + counts["waiting"]
         claims = await _claim_all(engine, done + counts["running"], "bench-fill")
@@ -139,7 +142,7 @@ async def fill(url: str, instances: int, steps: int) -> dict[str, int]:
                 )
             # the rest stay running under their lease (an hour)
         await _in_chunks(finishing)
-        by_status = await storage.count_by_status(WORKFLOW)
+        by_status = await storage.count_by_status("local", WORKFLOW)
     # The 1,000-step instance, run to the end by a real worker.
     runner = Engine(url, poll_interval=0.05)
     runner.register(Long, name=LONG, script_name="bench")

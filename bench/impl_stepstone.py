@@ -91,7 +91,7 @@ async def _wait_status(engine: Engine, name: str, status: str, n: int, *, every:
     """Poll until ``n`` instances of ``name`` are in ``status``; returns the time it was seen."""
     deadline = time.perf_counter() + timeout
     while True:
-        counts = await engine.storage.count_by_status(name)
+        counts = await engine.storage.count_by_status("local", name)
         if counts.get(status, 0) >= n:
             return time.perf_counter()
         if counts.get("errored"):

@@ -1,11 +1,16 @@
-"""The Workflow binding and instance handles: Cloudflare's ``create``/``get``/``status``/``pause``/... in Python.
+"""The Workflow binding and instance handles: Cloudflare's ``create``/``get``/``status``/``pause``/... in Python,
+and the :class:`Account` handle that scopes them to one account.
 
 Both Cloudflare's dict forms (``create({"id": ..., "params": ...})``, ``send_event({"type": ..., "payload": ...})``)
 and Python keyword forms are accepted.
+
+Every binding belongs to one account (the default, ``local``, unless it came from :meth:`Account.workflow`) and
+every storage call it makes names that account, so a handle can never reach another account's instances.
 """
 
 from __future__ import annotations
 
+import re
 import uuid
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -24,7 +29,15 @@ from stepstone.limits import (
     validate_instance_id,
     validate_step_name,
 )
-from stepstone.models import InstanceRecord, NewInstance, StepRecord, StepRef, TriggerSource
+from stepstone.models import (
+    DEFAULT_ACCOUNT,
+    InstanceRecord,
+    NewInstance,
+    StepRecord,
+    StepRef,
+    TriggerSource,
+    WorkflowRecord,
+)
 from stepstone.observe import Observer
 from stepstone.observe.tracing import current_traceparent, valid_traceparent
 from stepstone.storage.base import InstancePage, Storage
@@ -38,8 +51,8 @@ class Runtime:
     storage: Storage
     clock: Clock
     limits_for: Callable[[str], Limits]
-    ensure_workflow: Callable[[str], Awaitable[str]]
-    """Makes sure the workflow is registered in the database; returns its version id."""
+    ensure_workflow: Callable[[str, str], Awaitable[str]]
+    """Makes sure the workflow ``(account, name)`` is in the database; returns its version id."""
     notify: Callable[[int, str], None]
     """Tells the local worker about a change: ``new``, ``pause``, ``resume`` or ``abort``."""
     observer: Observer | None = None
@@ -92,14 +105,75 @@ def _traceparent(given: str | None) -> str | None:
     return given
 
 
+_ACCOUNT_ID = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+
+
+def validate_account_id(account: object) -> str:
+    """An account id: 1-64 letters, digits, ``_`` or ``-`` (Cloudflare's are 32 hexadecimal digits)."""
+    if not isinstance(account, str) or not _ACCOUNT_ID.fullmatch(account):
+        shown = account[:80] if isinstance(account, str) else account
+        raise ValidationError(f"account id {shown!r} is invalid: expected 1-64 letters, digits, '_' or '-'")
+    return account
+
+
+class Account:
+    """One account's workflows: what a token scoped to it may reach, and nothing else.
+
+    ``engine.account("acme")`` gives it; :meth:`workflow` gives bindings whose instances are that account's. The
+    engine's own :meth:`~stepstone.Engine.workflow` is the default account's (``local``).
+    """
+
+    def __init__(self, runtime: Runtime, account_id: str) -> None:
+        self._rt = runtime
+        self.id = validate_account_id(account_id)
+        self._bindings: dict[str, Workflow] = {}
+
+    def __repr__(self) -> str:
+        return f"Account({self.id!r})"
+
+    def workflow(self, name: str) -> Workflow:
+        """The binding of this account's workflow ``name`` (which need not exist yet)."""
+        wf = self._bindings.get(name)
+        if wf is None:
+            wf = self._bindings[name] = Workflow(self._rt, name, account=self.id)
+        return wf
+
+    async def list_workflows(self) -> list[WorkflowRecord]:
+        """This account's workflows, oldest first."""
+        return await self._rt.storage.list_workflows(self.id)
+
+    async def get_workflow(self, name: str) -> WorkflowRecord | None:
+        """This account's workflow ``name``, or None."""
+        return await self._rt.storage.get_workflow(self.id, name)
+
+    async def put_workflow(
+        self, name: str, *, class_name: str, script_name: str, config: str, now: float
+    ) -> WorkflowRecord:
+        """Create or update this account's workflow ``name`` (a new version when the class or config changes)."""
+        record = WorkflowRecord(name, class_name, script_name, str(uuid.uuid4()), now, now, None, config, self.id)
+        return await self._rt.storage.put_workflow(record)
+
+    async def delete_workflow(self, name: str) -> bool:
+        """Delete this account's workflow ``name`` and all its instances; False if it did not exist."""
+        return await self._rt.storage.delete_workflow(self.id, name)
+
+    async def count_by_status(self, name: str) -> dict[str, int]:
+        """How many instances of this account's workflow ``name`` are in each status."""
+        return await self._rt.storage.count_by_status(self.id, name)
+
+
 class Workflow:
     """A workflow binding: create instances and get handles to them."""
 
-    def __init__(self, runtime: Runtime, name: str) -> None:
+    def __init__(self, runtime: Runtime, name: str, *, account: str = DEFAULT_ACCOUNT) -> None:
         self._rt = runtime
         self.name = check_text(name, what="workflow name")
+        self.account = account
+        """The account whose workflow this is; its instances are that account's."""
 
     def __repr__(self) -> str:
+        if self.account != DEFAULT_ACCOUNT:
+            return f"Workflow({self.name!r}, account={self.account!r})"
         return f"Workflow({self.name!r})"
 
     @property
@@ -141,6 +215,7 @@ class Workflow:
             success_retention_ms=_retention_ms(retention, "success_retention"),
             error_retention_ms=_retention_ms(retention, "error_retention"),
             traceparent=traceparent,
+            account=self.account,
         )
 
     async def create(
@@ -166,7 +241,7 @@ class Workflow:
                 options["retention"] = retention
             if schedule is not None:
                 options["schedule"] = schedule
-        version = await self._rt.ensure_workflow(self.name)
+        version = await self._rt.ensure_workflow(self.account, self.name)
         parent = _traceparent(traceparent)
         new = self._new(options, version=version, now=self._rt.clock.now(), trigger=trigger, traceparent=parent)
         (record,) = await self._rt.storage.create_instances([new], skip_existing=False)
@@ -188,7 +263,7 @@ class Workflow:
         if isinstance(batch, Mapping | str | bytes):
             raise ValidationError("create_batch expects a list of {'id': ..., 'params': ...} dicts")
         validate_batch_size(len(batch), self.limits)
-        version = await self._rt.ensure_workflow(self.name)
+        version = await self._rt.ensure_workflow(self.account, self.name)
         now = self._rt.clock.now()
         parent = _traceparent(traceparent)
         rows = [self._new(o, version=version, now=now, trigger=trigger, traceparent=parent) for o in batch]
@@ -204,7 +279,7 @@ class Workflow:
         if not isinstance(id, str) or not id:
             raise ValidationError(f"instance id must be a non-empty string, got {id!r}")
         check_text(id, what="instance id")
-        record = await self._rt.storage.get_instance(self.name, id)
+        record = await self._rt.storage.get_instance(self.account, self.name, id)
         if record is None:
             raise InstanceNotFoundError(f"instance {id!r} not found in workflow {self.name!r}")
         return WorkflowInstance(self, id)
@@ -221,6 +296,7 @@ class Workflow:
     ) -> InstancePage:
         """A page of this workflow's instances."""
         return await self._rt.storage.list_instances(
+            self.account,
             self.name,
             status=status,
             limit=limit,
@@ -232,7 +308,7 @@ class Workflow:
 
     async def delete_instances(self, ids: Sequence[str]) -> list[str]:
         """Delete instances (running ones stop); returns the ids that existed."""
-        found = await self._rt.storage.delete_instances(self.name, ids)
+        found = await self._rt.storage.delete_instances(self.account, self.name, ids)
         return found
 
 
@@ -249,7 +325,7 @@ class WorkflowInstance:
 
     async def record(self) -> InstanceRecord:
         """The raw instance record; raises InstanceNotFoundError."""
-        rec = await self._rt.storage.get_instance(self.workflow.name, self.id)
+        rec = await self._rt.storage.get_instance(self.workflow.account, self.workflow.name, self.id)
         if rec is None:
             raise InstanceNotFoundError(f"instance {self.id!r} not found in workflow {self.workflow.name!r}")
         return rec
@@ -263,19 +339,25 @@ class WorkflowInstance:
 
     async def pause(self) -> None:
         """Pause: in-flight steps finish, then the instance parks (``waitingForPause`` → ``paused``)."""
-        rec = await self._rt.storage.pause(self.workflow.name, self.id, now=self._rt.clock.now())
+        rec = await self._rt.storage.pause(self.workflow.account, self.workflow.name, self.id, now=self._rt.clock.now())
         self._rt.notify(rec.pk, "pause")
 
     async def resume(self) -> None:
         """Resume a paused instance, shifting its timers by the time it was paused; no-op otherwise."""
-        rec = await self._rt.storage.resume(self.workflow.name, self.id, now=self._rt.clock.now())
+        rec = await self._rt.storage.resume(
+            self.workflow.account, self.workflow.name, self.id, now=self._rt.clock.now()
+        )
         self._rt.notify(rec.pk, "resume")
 
     async def terminate(self) -> None:
         """Stop the instance now; raises InvalidStateError if it already finished."""
         limits = self.workflow.limits
         rec = await self._rt.storage.terminate(
-            self.workflow.name, self.id, now=self._rt.clock.now(), retention_ms=limits.error_retention_ms
+            self.workflow.account,
+            self.workflow.name,
+            self.id,
+            now=self._rt.clock.now(),
+            retention_ms=limits.error_retention_ms,
         )
         self._rt.notify(rec.pk, "abort")
 
@@ -298,7 +380,9 @@ class WorkflowInstance:
             if kind not in ("do", "sleep", "waitForEvent"):
                 raise ValidationError(f"restart from_step type must be do, sleep or waitForEvent, got {kind!r}")
             ref = StepRef(name, count, kind)
-        rec = await self._rt.storage.restart(self.workflow.name, self.id, now=self._rt.clock.now(), from_step=ref)
+        rec = await self._rt.storage.restart(
+            self.workflow.account, self.workflow.name, self.id, now=self._rt.clock.now(), from_step=ref
+        )
         self._rt.notify(rec.pk, "abort")
         self._rt.notify(rec.pk, "new")
 
@@ -312,7 +396,12 @@ class WorkflowInstance:
         encoded = codec.encode(payload, what=f"payload of event {event_type!r}")
         check_size(len(encoded.encode()), limits.payload_bytes, what=f"payload of event {event_type!r}")
         await self._rt.storage.send_event(
-            self.workflow.name, self.id, event_type=event_type, payload=encoded, now=self._rt.clock.now()
+            self.workflow.account,
+            self.workflow.name,
+            self.id,
+            event_type=event_type,
+            payload=encoded,
+            now=self._rt.clock.now(),
         )
         self._rt.notify(0, "new")
 
@@ -331,5 +420,5 @@ class WorkflowInstance:
     async def delete(self) -> None:
         """Delete the instance and all its state; a running instance stops."""
         rec = await self.record()
-        await self._rt.storage.delete_instances(self.workflow.name, [self.id])
+        await self._rt.storage.delete_instances(self.workflow.account, self.workflow.name, [self.id])
         self._rt.notify(rec.pk, "abort")

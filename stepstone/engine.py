@@ -10,12 +10,12 @@ from collections.abc import Mapping
 from types import SimpleNamespace, TracebackType
 from typing import TYPE_CHECKING, Any
 
-from stepstone.binding import Runtime, Workflow
+from stepstone.binding import Account, Runtime, Workflow
 from stepstone.clock import Clock, SystemClock
 from stepstone.errors import ValidationError, WorkflowNotFoundError
 from stepstone.executor import WorkflowDef
 from stepstone.limits import Limits, validate_workflow_name
-from stepstone.models import WorkflowRecord
+from stepstone.models import DEFAULT_ACCOUNT, WorkflowRecord
 from stepstone.observe import Observer, Observers
 from stepstone.observe.logs import LogObserver
 from stepstone.run_state import TestHooks
@@ -77,7 +77,7 @@ class Engine:
         self._defs: dict[str, WorkflowDef] = {}
         self._meta: dict[str, tuple[str, str, int | None]] = {}
         self._versions: dict[str, str] = {}
-        self._bindings: dict[str, Workflow] = {}
+        self._accounts: dict[str, Account] = {}
         self._run_worker = worker
         self._concurrency = concurrency
         self._lease_seconds = lease_seconds
@@ -128,7 +128,7 @@ class Engine:
         check_text(script_name, what="script_name")
         if isinstance(limits, Mapping):
             limits = self.limits.replace(**{str(k): v for k, v in limits.items()})
-        self._defs[name] = WorkflowDef(name, cls, limits or self.limits, binding, lambda: self.env)
+        self._defs[name] = WorkflowDef(name, cls, limits or self.limits, binding, self.env_for)
         self._meta[name] = (class_name or cls.__name__, script_name, concurrency)
         self._versions.pop(name, None)
         wf = self.workflow(name)
@@ -139,12 +139,35 @@ class Engine:
         return wf
 
     def workflow(self, name: str) -> Workflow:
-        """The binding for a workflow (registered here, or only known to the database)."""
-        wf = self._bindings.get(name)
-        if wf is None:
-            wf = Workflow(self._runtime, name)
-            self._bindings[name] = wf
-        return wf
+        """The binding for a workflow of the default account (registered here, or only known to the database)."""
+        return self.account(DEFAULT_ACCOUNT).workflow(name)
+
+    def account(self, account_id: str) -> Account:
+        """The handle of one account: its workflows, and bindings whose instances are that account's.
+
+        The workflows registered here live in the default account (``local``); another account has the workflows
+        created in it (``PUT /accounts/{id}/workflows/{name}``), which this engine's worker runs when it has
+        registered a class under the same name.
+
+        Raises:
+            ValidationError: a malformed account id.
+        """
+        handle = self._accounts.get(account_id)
+        if handle is None:
+            handle = self._accounts[account_id] = Account(self._runtime, account_id)
+        return handle
+
+    def env_for(self, account: str) -> Any:
+        """The ``env`` an instance of ``account`` sees: its Workflow bindings are that account's."""
+        if account == DEFAULT_ACCOUNT:
+            return self.env
+        scoped = self.account(account)
+        return SimpleNamespace(
+            **{
+                key: scoped.workflow(value.name) if isinstance(value, Workflow) else value
+                for key, value in vars(self.env).items()
+            }
+        )
 
     @property
     def definitions(self) -> Mapping[str, WorkflowDef]:
@@ -155,21 +178,21 @@ class Engine:
         definition = self._defs.get(name)
         return definition.limits if definition is not None else self.limits
 
-    async def _ensure_workflow(self, name: str) -> str:
-        version = self._versions.get(name)
+    async def _ensure_workflow(self, account: str, name: str) -> str:
+        version = self._versions.get(name) if account == DEFAULT_ACCOUNT else None
         if version is not None:
             return version
-        meta = self._meta.get(name)
+        meta = self._meta.get(name) if account == DEFAULT_ACCOUNT else None
         if meta is None:
-            # A workflow registered elsewhere (an API server runs no user code): read its record each time, so a
-            # PUT or DELETE made through another process is seen at once.
-            record = await self.storage.get_workflow(name)
+            # A workflow registered elsewhere (an API server runs no user code), or of another account: read its
+            # record each time, so a PUT or DELETE made through another process is seen at once.
+            record = await self.storage.get_workflow(account, name)
             if record is None:
                 raise WorkflowNotFoundError(f"workflow {name!r} is not registered")
             return record.version_id
         now = self.clock.now()
         # Keep settings made elsewhere (a REST PUT: retention, schedules, a concurrency limit); ours win.
-        existing = await self.storage.get_workflow(name)
+        existing = await self.storage.get_workflow(DEFAULT_ACCOUNT, name)
         settings: dict[str, object] = dict(json.loads(existing.config or "{}")) if existing is not None else {}
         settings["limits"] = {"steps": self._limits_for(name).steps}
         if meta[2] is not None:
@@ -212,7 +235,7 @@ class Engine:
         await self.storage.open()
         self._started = True
         for name in self._defs:
-            await self._ensure_workflow(name)
+            await self._ensure_workflow(DEFAULT_ACCOUNT, name)
         if self._run_worker:
             self.worker = Worker(
                 storage=self.storage,
@@ -248,9 +271,9 @@ class Engine:
         await asyncio.shield(self.stop())
 
     # -- inspection -------------------------------------------------------------------------------------
-    async def list_workflows(self) -> list[WorkflowRecord]:
-        """Every workflow the database knows."""
-        return await self.storage.list_workflows()
+    async def list_workflows(self, *, every_account: bool = False) -> list[WorkflowRecord]:
+        """The default account's workflows the database knows (every account's with ``every_account``)."""
+        return await self.storage.list_workflows(None if every_account else DEFAULT_ACCOUNT)
 
 
 def _tracing() -> list[Observer]:

@@ -31,7 +31,8 @@ class WorkflowDef:
     cls: type[WorkflowEntrypoint]
     limits: Limits
     binding: str | None = None
-    env: Callable[[], Any] = field(default=lambda: None)
+    env: Callable[[str], Any] = field(default=lambda account: None)
+    """The ``env`` of an instance of the given account."""
 
 
 class Execution:
@@ -128,7 +129,7 @@ class Execution:
                 workflow_name=inst.workflow,
                 schedule=_decode_dict(inst.schedule),
             )
-            entry = self.definition.cls(None, self.definition.env())
+            entry = self.definition.cls(None, self.definition.env(inst.account))
         except Exception as exc:
             return await self._finish_error(exc)
         step = WorkflowStep(state)

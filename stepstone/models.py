@@ -22,6 +22,10 @@ STATUSES: Final[tuple[Status, ...]] = (
 )
 FINISHED: Final[frozenset[str]] = frozenset({"complete", "errored", "terminated"})
 
+DEFAULT_ACCOUNT: Final = "local"
+"""The account of everything made without naming one: the Python API, the CLI, ``stepstone dev``'s project
+workflows, the explorer API, and every row a database held before accounts partitioned it."""
+
 StepKind = Literal["do", "sleep", "wait"]
 StepStatus = Literal["running", "retrying", "waiting", "success", "error", "timeout"]
 TriggerSource = Literal["api", "binding", "event", "cron", "unknown"]
@@ -40,6 +44,8 @@ class WorkflowRecord:
     triggered_on: float | None = None
     config: str = "{}"
     """JSON of per-workflow settings (limits, retention, schedules)."""
+    account: str = DEFAULT_ACCOUNT
+    """The account the workflow belongs to: ``(account, name)`` is its key."""
 
 
 @dataclass(slots=True)
@@ -57,6 +63,8 @@ class NewInstance:
     error_retention_ms: float | None = None
     traceparent: str | None = None
     """The W3C ``traceparent`` of the caller (OpenTelemetry): the instance's spans join that trace."""
+    account: str = DEFAULT_ACCOUNT
+    """The account of the instance's workflow."""
 
 
 @dataclass(slots=True)
@@ -92,6 +100,8 @@ class InstanceRecord:
     terminated_at: float | None = None
     traceparent: str | None = None
     """The W3C ``traceparent`` given at creation, if any."""
+    account: str = DEFAULT_ACCOUNT
+    """The account of the instance's workflow: ``(account, workflow, id)`` is its key."""
 
 
 @dataclass(slots=True)

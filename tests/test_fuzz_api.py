@@ -44,7 +44,7 @@ def http() -> Iterator[httpx.Client]:
 
 
 def _setup(http: httpx.Client, base: str) -> None:
-    v4 = f"{base}/client/v4/accounts/acct/workflows"
+    v4 = f"{base}/client/v4/accounts/local/workflows"
     http.put(f"{v4}/fuzz", json={"class_name": "Fuzz", "script_name": "fuzz"}).raise_for_status()
     http.post(f"{v4}/fuzz/instances", json={"instance_id": "known"})
     http.post(f"{v4}/quick/instances", json={"instance_id": "known"})
@@ -71,5 +71,5 @@ def test_generated_requests_on_existing_names(case: Any, server: str, http: http
     if "instance_id" in params:
         params["instance_id"] = "known"
     if "account_id" in params:
-        params["account_id"] = "acct"
+        params["account_id"] = "local"
     _call(case, server)

@@ -14,7 +14,7 @@ from stepstone import Engine, WorkflowEntrypoint
 from stepstone.observe.metrics import Metrics, merge_expositions
 from tests.server_process import running_server
 
-V4 = "/client/v4/accounts/acct/workflows"
+V4 = "/client/v4/accounts/local/workflows"
 
 
 def samples(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:

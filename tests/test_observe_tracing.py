@@ -111,7 +111,7 @@ async def test_the_rest_create_reads_the_traceparent_header(db_url: str) -> None
         app = create_app(engine, loopback_only=True)
         transport = httpx.ASGITransport(app=app)
         async with httpx.AsyncClient(transport=transport, base_url="http://127.0.0.1:8787") as api:
-            url = "/client/v4/accounts/acct/workflows/traced/instances"
+            url = "/client/v4/accounts/local/workflows/traced/instances"
             for iid, header in (("h-1", parent), ("h-2", "garbage")):
                 answer = await api.post(url, json={"instance_id": iid}, headers={"traceparent": header})
                 assert answer.status_code == 200, answer.text

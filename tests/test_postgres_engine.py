@@ -80,7 +80,7 @@ async def test_a_late_abort_does_not_cancel_the_restarted_run(postgres_url: str)
         await inst.restart()
         await asyncio.sleep(1.0)
         assert worker.worker is not None and worker.worker.busy == 1
-        rec = await client.storage.get_instance("slow", "s")
+        rec = await client.storage.get_instance("local", "slow", "s")
         assert rec is not None and rec.status == "running" and rec.generation == 1
 
 
@@ -113,14 +113,14 @@ async def test_schemas_isolate_tenants_and_their_signals(postgres_url: str) -> N
         await a.create_instances([NewInstance("wf", "only-a", "{}", 1.0)], skip_existing=False)
         await asyncio.sleep(0.3)
         assert seen == []
-        assert await b.get_instance("wf", "only-a") is None
+        assert await b.get_instance("local", "wf", "only-a") is None
         await b.create_instances([NewInstance("wf", "in-b", "{}", 1.0)], skip_existing=False)
-        await b.terminate("wf", "in-b", now=2.0, retention_ms=1000)
+        await b.terminate("local", "wf", "in-b", now=2.0, retention_ms=1000)
         for _ in range(50):
             if len(seen) == 2:
                 break
             await asyncio.sleep(0.02)
-        rec = await b.get_instance("wf", "in-b")
+        rec = await b.get_instance("local", "wf", "in-b")
         assert rec is not None and seen == [(0, "new"), (rec.pk, "abort")]
     finally:
         await a.close()

@@ -72,20 +72,20 @@ async def test_writes_after_a_finish_in_the_same_batch_are_fenced(db: PostgresSt
     assert outcomes[0] is None and isinstance(outcomes[1], FencedError) and outcomes[2] is None
     steps, _ = await db.load_history(first.pk)
     assert [s.name for s in steps] == ["a"]
-    record = await db.get_instance(WF, "i0")
+    record = await db.get_instance("local", WF, "i0")
     assert record is not None and record.status == "complete"
 
 
 async def test_suspend_sees_an_event_and_a_pause(db: PostgresStorage) -> None:
     first, second = await leases(db, 2)
-    await db.send_event(WF, "i0", event_type="go", payload="{}", now=T0 + 2)
-    await db.pause(WF, "i1", now=T0 + 2)
+    await db.send_event("local", WF, "i0", event_type="go", payload="{}", now=T0 + 2)
+    await db.pause("local", WF, "i1", now=T0 + 2)
     got = await asyncio.gather(
         db.suspend(first, now=T0 + 3, wake_at=T0 + 100, waiting_for="w", wait_types=["go"]),
         db.suspend(second, now=T0 + 3, wake_at=T0 + 100, waiting_for="w", wait_types=["go"]),
     )
     assert got == ["waiting", "paused"]
-    a, b = await db.get_instance(WF, "i0"), await db.get_instance(WF, "i1")
+    a, b = await db.get_instance("local", WF, "i0"), await db.get_instance("local", WF, "i1")
     assert a is not None and a.runnable_at == T0 + 3 and a.lease_token is None
     assert b is not None and b.runnable_at is None and b.paused_at == T0 + 3
     with pytest.raises(FencedError):

@@ -19,7 +19,7 @@ from cloudflare import AsyncCloudflare, BadRequestError, Cloudflare, ConflictErr
 
 from tests.server_process import running_server
 
-ACCOUNT = "acct-1"
+ACCOUNT = "local"  # the account of the workflows the server registers
 STARTED = {"queued", "running", "complete"}
 """What a create may answer: the status is read back, and the worker may have claimed the instance already."""
 

@@ -17,7 +17,7 @@ from stepstone.server import create_app
 from stepstone.server.openapi import openapi_document
 from tests.server_process import WORKFLOWS
 
-V4 = "/client/v4/accounts/acct/workflows"
+V4 = "/client/v4/accounts/local/workflows"
 EXPLORERS = ("/cdn-cgi/explorer/api", "/cdn-cgi/local/explorer/api")
 
 
@@ -69,7 +69,7 @@ async def test_health_and_openapi(api: httpx.AsyncClient) -> None:
     assert doc["openapi"].startswith("3.1")
     assert doc == openapi_document()
     for path in (V4, f"{V4}/{{workflow_name}}/instances/{{instance_id}}/status", "/cdn-cgi/explorer/api/workflows"):
-        assert path.replace("acct", "{account_id}") in doc["paths"]
+        assert path.replace("local", "{account_id}", 1) in doc["paths"]
 
 
 def dashboard_routes_of(app: Any) -> list[Any]:

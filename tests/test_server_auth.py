@@ -139,6 +139,9 @@ def _client(base: str, token: str) -> Cloudflare:
 
 def test_sdk_exceptions_per_rule(secured: tuple[str, Path]) -> None:
     base, tmp = secured
+    with _client(base, ADMIN) as c:  # the server's workflows live in 'local'; deploy 'quick' in these accounts too
+        for account in ("acme", "globex", "initech"):
+            c.workflows.update("quick", account_id=account, class_name="Quick", script_name="tests")
     with _client(base, "not-a-token") as c, pytest.raises(AuthenticationError) as unknown:
         c.workflows.list(account_id="acme")
     assert unknown.value.body["errors"][0]["code"] == 10000  # type: ignore[index]

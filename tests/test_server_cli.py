@@ -53,7 +53,7 @@ def test_two_servers_share_one_database_and_stop_on_sigterm(tmp_path: Path) -> N
         serve_process(["--database", db], env, tmp_path) as (a, base_a),
         serve_process(["--database", db], env, tmp_path) as (_, base_b),
     ):
-        path = "/client/v4/accounts/x/workflows/shared"
+        path = "/client/v4/accounts/local/workflows/shared"
         assert httpx.get(base_a + path).status_code == 401
         put = httpx.put(base_a + path, json={"class_name": "Shared", "script_name": "s"}, headers=auth)
         assert put.status_code == 200, put.text

@@ -16,11 +16,12 @@ from stepstone.errors import (
     InvalidStateError,
     StorageError,
 )
-from stepstone.models import Claim, Lease, NewInstance, StepRecord, StepRef, WorkflowRecord, step_key
+from stepstone.models import DEFAULT_ACCOUNT, Claim, Lease, NewInstance, StepRecord, StepRef, WorkflowRecord, step_key
 from stepstone.storage import storage_for_url
 from stepstone.storage.base import Storage
 
 WF = "wf"
+A = DEFAULT_ACCOUNT
 T0 = 1_000.0
 Opener = Callable[[], Awaitable[Storage]]
 
@@ -80,14 +81,14 @@ async def test_workflows_put_get_list_delete(db: Storage) -> None:
     changed = await db.put_workflow(WorkflowRecord(WF, "Other", "", "v2", T0 + 5, T0 + 5, None, "{}"))
     assert (changed.class_name, changed.version_id, changed.created_on) == ("Other", "v2", T0)
     await db.put_workflow(workflow("zz"))
-    assert [w.name for w in await db.list_workflows()] == [WF, "zz"]
-    assert (await db.get_workflow("nope")) is None
+    assert [w.name for w in await db.list_workflows(A)] == [WF, "zz"]
+    assert (await db.get_workflow(A, "nope")) is None
     await create(db, "a", "b")
-    assert await db.count_by_status(WF) == {"queued": 2}
-    assert (await db.get_workflow(WF)).triggered_on == T0  # type: ignore[union-attr]
-    assert await db.delete_workflow(WF) is True
-    assert await db.delete_workflow(WF) is False
-    assert await db.get_instance(WF, "a") is None
+    assert await db.count_by_status(A, WF) == {"queued": 2}
+    assert (await db.get_workflow(A, WF)).triggered_on == T0  # type: ignore[union-attr]
+    assert await db.delete_workflow(A, WF) is True
+    assert await db.delete_workflow(A, WF) is False
+    assert await db.get_instance(A, WF, "a") is None
 
 
 # -- instances ---------------------------------------------------------------------------------------------
@@ -99,18 +100,18 @@ async def test_create_refuses_or_skips_existing(db: Storage) -> None:
         [NewInstance(WF, "a", "{}", T0), NewInstance(WF, "b", '{"x":1}', T0)], skip_existing=True
     )
     assert [r.id for r in made] == ["b"]
-    rec = await db.get_instance(WF, "b")
+    rec = await db.get_instance(A, WF, "b")
     assert rec is not None and rec.status == "queued" and rec.params == '{"x":1}' and rec.runnable_at == T0
 
 
 async def test_list_instances_pages_and_filters(db: Storage) -> None:
     for n in range(5):
         await create(db, f"i{n}", at=T0 + n)
-    page = await db.list_instances(WF, limit=2, offset=1)
+    page = await db.list_instances(A, WF, limit=2, offset=1)
     assert page.total == 5 and [r.id for r in page.items] == ["i3", "i2"]
-    page = await db.list_instances(WF, newest_first=False, created_after=T0 + 1, created_before=T0 + 3)
+    page = await db.list_instances(A, WF, newest_first=False, created_after=T0 + 1, created_before=T0 + 3)
     assert [r.id for r in page.items] == ["i1", "i2", "i3"]
-    assert (await db.list_instances(WF, status="running")).total == 0
+    assert (await db.list_instances(A, WF, status="running")).total == 0
 
 
 async def test_expired_instance_id_can_be_reused(db: Storage) -> None:
@@ -120,7 +121,7 @@ async def test_expired_instance_id_can_be_reused(db: Storage) -> None:
         c.lease, now=T0 + 2, status="complete", output="1", error_name=None, error_message=None, retention_ms=1000
     )
     await create(db, "a", at=T0 + 10)
-    rec = await db.get_instance(WF, "a")
+    rec = await db.get_instance(A, WF, "a")
     assert rec is not None and rec.status == "queued" and rec.created_on == T0 + 10
 
 
@@ -166,7 +167,7 @@ async def test_renew_extends_and_reports_status(db: Storage) -> None:
     states = await db.renew(leases=[c.lease], until=T0 + 100)
     assert states[c.lease.pk].held and states[c.lease.pk].status == "running"
     assert await claim(db, now=T0 + 50, owner="w2") == []
-    await db.pause(WF, "a", now=T0 + 51)
+    await db.pause(A, WF, "a", now=T0 + 51)
     assert (await db.renew(leases=[c.lease], until=T0 + 100))[c.lease.pk].status == "waitingForPause"
     gone = Lease(987654, "x", 0)
     assert not (await db.renew(leases=[gone], until=T0))[gone.pk].held
@@ -212,12 +213,12 @@ async def test_steps_history_and_queued_writes_in_order(db: Storage) -> None:
 async def test_terminate_and_restart_fence_the_run(db: Storage) -> None:
     await create(db, "a", "b")
     ca, cb = await claim(db)
-    term = await db.terminate(WF, "a", now=T0 + 2, retention_ms=1000)
+    term = await db.terminate(A, WF, "a", now=T0 + 2, retention_ms=1000)
     assert term.status == "terminated" and term.generation == ca.lease.generation + 1
     with pytest.raises(InvalidStateError):
-        await db.terminate(WF, "a", now=T0 + 3, retention_ms=1000)
+        await db.terminate(A, WF, "a", now=T0 + 3, retention_ms=1000)
     await db.put_step(cb.lease, step("one", 1), durable=True)
-    await db.restart(WF, "b", now=T0 + 3, from_step=None)
+    await db.restart(A, WF, "b", now=T0 + 3, from_step=None)
     for lease in (ca.lease, cb.lease):
         with pytest.raises(FencedError):
             await db.put_step(lease, step("late", 9), durable=True)
@@ -225,7 +226,7 @@ async def test_terminate_and_restart_fence_the_run(db: Storage) -> None:
             await db.finish(
                 lease, now=T0, status="complete", output="1", error_name=None, error_message=None, retention_ms=1
             )
-    rec = await db.get_instance(WF, "b")
+    rec = await db.get_instance(A, WF, "b")
     assert rec is not None and rec.status == "queued" and rec.lease_token is None
     assert (await db.load_history(cb.lease.pk))[0] == []
 
@@ -236,11 +237,11 @@ async def test_restart_from_a_step_keeps_earlier_steps(db: Storage) -> None:
     for n, name in enumerate(["x", "y", "z"], 1):
         await db.put_step(c.lease, step(name, n), durable=True)
     with pytest.raises(InvalidStateError):
-        await db.restart(WF, "a", now=T0 + 2, from_step=StepRef("nope"))
-    await db.restart(WF, "a", now=T0 + 2, from_step=StepRef("y"))
+        await db.restart(A, WF, "a", now=T0 + 2, from_step=StepRef("nope"))
+    await db.restart(A, WF, "a", now=T0 + 2, from_step=StepRef("y"))
     assert [s.name for s in (await db.load_history(c.lease.pk))[0]] == ["x"]
     with pytest.raises(InstanceNotFoundError):
-        await db.restart(WF, "missing", now=T0, from_step=None)
+        await db.restart(A, WF, "missing", now=T0, from_step=None)
 
 
 async def test_finish_records_output_and_retention(db: Storage) -> None:
@@ -249,7 +250,7 @@ async def test_finish_records_output_and_retention(db: Storage) -> None:
     await db.finish(
         c.lease, now=T0 + 2, status="errored", output=None, error_name="E", error_message="m", retention_ms=5000
     )
-    rec = await db.get_instance(WF, "a")
+    rec = await db.get_instance(A, WF, "a")
     assert rec is not None
     assert (rec.status, rec.error_name, rec.ended_on, rec.expires_at, rec.lease_token, rec.runnable_at) == (
         "errored",
@@ -261,7 +262,7 @@ async def test_finish_records_output_and_retention(db: Storage) -> None:
     )
     assert await db.purge_expired(now=T0 + 6) == 0
     assert await db.purge_expired(now=T0 + 7) == 1
-    assert await db.get_instance(WF, "a") is None
+    assert await db.get_instance(A, WF, "a") is None
 
 
 # -- hibernation and events --------------------------------------------------------------------------------
@@ -270,7 +271,7 @@ async def test_suspend_with_a_timer_then_wakes(db: Storage) -> None:
     (c,) = await claim(db)
     status = await db.suspend(c.lease, now=T0 + 2, wake_at=T0 + 60, waiting_for='{"kind":"sleep"}', wait_types=[])
     assert status == "waiting"
-    rec = await db.get_instance(WF, "a")
+    rec = await db.get_instance(A, WF, "a")
     assert rec is not None and (rec.status, rec.runnable_at, rec.lease_token) == ("waiting", T0 + 60, None)
     with pytest.raises(FencedError):
         await db.put_step(c.lease, step("late", 2), durable=True)
@@ -284,10 +285,10 @@ async def test_event_wakes_a_waiter_and_is_consumed_once(db: Storage) -> None:
     await create(db, "a")
     (c,) = await claim(db)
     await db.suspend(c.lease, now=T0 + 2, wake_at=None, waiting_for="{}", wait_types=["go"])
-    await db.send_event(WF, "a", event_type="other", payload="0", now=T0 + 3)
-    assert (await db.get_instance(WF, "a")).runnable_at is None  # type: ignore[union-attr]
-    ev = await db.send_event(WF, "a", event_type="go", payload='{"v":1}', now=T0 + 4)
-    assert (await db.get_instance(WF, "a")).runnable_at == T0 + 4  # type: ignore[union-attr]
+    await db.send_event(A, WF, "a", event_type="other", payload="0", now=T0 + 3)
+    assert (await db.get_instance(A, WF, "a")).runnable_at is None  # type: ignore[union-attr]
+    ev = await db.send_event(A, WF, "a", event_type="go", payload='{"v":1}', now=T0 + 4)
+    assert (await db.get_instance(A, WF, "a")).runnable_at == T0 + 4  # type: ignore[union-attr]
     (c2,) = await claim(db, now=T0 + 5)
     _, events = await db.load_history(c2.lease.pk)
     assert [(e.type, e.payload) for e in events] == [("other", "0"), ("go", '{"v":1}')]
@@ -301,32 +302,32 @@ async def test_event_wakes_a_waiter_and_is_consumed_once(db: Storage) -> None:
 
 async def test_suspend_with_a_pending_event_stays_runnable(db: Storage) -> None:
     await create(db, "a")
-    await db.send_event(WF, "a", event_type="go", payload="1", now=T0)
+    await db.send_event(A, WF, "a", event_type="go", payload="1", now=T0)
     (c,) = await claim(db)
     await db.suspend(c.lease, now=T0 + 2, wake_at=T0 + 99, waiting_for="{}", wait_types=["go"])
-    assert (await db.get_instance(WF, "a")).runnable_at == T0 + 2  # type: ignore[union-attr]
+    assert (await db.get_instance(A, WF, "a")).runnable_at == T0 + 2  # type: ignore[union-attr]
 
 
 async def test_send_event_to_finished_or_missing_instance(db: Storage) -> None:
     await create(db, "a")
-    await db.terminate(WF, "a", now=T0, retention_ms=1000)
+    await db.terminate(A, WF, "a", now=T0, retention_ms=1000)
     with pytest.raises(InvalidStateError):
-        await db.send_event(WF, "a", event_type="go", payload="1", now=T0)
+        await db.send_event(A, WF, "a", event_type="go", payload="1", now=T0)
     with pytest.raises(InstanceNotFoundError):
-        await db.send_event(WF, "nope", event_type="go", payload="1", now=T0)
+        await db.send_event(A, WF, "nope", event_type="go", payload="1", now=T0)
 
 
 # -- pause and resume --------------------------------------------------------------------------------------
 async def test_pause_running_drains_then_resume(db: Storage) -> None:
     await create(db, "a")
     (c,) = await claim(db)
-    assert (await db.pause(WF, "a", now=T0 + 2)).status == "waitingForPause"
-    assert (await db.resume(WF, "a", now=T0 + 3)).status == "running"
-    await db.pause(WF, "a", now=T0 + 4)
+    assert (await db.pause(A, WF, "a", now=T0 + 2)).status == "waitingForPause"
+    assert (await db.resume(A, WF, "a", now=T0 + 3)).status == "running"
+    await db.pause(A, WF, "a", now=T0 + 4)
     await db.pause_drained(c.lease, now=T0 + 5)
-    rec = await db.get_instance(WF, "a")
+    rec = await db.get_instance(A, WF, "a")
     assert rec is not None and (rec.status, rec.paused_at, rec.lease_token) == ("paused", T0 + 5, None)
-    assert (await db.resume(WF, "a", now=T0 + 9)).status == "queued"
+    assert (await db.resume(A, WF, "a", now=T0 + 9)).status == "queued"
 
 
 async def test_pause_waiting_freezes_timers_and_resume_shifts_them(db: Storage) -> None:
@@ -335,10 +336,10 @@ async def test_pause_waiting_freezes_timers_and_resume_shifts_them(db: Storage) 
     nap = StepRecord(step_key("sleep", "nap", 1), "sleep", "nap", 1, 1, "waiting", T0, wake_at=T0 + 100)
     await db.put_step(c.lease, nap, durable=True)
     await db.suspend(c.lease, now=T0 + 10, wake_at=T0 + 100, waiting_for="{}", wait_types=[])
-    paused = await db.pause(WF, "a", now=T0 + 20)
+    paused = await db.pause(A, WF, "a", now=T0 + 20)
     assert (paused.status, paused.runnable_at) == ("paused", None)
     assert await claim(db, now=T0 + 200) == []
-    resumed = await db.resume(WF, "a", now=T0 + 50)
+    resumed = await db.resume(A, WF, "a", now=T0 + 50)
     assert (resumed.status, resumed.runnable_at, resumed.paused_at) == ("queued", T0 + 50, None)
     steps, _ = await db.load_history(c.lease.pk)
     assert steps[0].wake_at == T0 + 130
@@ -347,11 +348,11 @@ async def test_pause_waiting_freezes_timers_and_resume_shifts_them(db: Storage) 
 async def test_suspend_while_pausing_parks_and_claim_parks_pausing(db: Storage) -> None:
     await create(db, "a", "b")
     ca, _ = await claim(db, lease=5)
-    await db.pause(WF, "a", now=T0 + 2)
+    await db.pause(A, WF, "a", now=T0 + 2)
     assert await db.suspend(ca.lease, now=T0 + 3, wake_at=T0 + 9, waiting_for="{}", wait_types=[]) == "paused"
-    await db.pause(WF, "b", now=T0 + 2)
+    await db.pause(A, WF, "b", now=T0 + 2)
     assert await claim(db, now=T0 + 100, owner="w2") == []  # b's lease expired while pausing: parked
-    rec = await db.get_instance(WF, "b")
+    rec = await db.get_instance(A, WF, "b")
     assert rec is not None and rec.status == "paused"
 
 
@@ -360,11 +361,11 @@ async def test_delete_instances_fences_and_reports(db: Storage) -> None:
     await create(db, "a", "b")
     ca, _ = await claim(db)
     await db.put_step(ca.lease, step("s", 1), durable=True)
-    assert await db.delete_instances(WF, ["a", "zz", "a"]) == ["a"]
+    assert await db.delete_instances(A, WF, ["a", "zz", "a"]) == ["a"]
     with pytest.raises(FencedError):
         await db.put_step(ca.lease, step("s", 2), durable=True)
     assert (await db.load_history(ca.lease.pk))[0] == []
-    assert [r.id for r in (await db.list_instances(WF)).items] == ["b"]
+    assert [r.id for r in (await db.list_instances(A, WF)).items] == ["b"]
 
 
 # -- concurrency limits ------------------------------------------------------------------------------------
@@ -405,3 +406,64 @@ async def test_driver_errors_surface_as_storage_errors(db: Storage) -> None:
     await create(db, "a")
     with pytest.raises(StorageError):
         await db.create_instances([NewInstance(WF, "b", None, T0)], skip_existing=False)  # type: ignore[arg-type]
+
+
+# -- accounts ----------------------------------------------------------------------------------------------
+async def test_accounts_partition_workflows_instances_and_events(opener: Opener) -> None:
+    db = await opener()
+    for account, cls in (("acme", "AcmeCls"), ("beta", "BetaCls")):
+        await db.put_workflow(WorkflowRecord(WF, cls, "", "v1", T0, T0, None, "{}", account))
+    # the same workflow name and the same instance id, in both accounts: two instances
+    for account in ("acme", "beta"):
+        await db.create_instances(
+            [NewInstance(WF, "same", json.dumps({"of": account}), T0, account=account)], skip_existing=False
+        )
+    await db.create_instances([NewInstance(WF, "only-beta", "{}", T0, account="beta")], skip_existing=False)
+    assert (await db.get_workflow("acme", WF)).class_name == "AcmeCls"  # type: ignore[union-attr]
+    assert [w.account for w in await db.list_workflows("acme")] == ["acme"]
+    assert sorted(w.account for w in await db.list_workflows(None)) == ["acme", "beta"]
+    assert await db.get_workflow("nobody", WF) is None
+    acme = await db.get_instance("acme", WF, "same")
+    beta = await db.get_instance("beta", WF, "same")
+    assert acme is not None and beta is not None and acme.pk != beta.pk
+    assert (acme.account, json.loads(acme.params)) == ("acme", {"of": "acme"})
+    assert await db.get_instance("acme", WF, "only-beta") is None
+    assert await db.count_by_status("acme", WF) == {"queued": 1}
+    assert [r.id for r in (await db.list_instances("acme", WF)).items] == ["same"]
+    # no operation of acme's reaches beta's instance
+    for attempt in (
+        db.pause("acme", WF, "only-beta", now=T0),
+        db.resume("acme", WF, "only-beta", now=T0),
+        db.terminate("acme", WF, "only-beta", now=T0, retention_ms=1000),
+        db.restart("acme", WF, "only-beta", now=T0, from_step=None),
+        db.send_event("acme", WF, "only-beta", event_type="go", payload="1", now=T0),
+    ):
+        with pytest.raises(InstanceNotFoundError):
+            await attempt
+    assert await db.delete_instances("acme", WF, ["only-beta"]) == []
+    await db.send_event("acme", WF, "same", event_type="go", payload='"to acme"', now=T0 + 1)
+    await db.terminate("acme", WF, "same", now=T0 + 2, retention_ms=1000)
+    assert (await db.get_instance("beta", WF, "same")).status == "queued"  # type: ignore[union-attr]
+    _, beta_events = await db.load_history(beta.pk)
+    assert beta_events == []
+    # deleting acme's workflow leaves beta's, and the worker claims across accounts
+    assert await db.delete_workflow("acme", WF) is True
+    assert (await db.get_instance("beta", WF, "same")) is not None
+    claimed = await db.claim(owner="w", now=T0 + 3, lease_seconds=30, limit=10, workflows=[WF])
+    assert sorted((c.instance.account, c.instance.id) for c in claimed.claims) == [
+        ("beta", "only-beta"),
+        ("beta", "same"),
+    ]
+
+
+async def test_a_concurrency_limit_holds_per_account(opener: Opener) -> None:
+    db = await opener()
+    limited = json.dumps({"concurrency": {"limit": 1}})
+    await db.put_workflow(WorkflowRecord(WF, "C", "", "v1", T0, T0, None, limited, "acme"))
+    await db.put_workflow(WorkflowRecord(WF, "C", "", "v1", T0, T0, None, "{}", "beta"))
+    for account in ("acme", "beta"):
+        rows = [NewInstance(WF, f"i{n}", "{}", T0, account=account) for n in range(3)]
+        await db.create_instances(rows, skip_existing=False)
+    result = await db.claim(owner="w", now=T0 + 1, lease_seconds=30, limit=10, workflows=[WF])
+    by_account = sorted(c.instance.account for c in result.claims)
+    assert by_account == ["acme", "beta", "beta", "beta"]  # acme's limit of 1 does not bind beta

@@ -83,7 +83,7 @@ async def _run_all(database: str, kinds: list[str]) -> dict[str, Any]:
             statuses[kind] = await wait_for_status(await wf.get(kind), timeout=30)
         steps = {}
         for kind in kinds:
-            record = await engine.storage.get_instance("produces", kind)
+            record = await engine.storage.get_instance("local", "produces", kind)
             assert record is not None
             steps[kind] = (await engine.storage.load_history(record.pk))[0]
         assert engine.worker is not None and "failed" not in engine.worker.outcomes  # no engine error on the way

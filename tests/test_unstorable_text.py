@@ -28,7 +28,7 @@ from tests.server_process import Quick, running_server
 
 SURROGATE = "\ud800"
 NUL = "\x00"
-V4 = "/client/v4/accounts/acct/workflows"
+V4 = "/client/v4/accounts/local/workflows"
 
 
 # -- the rule -------------------------------------------------------------------------------------------------
@@ -266,7 +266,7 @@ VALID_BODY: dict[tuple[str, str], Any] = {
     ("POST", "explorer/workflows/{workflow_name}/instances"): {"id": None, **CREATE},
 }
 PATH_POISON = {SURROGATE: "%ED%A0%80", NUL: "%00"}  # a URL cannot carry a surrogate: its UTF-8 bytes, invalid
-PARAMS = {"account_id": "acct", "instance_id": "known", "event_type": "approval", "version_id": "v"}
+PARAMS = {"account_id": "local", "instance_id": "known", "event_type": "approval", "version_id": "v"}
 
 
 def _operations() -> Iterator[tuple[str, str, Any]]:

@@ -8,11 +8,12 @@ from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any, Protocol
 
-from stepstone.binding import Workflow
+from stepstone.binding import Account, Workflow
 from stepstone.cron import parse_cron
 from stepstone.details import instance_summary, iso, workflow_summary
 from stepstone.engine import Engine
 from stepstone.errors import WorkflowNotFoundError
+from stepstone.models import DEFAULT_ACCOUNT
 
 Doc = dict[str, Any]
 
@@ -97,25 +98,29 @@ class LocalBackend:
         await self.engine.stop()
 
     async def _workflow(self, name: str) -> Workflow:
-        if name not in self.engine.definitions and await self.engine.storage.get_workflow(name) is None:
+        if name not in self.engine.definitions and await self._account.get_workflow(name) is None:
             raise WorkflowNotFoundError(f'workflow "{name}" not found')
-        return self.engine.workflow(name)
+        return self._account.workflow(name)
+
+    @property
+    def _account(self) -> Account:
+        return self.engine.account(DEFAULT_ACCOUNT)  # the CLI's database mode acts as the Python API does
 
     async def list_workflows(self) -> list[Doc]:
-        storage = self.engine.storage
+        account = self._account
         return [
-            self._with_schedules(workflow_summary(w, await storage.count_by_status(w.name)))
-            for w in await storage.list_workflows()
+            self._with_schedules(workflow_summary(w, await account.count_by_status(w.name)))
+            for w in await account.list_workflows()
         ]
 
     async def get_workflow(self, name: str) -> Doc:
-        record = await self.engine.storage.get_workflow(name)
+        record = await self._account.get_workflow(name)
         if record is None:
             raise WorkflowNotFoundError(f'workflow "{name}" not found')
-        return self._with_schedules(workflow_summary(record, await self.engine.storage.count_by_status(name)))
+        return self._with_schedules(workflow_summary(record, await self._account.count_by_status(name)))
 
     async def delete_workflow(self, name: str) -> None:
-        if not await self.engine.storage.delete_workflow(name):
+        if not await self._account.delete_workflow(name):
             raise WorkflowNotFoundError(f'workflow "{name}" not found')
 
     async def create_instance(self, name: str, instance_id: str | None, params: Any) -> Doc:

@@ -84,7 +84,7 @@ async def health(request: Request) -> Response:
             return error_response(error)
         return ok({"status": "ok"})
     try:
-        workflows = await state.engine.list_workflows()
+        workflows = await state.engine.list_workflows(every_account=True)
     except Exception as exc:
         return error_response(api_error_for(exc))
     return ok({"status": "ok", "version": __version__, "workflows": len(workflows)})

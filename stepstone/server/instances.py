@@ -24,7 +24,7 @@ from stepstone.models import STATUSES, InstanceRecord
 from stepstone.observe.tracing import valid_traceparent
 from stepstone.server.body import json_object, only_keys, query_choice, query_int, query_time, read_json
 from stepstone.server.envelope import INSTANCE_NOT_FOUND, ApiError, bad_request, ok
-from stepstone.server.state import ADDRESSABLE_ID, ServerState, state_of
+from stepstone.server.state import ADDRESSABLE_ID, Scope, ServerState, scope_of
 from stepstone.server.workflows import MAX_PER_PAGE, page_info
 
 log = logging.getLogger("stepstone.server")
@@ -80,12 +80,12 @@ def create_options(body: Any, *, id_key: str = "instance_id") -> dict[str, Any]:
 
 
 async def create_one(
-    state: ServerState, name: str, body: Any, *, id_key: str = "instance_id", traceparent: str | None = None
+    scope: Scope, name: str, body: Any, *, id_key: str = "instance_id", traceparent: str | None = None
 ) -> InstanceRecord:
     """Create an instance; it stays queued until a worker that registered the workflow claims it.
 
     A malformed ``traceparent`` header is ignored, as W3C Trace Context says (the trace restarts)."""
-    wf = await state.workflow(name)
+    wf = await scope.workflow(name)
     parent = traceparent if valid_traceparent(traceparent) else None
     handle = await wf.create(create_options(body, id_key=id_key), trigger="api", traceparent=parent)
     return await handle.record()
@@ -93,18 +93,20 @@ async def create_one(
 
 async def create_instance(request: Request) -> Response:
     """``POST /instances``."""
-    state = state_of(request)
+    scope = scope_of(request)
+    state = scope.state
     body = await read_json(request, state.body_cap, state.body_timeout, empty={})
     record = await create_one(
-        state, request.path_params["workflow_name"], body, traceparent=request.headers.get("traceparent")
+        scope, request.path_params["workflow_name"], body, traceparent=request.headers.get("traceparent")
     )
     return ok(create_result(record))
 
 
 async def create_batch(request: Request) -> Response:
     """``POST /instances/batch``: ids already in use are skipped and left out of the result."""
-    state = state_of(request)
-    wf = await state.workflow(request.path_params["workflow_name"])
+    scope = scope_of(request)
+    state = scope.state
+    wf = await scope.workflow(request.path_params["workflow_name"])
     body = await read_json(request, state.body_cap, state.body_timeout)
     if not isinstance(body, list):
         raise bad_request('the batch must be a JSON array of instances: [{"instance_id": ..., "params": ...}]')
@@ -129,13 +131,13 @@ def _offset_from_cursor(cursor: str) -> int:
 
 
 async def instance_page(
-    state: ServerState, request: Request, *, default_per_page: int = 50
+    scope: Scope, request: Request, *, default_per_page: int = 50
 ) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     """A page of instances for ``page`` or ``cursor`` (``cursor`` wins), with its ``result_info``.
 
     ``result_info.cursor`` leads to the next page and is present only while one exists.
     """
-    wf = await state.workflow(request.path_params["workflow_name"])
+    wf = await scope.workflow(request.path_params["workflow_name"])
     per_page = query_int(request, "per_page", default_per_page, low=1, high=MAX_PER_PAGE)
     status = query_choice(request, "status", LIST_STATUSES, None)
     direction = query_choice(request, "direction", ("asc", "desc"), "desc")
@@ -166,13 +168,13 @@ async def instance_page(
 
 async def list_instances(request: Request) -> Response:
     """``GET /instances?page|cursor&per_page&status&direction&date_start&date_end``."""
-    items, info = await instance_page(state_of(request), request)
+    items, info = await instance_page(scope_of(request), request)
     return ok(items, result_info=info)
 
 
-async def describe(state: ServerState, request: Request) -> dict[str, Any]:
+async def describe(scope: Scope, request: Request) -> dict[str, Any]:
     """The instance details document, honouring ``order`` and ``simple``."""
-    handle, _ = await state.instance(request.path_params["workflow_name"], request.path_params["instance_id"])
+    handle, _ = await scope.instance(request.path_params["workflow_name"], request.path_params["instance_id"])
     order = query_choice(request, "order", ("asc", "desc"), "asc")
     simple = query_choice(request, "simple", ("true", "false"), "false")
     return await handle.describe(order=order or "asc", simple=simple == "true")
@@ -180,13 +182,13 @@ async def describe(state: ServerState, request: Request) -> dict[str, Any]:
 
 async def get_instance(request: Request) -> Response:
     """``GET /instances/{id}?order&simple``."""
-    return ok(await describe(state_of(request), request))
+    return ok(await describe(scope_of(request), request))
 
 
 async def get_step(request: Request) -> Response:
     """``GET /instances/{id}/step?name=<name-N>&type=step|waitForEvent&attempt=``."""
-    state = state_of(request)
-    _, record = await state.instance(request.path_params["workflow_name"], request.path_params["instance_id"])
+    scope = scope_of(request)
+    handle, record = await scope.instance(request.path_params["workflow_name"], request.path_params["instance_id"])
     name = request.query_params.get("name")
     if not name:
         raise bad_request("query parameter name is required: the step name with its suffix, e.g. 'load-1'")
@@ -196,7 +198,7 @@ async def get_step(request: Request) -> Response:
     attempt = None
     if request.query_params.get("attempt"):
         attempt = query_int(request, "attempt", 1, low=1, high=1_000_000)
-    steps, _ = await state.engine.storage.load_history(record.pk)
+    steps = await handle.history()
     doc = step_result(steps, name, kind=kind, attempt=attempt)
     if doc is None:
         what = f"attempt {attempt} of {kind}" if attempt else kind
@@ -209,9 +211,9 @@ async def get_step(request: Request) -> Response:
     return ok(doc)
 
 
-async def change_status(state: ServerState, request: Request, body: Any, *, key: str) -> dict[str, Any]:
+async def change_status(scope: Scope, request: Request, body: Any, *, key: str) -> dict[str, Any]:
     """Pause, resume, terminate or restart; ``key`` names the action field (``status``, explorer ``action``)."""
-    handle, _ = await state.instance(request.path_params["workflow_name"], request.path_params["instance_id"])
+    handle, _ = await scope.instance(request.path_params["workflow_name"], request.path_params["instance_id"])
     body = json_object(body, "the request body")
     only_keys(body, (key, "rollback", "from"), "change status")
     action = body.get(key)
@@ -235,19 +237,21 @@ async def change_status(state: ServerState, request: Request, body: Any, *, key:
             only_keys(start, ("name", "count", "type"), "from")
         await handle.restart(start)
     record = await handle.record()
-    return {"status": record.status, "timestamp": iso(state.engine.clock.now())}
+    return {"status": record.status, "timestamp": iso(scope.state.engine.clock.now())}
 
 
 async def patch_status(request: Request) -> Response:
     """``PATCH /instances/{id}/status`` with ``{"status": "pause"|"resume"|"terminate"|"restart"}``."""
-    state = state_of(request)
+    scope = scope_of(request)
+    state = scope.state
     body = await read_json(request, state.body_cap, state.body_timeout)
-    return ok(await change_status(state, request, body, key="status"))
+    return ok(await change_status(scope, request, body, key="status"))
 
 
-async def send_event(state: ServerState, request: Request) -> dict[str, Any]:
+async def send_event(scope: Scope, request: Request) -> dict[str, Any]:
     """Send the request body as an event's payload (an empty body is ``null``)."""
-    handle, _ = await state.instance(request.path_params["workflow_name"], request.path_params["instance_id"])
+    handle, _ = await scope.instance(request.path_params["workflow_name"], request.path_params["instance_id"])
+    state = scope.state
     payload = await read_json(request, state.body_cap, state.body_timeout, empty=None)
     await handle.send_event(request.path_params["event_type"], payload)
     return {"instanceId": handle.id, "timestamp": iso(state.engine.clock.now())}
@@ -255,13 +259,14 @@ async def send_event(state: ServerState, request: Request) -> dict[str, Any]:
 
 async def post_event(request: Request) -> Response:
     """``POST /instances/{id}/events/{event_type}``."""
-    return ok(await send_event(state_of(request), request))
+    return ok(await send_event(scope_of(request), request))
 
 
 async def batch_delete(request: Request) -> Response:
     """``POST /instances/batch/delete`` with ``{"instances": [ids]}``; unknown ids are per-item errors."""
-    state = state_of(request)
-    wf = await state.workflow(request.path_params["workflow_name"])
+    scope = scope_of(request)
+    state = scope.state
+    wf = await scope.workflow(request.path_params["workflow_name"])
     body = json_object(await read_json(request, state.body_cap, state.body_timeout), "the request body")
     only_keys(body, ("instances",), "batch delete")
     ids = body.get("instances")
@@ -296,21 +301,23 @@ async def _terminate_all(wf: Workflow, statuses: tuple[str, ...]) -> None:
                     await WorkflowInstance(wf, record.id).terminate()
 
 
-def _job_done(state: ServerState, name: str, task: asyncio.Task[None]) -> None:
-    if state.terminators.get(name) is task:
-        del state.terminators[name]
+def _job_done(state: ServerState, key: tuple[str, str], task: asyncio.Task[None]) -> None:
+    if state.terminators.get(key) is task:
+        del state.terminators[key]
     if not task.cancelled() and task.exception() is not None:
-        log.error("terminating instances of %r failed", name, exc_info=task.exception())
+        log.error("terminating instances of %r failed", key[1], exc_info=task.exception())
 
 
 async def terminate_by_status(request: Request) -> Response:
     """``PUT /instances/terminate?status=``: a background job; ``already_running`` while one runs."""
-    state = state_of(request)
-    wf = await state.workflow(request.path_params["workflow_name"])
+    scope = scope_of(request)
+    state = scope.state
+    wf = await scope.workflow(request.path_params["workflow_name"])
     status = query_choice(request, "status", TERMINABLE, None)
-    if state.terminator_running(wf.name):
+    if scope.terminator_running(wf.name):
         return ok({"status": "already_running"})
     task = asyncio.get_running_loop().create_task(_terminate_all(wf, (status,) if status else TERMINABLE))
-    state.terminators[wf.name] = task
-    task.add_done_callback(lambda t: _job_done(state, wf.name, t))
+    key = (scope.account.id, wf.name)
+    state.terminators[key] = task
+    task.add_done_callback(lambda t: _job_done(state, key, t))
     return ok({"status": "ok"})

@@ -1,4 +1,5 @@
-"""What every handler shares: the engine, the authenticator, the body cap, and the bulk jobs running."""
+"""What every handler shares: the engine, the authenticator, the body cap, and the bulk jobs running; and what one
+request may reach (:class:`Scope`: the account in its path)."""
 
 from __future__ import annotations
 
@@ -11,11 +12,11 @@ from typing import Final, cast
 from starlette.requests import Request
 from starlette.responses import Response
 
-from stepstone.binding import Workflow, WorkflowInstance
+from stepstone.binding import Account, Workflow, WorkflowInstance
 from stepstone.engine import Engine
-from stepstone.errors import ValidationError
+from stepstone.errors import InstanceNotFoundError, ValidationError
 from stepstone.limits import validate_workflow_name
-from stepstone.models import InstanceRecord, WorkflowRecord
+from stepstone.models import DEFAULT_ACCOUNT, InstanceRecord, WorkflowRecord
 from stepstone.server.auth import Authenticator
 from stepstone.server.envelope import INSTANCE_NOT_FOUND, WORKFLOW_NOT_FOUND, ApiError, bad_request
 
@@ -34,8 +35,8 @@ class ServerState:
     body_cap: int
     body_timeout: float
     """Seconds a request has to send its whole body."""
-    terminators: dict[str, asyncio.Task[None]] = field(default_factory=dict)
-    """Running terminate-by-status jobs, by workflow name."""
+    terminators: dict[tuple[str, str], asyncio.Task[None]] = field(default_factory=dict)
+    """Running terminate-by-status jobs, by account and workflow name."""
     metrics_also: tuple[str, ...] = ()
     """``/metrics`` URLs of other processes whose metrics ours include (``stepstone dev``'s worker child)."""
 
@@ -46,22 +47,39 @@ class ServerState:
         except ValidationError as exc:
             raise bad_request(str(exc)) from None
 
+    def scope(self, account_id: str) -> Scope:
+        """What a request for ``account_id`` may reach (400 for a malformed id)."""
+        try:
+            return Scope(self, self.engine.account(account_id))
+        except ValidationError as exc:
+            raise bad_request(str(exc)) from None
+
+
+@dataclass(slots=True)
+class Scope:
+    """One request's reach: the server state and the account its path names. Every workflow and instance a handler
+    touches comes through here, so it is always that account's; another account's is simply not found (404)."""
+
+    state: ServerState
+    account: Account
+
     async def workflow_record(self, name: str) -> WorkflowRecord:
-        """The workflow's record; 404 when the database does not know it."""
-        record = await self.engine.storage.get_workflow(self.workflow_name(name))
+        """The account's workflow record; 404 when the database does not know it."""
+        record = await self.account.get_workflow(self.state.workflow_name(name))
         if record is None:
             raise ApiError(
                 404,
                 WORKFLOW_NOT_FOUND,
-                f"workflow {name!r} not found: create it with PUT .../workflows/{name} "
-                "or start a worker that registers it",
+                f"workflow {name!r} not found in account {self.account.id!r}: create it with PUT "
+                f".../accounts/{self.account.id}/workflows/{name}, or start a worker that registers it "
+                "(a worker's workflows are the default account's, 'local')",
             )
         return record
 
     async def workflow(self, name: str) -> Workflow:
-        """The binding of a workflow the database knows (404 otherwise)."""
+        """The binding of a workflow the account has (404 otherwise)."""
         await self.workflow_record(name)
-        return self.engine.workflow(name)
+        return self.account.workflow(name)
 
     async def instance(self, name: str, instance_id: str) -> tuple[WorkflowInstance, InstanceRecord]:
         """A handle and the record of an existing instance (404 for an unknown workflow or instance)."""
@@ -72,17 +90,26 @@ class ServerState:
                 "'_', '-', ',', ' ', '*', '/' or '#'"
             )
         handle = WorkflowInstance(wf, instance_id)
-        record = await self.engine.storage.get_instance(wf.name, instance_id)
-        if record is None:
-            raise ApiError(404, INSTANCE_NOT_FOUND, f"instance {instance_id!r} not found in workflow {name!r}")
+        try:
+            record = await handle.record()
+        except InstanceNotFoundError:
+            raise ApiError(
+                404, INSTANCE_NOT_FOUND, f"instance {instance_id!r} not found in workflow {name!r}"
+            ) from None
         return handle, record
 
     def terminator_running(self, name: str) -> bool:
-        """Whether a terminate-by-status job is running for the workflow."""
-        task = self.terminators.get(name)
+        """Whether a terminate-by-status job is running for the account's workflow."""
+        task = self.state.terminators.get((self.account.id, name))
         return task is not None and not task.done()
 
 
 def state_of(request: Request) -> ServerState:
     """The server state of the app serving ``request``."""
     return cast(ServerState, request.app.state.stepstone)
+
+
+def scope_of(request: Request) -> Scope:
+    """The reach of ``request``: the account in its path (the default account where the path has none, as in the
+    explorer API)."""
+    return state_of(request).scope(request.path_params.get("account_id", DEFAULT_ACCOUNT))

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import math
-import uuid
 from typing import Any
 
 from starlette.requests import Request
@@ -18,7 +17,7 @@ from stepstone.limits import MAX_STEPS
 from stepstone.models import WorkflowRecord
 from stepstone.server.body import json_object, only_keys, query_int, read_json
 from stepstone.server.envelope import ApiError, bad_request, ok
-from stepstone.server.state import ServerState, state_of
+from stepstone.server.state import Scope, scope_of
 from stepstone.text import check_text
 
 MAX_PER_PAGE = 1000
@@ -36,29 +35,29 @@ def page_info(page: int, per_page: int, count: int, total: int) -> dict[str, Any
     }
 
 
-async def workflow_document(state: ServerState, record: WorkflowRecord) -> dict[str, Any]:
+async def workflow_document(scope: Scope, record: WorkflowRecord) -> dict[str, Any]:
     """A workflow as listed, with its instance counts."""
-    counts = await state.engine.storage.count_by_status(record.name)
+    counts = await scope.account.count_by_status(record.name)
     return workflow_summary(record, counts)
 
 
 async def list_workflows(request: Request) -> Response:
-    """``GET /workflows?page&per_page&search``."""
-    state = state_of(request)
+    """``GET /workflows?page&per_page&search``: the account's workflows."""
+    scope = scope_of(request)
     page = query_int(request, "page", 1, low=1, high=1_000_000)
     per_page = query_int(request, "per_page", 50, low=1, high=MAX_PER_PAGE)
     search = request.query_params.get("search", "").lower()
-    records = [r for r in await state.engine.list_workflows() if search in r.name.lower()]
+    records = [r for r in await scope.account.list_workflows() if search in r.name.lower()]
     chosen = records[(page - 1) * per_page : page * per_page]
-    result = [await workflow_document(state, r) for r in chosen]
+    result = [await workflow_document(scope, r) for r in chosen]
     return ok(result, result_info=page_info(page, per_page, len(result), len(records)))
 
 
 async def get_workflow(request: Request) -> Response:
     """``GET /workflows/{name}``."""
-    state = state_of(request)
-    record = await state.workflow_record(request.path_params["workflow_name"])
-    return ok(await workflow_document(state, record))
+    scope = scope_of(request)
+    record = await scope.workflow_record(request.path_params["workflow_name"])
+    return ok(await workflow_document(scope, record))
 
 
 def _config_from(body: dict[str, Any], old: dict[str, Any]) -> dict[str, Any]:
@@ -117,7 +116,8 @@ def _text(body: dict[str, Any], key: str) -> str:
 
 async def put_workflow(request: Request) -> Response:
     """``PUT /workflows/{name}``: create or update the record (a class need not be registered here)."""
-    state = state_of(request)
+    scope = scope_of(request)
+    state = scope.state
     name = state.workflow_name(request.path_params["workflow_name"])
     body = json_object(await read_json(request, state.body_cap, state.body_timeout), "the request body")
     only_keys(
@@ -126,13 +126,11 @@ async def put_workflow(request: Request) -> Response:
         "PUT workflow",
     )
     class_name, script_name = _text(body, "class_name"), _text(body, "script_name")
-    storage = state.engine.storage
-    old = await storage.get_workflow(name)
+    old = await scope.account.get_workflow(name)
     old_config = json.loads(old.config or "{}") if old is not None else {}
     config = json.dumps(_config_from(body, old_config if isinstance(old_config, dict) else {}), sort_keys=True)
-    now = state.engine.clock.now()
-    record = await storage.put_workflow(
-        WorkflowRecord(name, class_name, script_name, str(uuid.uuid4()), now, now, None, config)
+    record = await scope.account.put_workflow(
+        name, class_name=class_name, script_name=script_name, config=config, now=state.engine.clock.now()
     )
     return ok(
         {
@@ -145,16 +143,16 @@ async def put_workflow(request: Request) -> Response:
             "triggered_on": iso(record.triggered_on),
             "version_id": record.version_id,
             "is_deleted": 0,
-            "terminator_running": 1 if state.terminator_running(name) else 0,
+            "terminator_running": 1 if scope.terminator_running(name) else 0,
         }
     )
 
 
 async def delete_workflow(request: Request) -> Response:
     """``DELETE /workflows/{name}``: the workflow and all its instances."""
-    state = state_of(request)
-    record = await state.workflow_record(request.path_params["workflow_name"])
-    await state.engine.storage.delete_workflow(record.name)
+    scope = scope_of(request)
+    record = await scope.workflow_record(request.path_params["workflow_name"])
+    await scope.account.delete_workflow(record.name)
     return ok({"status": "ok", "success": True})
 
 
@@ -182,8 +180,7 @@ def version_document(record: WorkflowRecord) -> dict[str, Any]:
 
 async def list_versions(request: Request) -> Response:
     """``GET /workflows/{name}/versions``: newest first (here: the one current version)."""
-    state = state_of(request)
-    record = await state.workflow_record(request.path_params["workflow_name"])
+    record = await scope_of(request).workflow_record(request.path_params["workflow_name"])
     page = query_int(request, "page", 1, low=1, high=1_000_000)
     per_page = query_int(request, "per_page", 50, low=1, high=MAX_PER_PAGE)
     result = [version_document(record)] if page == 1 else []
@@ -191,8 +188,7 @@ async def list_versions(request: Request) -> Response:
 
 
 async def _version(request: Request) -> dict[str, Any]:
-    state = state_of(request)
-    record = await state.workflow_record(request.path_params["workflow_name"])
+    record = await scope_of(request).workflow_record(request.path_params["workflow_name"])
     version_id = request.path_params["version_id"]
     if version_id != record.version_id:
         raise ApiError(

@@ -1,5 +1,9 @@
 """The storage protocol: every backend implements it, and nothing above this package sees SQL.
 
+Accounts partition the data: a workflow's key is ``(account, name)``, an instance's ``(account, workflow, id)``,
+and steps and events belong to an instance. Every method that addresses a workflow or an instance takes the
+account first, so no caller can reach another account's rows by naming the same workflow or id.
+
 Writes made on behalf of a run carry a :class:`~stepstone.models.Lease`; a backend rejects one whose token
 no longer matches the instance's (the lease expired and another worker took it, or the instance was
 terminated or restarted) with :class:`~stepstone.errors.FencedError`.
@@ -87,36 +91,39 @@ class Storage(Protocol):
 
     # -- workflows ------------------------------------------------------------------------------------
     async def put_workflow(self, record: WorkflowRecord) -> WorkflowRecord:
-        """Create or update a workflow; keeps ``created_on``, bumps the version when the class changes."""
+        """Create or update a workflow of ``record.account``; keeps ``created_on``, bumps the version when the
+        class changes."""
         ...
 
-    async def get_workflow(self, name: str) -> WorkflowRecord | None:
-        """One workflow, or None."""
+    async def get_workflow(self, account: str, name: str) -> WorkflowRecord | None:
+        """One workflow of the account, or None."""
         ...
 
-    async def list_workflows(self) -> list[WorkflowRecord]:
-        """All workflows, oldest first."""
+    async def list_workflows(self, account: str | None) -> list[WorkflowRecord]:
+        """The account's workflows (every account's for None), oldest first."""
         ...
 
-    async def delete_workflow(self, name: str) -> bool:
-        """Delete a workflow and all its instances; False if it did not exist."""
+    async def delete_workflow(self, account: str, name: str) -> bool:
+        """Delete a workflow of the account and all its instances; False if it did not exist."""
         ...
 
-    async def count_by_status(self, workflow: str) -> dict[str, int]:
-        """How many instances of the workflow are in each status."""
+    async def count_by_status(self, account: str, workflow: str) -> dict[str, int]:
+        """How many instances of the account's workflow are in each status."""
         ...
 
     # -- instances ------------------------------------------------------------------------------------
     async def create_instances(self, rows: Sequence[NewInstance], *, skip_existing: bool) -> list[InstanceRecord]:
-        """Insert instances, runnable now. An existing id raises InstanceExistsError, or is skipped."""
+        """Insert instances (each in its ``account``), runnable now. An existing id raises InstanceExistsError,
+        or is skipped."""
         ...
 
-    async def get_instance(self, workflow: str, instance_id: str) -> InstanceRecord | None:
-        """One instance, or None."""
+    async def get_instance(self, account: str, workflow: str, instance_id: str) -> InstanceRecord | None:
+        """One instance of the account's workflow, or None."""
         ...
 
     async def list_instances(
         self,
+        account: str,
         workflow: str,
         *,
         status: str | None = None,
@@ -126,7 +133,7 @@ class Storage(Protocol):
         created_after: float | None = None,
         created_before: float | None = None,
     ) -> InstancePage:
-        """A page of a workflow's instances, by creation time."""
+        """A page of the account's workflow's instances, by creation time."""
         ...
 
     async def load_history(self, pk: int) -> tuple[list[StepRecord], list[EventRecord]]:
@@ -137,10 +144,10 @@ class Storage(Protocol):
     async def claim(
         self, *, owner: str, now: float, lease_seconds: float, limit: int, workflows: Sequence[str]
     ) -> ClaimResult:
-        """Lease up to ``limit`` runnable instances of these workflows, earliest due first.
+        """Lease up to ``limit`` runnable instances of these workflows, in every account, earliest due first.
 
-        A workflow whose config sets a concurrency limit (:func:`concurrency_limit`) never has more than that
-        many instances ``running`` or ``waitingForPause`` under live leases, counted across all workers.
+        A workflow (of one account) whose config sets a concurrency limit (:func:`concurrency_limit`) never has
+        more than that many instances ``running`` or ``waitingForPause`` under live leases, counted across all workers.
         """
         ...
 
@@ -192,31 +199,33 @@ class Storage(Protocol):
         ...
 
     # -- lifecycle control ----------------------------------------------------------------------------
-    async def pause(self, workflow: str, instance_id: str, *, now: float) -> InstanceRecord:
+    async def pause(self, account: str, workflow: str, instance_id: str, *, now: float) -> InstanceRecord:
         """Running → waitingForPause; waiting or queued → paused; otherwise unchanged."""
         ...
 
-    async def resume(self, workflow: str, instance_id: str, *, now: float) -> InstanceRecord:
+    async def resume(self, account: str, workflow: str, instance_id: str, *, now: float) -> InstanceRecord:
         """waitingForPause → running; paused → queued with every timer shifted by the paused time."""
         ...
 
-    async def terminate(self, workflow: str, instance_id: str, *, now: float, retention_ms: float) -> InstanceRecord:
+    async def terminate(
+        self, account: str, workflow: str, instance_id: str, *, now: float, retention_ms: float
+    ) -> InstanceRecord:
         """Stop the instance now; refuses a finished one with InvalidStateError."""
         ...
 
     async def restart(
-        self, workflow: str, instance_id: str, *, now: float, from_step: StepRef | None
+        self, account: str, workflow: str, instance_id: str, *, now: float, from_step: StepRef | None
     ) -> InstanceRecord:
         """Run again from the start (all history erased) or from a named step (that step and later ones)."""
         ...
 
     async def send_event(
-        self, workflow: str, instance_id: str, *, event_type: str, payload: str, now: float
+        self, account: str, workflow: str, instance_id: str, *, event_type: str, payload: str, now: float
     ) -> EventRecord:
         """Buffer an event; an instance waiting for its type becomes runnable."""
         ...
 
-    async def delete_instances(self, workflow: str, ids: Sequence[str]) -> list[str]:
+    async def delete_instances(self, account: str, workflow: str, ids: Sequence[str]) -> list[str]:
         """Delete instances and all their state; returns the ids that existed."""
         ...
 

@@ -42,7 +42,7 @@ from stepstone.models import (
     WorkflowRecord,
 )
 from stepstone.storage import postgres_control as control
-from stepstone.storage.base import ClaimResult, InstancePage, concurrency_limit, redact_url
+from stepstone.storage.base import ClaimResult, InstancePage, redact_url
 from stepstone.storage.postgres_control import RELEASE, fetch_all, fetch_maybe, fetch_one
 from stepstone.storage.postgres_schema import migrate
 from stepstone.storage.postgres_writer import Conn, GroupWriter, StepWrite, Transactor, Write
@@ -73,23 +73,24 @@ _CONSUME_EVENT = (
     + " RETURNING 1"
 )
 # New instances from a JSON array of [workflow, id, params, created_on, trigger_source, version_id, schedule,
-# success_retention_ms, error_retention_ms, traceparent] rows.
+# success_retention_ms, error_retention_ms, traceparent, account] rows.
 _NEW_ROWS = (
     "SELECT r->>0 AS workflow, r->>1 AS id, r->>2 AS params, (r->>3)::float8 AS created_on, r->>4 AS trigger_source, "
     "r->>5 AS version_id, r->>6 AS schedule, (r->>7)::float8 AS success_retention_ms, "
-    "(r->>8)::float8 AS error_retention_ms, r->>9 AS traceparent, n "
+    "(r->>8)::float8 AS error_retention_ms, r->>9 AS traceparent, r->>10 AS account, n "
     "FROM jsonb_array_elements(%s::jsonb) WITH ORDINALITY AS a(r, n)"
 )
 _EXPIRED_IDS = (
-    f"SELECT i.pk FROM instances i JOIN ({_NEW_ROWS}) v ON i.workflow = v.workflow AND i.id = v.id "
+    f"SELECT i.pk FROM instances i JOIN ({_NEW_ROWS}) v "
+    "ON i.account = v.account AND i.workflow = v.workflow AND i.id = v.id "
     "WHERE i.expires_at <= v.created_on ORDER BY i.pk FOR UPDATE OF i"
 )
 _INSERT_INSTANCES = (
-    "INSERT INTO instances (workflow, id, status, params, created_on, modified_on, runnable_at, trigger_source, "
-    "version_id, schedule, success_retention_ms, error_retention_ms, traceparent) "
-    "SELECT workflow, id, 'queued', params, created_on, created_on, created_on, trigger_source, version_id, "
+    "INSERT INTO instances (account, workflow, id, status, params, created_on, modified_on, runnable_at, "
+    "trigger_source, version_id, schedule, success_retention_ms, error_retention_ms, traceparent) "
+    "SELECT account, workflow, id, 'queued', params, created_on, created_on, created_on, trigger_source, version_id, "
     f"schedule, success_retention_ms, error_retention_ms, traceparent FROM ({_NEW_ROWS}) v ORDER BY n "
-    f"ON CONFLICT (workflow, id) DO NOTHING RETURNING {INSTANCE_COLUMNS}"
+    f"ON CONFLICT (account, workflow, id) DO NOTHING RETURNING {INSTANCE_COLUMNS}"
 )
 # Steps (by seq) then unconsumed events (by pk) in one statement; an event row is laid out as
 # (false, type, payload, consumed_by, NULL, pk, NULL, received_at, NULL...).
@@ -227,8 +228,8 @@ class PostgresStorage:
 
         async def op(conn: Conn) -> WorkflowRecord:
             await conn.execute(
-                f"INSERT INTO workflows ({WORKFLOW_COLUMNS}) VALUES (%s, %s, %s, %s, %s, %s, %s, %s) "
-                "ON CONFLICT (name) DO NOTHING",
+                f"INSERT INTO workflows ({WORKFLOW_COLUMNS}) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s) "
+                "ON CONFLICT (account, name) DO NOTHING",
                 (
                     record.name,
                     record.class_name,
@@ -238,11 +239,15 @@ class PostgresStorage:
                     record.modified_on,
                     record.triggered_on,
                     record.config,
+                    record.account,
                 ),
             )
             old = workflow_from_row(
                 await fetch_one(
-                    conn, f"SELECT {WORKFLOW_COLUMNS} FROM workflows WHERE name = %s FOR UPDATE", record.name
+                    conn,
+                    f"SELECT {WORKFLOW_COLUMNS} FROM workflows WHERE account = %s AND name = %s FOR UPDATE",
+                    record.account,
+                    record.name,
                 )
             )
             if (old.class_name, old.script_name, old.config) == (record.class_name, record.script_name, record.config):
@@ -250,48 +255,62 @@ class PostgresStorage:
             row = await fetch_one(
                 conn,
                 "UPDATE workflows SET class_name = %s, script_name = %s, version_id = %s, modified_on = %s, "
-                f"config = %s WHERE name = %s RETURNING {WORKFLOW_COLUMNS}",
+                f"config = %s WHERE account = %s AND name = %s RETURNING {WORKFLOW_COLUMNS}",
                 record.class_name,
                 record.script_name,
                 record.version_id,
                 record.modified_on,
                 record.config,
+                record.account,
                 record.name,
             )
             return workflow_from_row(row)
 
         return await self._run(op)
 
-    async def get_workflow(self, name: str) -> WorkflowRecord | None:
-        """One workflow, or None."""
+    async def get_workflow(self, account: str, name: str) -> WorkflowRecord | None:
+        """One workflow of the account, or None."""
         row = await self._run(
-            lambda c: fetch_maybe(c, f"SELECT {WORKFLOW_COLUMNS} FROM workflows WHERE name = %s", name)
+            lambda c: fetch_maybe(
+                c, f"SELECT {WORKFLOW_COLUMNS} FROM workflows WHERE account = %s AND name = %s", account, name
+            )
         )
         return workflow_from_row(row) if row else None
 
-    async def list_workflows(self) -> list[WorkflowRecord]:
-        """All workflows, oldest first."""
+    async def list_workflows(self, account: str | None) -> list[WorkflowRecord]:
+        """The account's workflows (every account's for None), oldest first."""
+        where, params = ("WHERE account = %s", (account,)) if account is not None else ("", ())
         rows = await self._run(
-            lambda c: fetch_all(c, f"SELECT {WORKFLOW_COLUMNS} FROM workflows ORDER BY created_on, name")
+            lambda c: fetch_all(
+                c, f"SELECT {WORKFLOW_COLUMNS} FROM workflows {where} ORDER BY created_on, name, account", *params
+            )
         )
         return [workflow_from_row(r) for r in rows]
 
-    async def delete_workflow(self, name: str) -> bool:
-        """Delete a workflow and its instances."""
+    async def delete_workflow(self, account: str, name: str) -> bool:
+        """Delete a workflow of the account and its instances."""
 
         async def op(conn: Conn) -> bool:
-            rows = await fetch_all(conn, "SELECT pk FROM instances WHERE workflow = %s ORDER BY pk FOR UPDATE", name)
+            rows = await fetch_all(
+                conn,
+                "SELECT pk FROM instances WHERE account = %s AND workflow = %s ORDER BY pk FOR UPDATE",
+                account,
+                name,
+            )
             await control.delete_pks(conn, [r[0] for r in rows])
-            cur = await conn.execute("DELETE FROM workflows WHERE name = %s", (name,))
+            cur = await conn.execute("DELETE FROM workflows WHERE account = %s AND name = %s", (account, name))
             return cur.rowcount > 0
 
         return await self._run(op)
 
-    async def count_by_status(self, workflow: str) -> dict[str, int]:
-        """Instances of the workflow per status."""
+    async def count_by_status(self, account: str, workflow: str) -> dict[str, int]:
+        """Instances of the account's workflow per status."""
         rows = await self._run(
             lambda c: fetch_all(
-                c, "SELECT status, COUNT(*) FROM instances WHERE workflow = %s GROUP BY status", workflow
+                c,
+                "SELECT status, COUNT(*) FROM instances WHERE account = %s AND workflow = %s GROUP BY status",
+                account,
+                workflow,
             )
         )
         return {status: int(count) for status, count in rows}
@@ -315,6 +334,7 @@ class PostgresStorage:
                     new.success_retention_ms,
                     new.error_retention_ms,
                     new.traceparent,
+                    new.account,
                 ]
                 for new in rows
             ]
@@ -326,11 +346,11 @@ class PostgresStorage:
             expired = await fetch_all(conn, _EXPIRED_IDS, payload)
             if expired:
                 await control.delete_pks(conn, [r[0] for r in expired])
-            inserted = {(r[1], r[2]): r for r in await fetch_all(conn, _INSERT_INSTANCES, payload)}
+            inserted = {(r[-1], r[1], r[2]): r for r in await fetch_all(conn, _INSERT_INSTANCES, payload)}
             created: list[InstanceRecord] = []
-            touched: set[str] = set()
+            touched: set[tuple[str, str]] = set()
             for new in rows:
-                row = inserted.pop((new.workflow, new.id), None)
+                row = inserted.pop((new.account, new.workflow, new.id), None)
                 if row is None:
                     if not skip_existing:
                         raise InstanceExistsError(
@@ -339,9 +359,12 @@ class PostgresStorage:
                         )
                     continue
                 created.append(instance_from_row(row))
-                touched.add(new.workflow)
-            for name in sorted(touched):
-                await conn.execute("UPDATE workflows SET triggered_on = %s WHERE name = %s", (rows[0].created_on, name))
+                touched.add((new.account, new.workflow))
+            for account, name in sorted(touched):
+                await conn.execute(
+                    "UPDATE workflows SET triggered_on = %s WHERE account = %s AND name = %s",
+                    (rows[0].created_on, account, name),
+                )
             if created:
                 await control.notify(conn, self.channel, 0, "new")
             return created
@@ -349,17 +372,22 @@ class PostgresStorage:
         # A repeat after an unknown commit would report our own instances as existing.
         return await self._run(op, idempotent=skip_existing)
 
-    async def get_instance(self, workflow: str, instance_id: str) -> InstanceRecord | None:
-        """One instance, or None."""
+    async def get_instance(self, account: str, workflow: str, instance_id: str) -> InstanceRecord | None:
+        """One instance of the account's workflow, or None."""
         row = await self._run(
             lambda c: fetch_maybe(
-                c, f"SELECT {INSTANCE_COLUMNS} FROM instances WHERE workflow = %s AND id = %s", workflow, instance_id
+                c,
+                f"SELECT {INSTANCE_COLUMNS} FROM instances WHERE account = %s AND workflow = %s AND id = %s",
+                account,
+                workflow,
+                instance_id,
             )
         )
         return instance_from_row(row) if row else None
 
     async def list_instances(
         self,
+        account: str,
         workflow: str,
         *,
         status: str | None = None,
@@ -369,9 +397,9 @@ class PostgresStorage:
         created_after: float | None = None,
         created_before: float | None = None,
     ) -> InstancePage:
-        """A page of instances by creation time."""
-        where = ["workflow = %s"]
-        params: list[object] = [workflow]
+        """A page of the account's workflow's instances by creation time."""
+        where = ["account = %s", "workflow = %s"]
+        params: list[object] = [account, workflow]
         for clause, value in (
             ("status = %s", status),
             ("created_on >= %s", created_after),
@@ -415,7 +443,7 @@ class PostgresStorage:
             claims: list[Claim] = []
             takeovers = 0
             if limit > 0 and names:
-                rows = await self._candidates(conn, now=now, limit=limit, names=names)
+                rows = await control.candidates(conn, now=now, limit=limit, names=names)
                 takeovers = sum(1 for _, status, _ in rows if status == "running")  # a lease that expired
                 pausing = [pk for pk, status, _ in rows if status == "waitingForPause"]
                 runnable = [pk for pk, status, _ in rows if status != "waitingForPause"]
@@ -458,44 +486,6 @@ class PostgresStorage:
             return ClaimResult(claims, next_due, takeovers)
 
         return await self._run(op)
-
-    async def _candidates(self, conn: Conn, *, now: float, limit: int, names: list[str]) -> list[tuple[Any, ...]]:
-        """Due, unleased rows to claim, locked; at most each limited workflow's free slots."""
-        configs = await fetch_all(conn, "SELECT name, config FROM workflows WHERE name = ANY(%s)", names)
-        limits = {name: lim for name, config in configs if (lim := concurrency_limit(config)) is not None}
-        free = [n for n in names if n not in limits]
-        groups: list[tuple[list[str], int]] = [(free, limit)] if free else []
-        if limits:
-            limited = sorted(limits)
-            # Claims of a limited workflow take turns on its row, so counts never race.
-            await conn.execute("SELECT name FROM workflows WHERE name = ANY(%s) ORDER BY name FOR UPDATE", (limited,))
-            running = dict(
-                await fetch_all(
-                    conn,
-                    "SELECT workflow, COUNT(*) FROM instances WHERE workflow = ANY(%s) "
-                    "AND status IN ('running', 'waitingForPause') AND lease_expires_at >= %s GROUP BY workflow",
-                    limited,
-                    now,
-                )
-            )
-            for name in limited:
-                slots = min(limit, limits[name] - int(running.get(name, 0)))
-                if slots > 0:
-                    groups.append(([name], slots))
-        rows: list[tuple[Any, ...]] = []
-        for group, size in groups:
-            rows += await fetch_all(
-                conn,
-                "SELECT pk, status, runnable_at FROM instances WHERE runnable_at <= %s "
-                "AND (lease_expires_at IS NULL OR lease_expires_at < %s) AND workflow = ANY(%s) "
-                "ORDER BY runnable_at LIMIT %s FOR UPDATE SKIP LOCKED",
-                now,
-                now,
-                group,
-                size,
-            )
-        rows.sort(key=lambda r: (r[2], r[0]))
-        return rows[:limit]
 
     async def renew(self, *, leases: Sequence[Lease], until: float) -> dict[int, LeaseState]:
         """Extend leases and report on each."""
@@ -603,43 +593,47 @@ class PostgresStorage:
         await self._writer.run(Write(lease.pk, [(_FINISH, params)], _fenced_value(lease)))
 
     # -- lifecycle control ----------------------------------------------------------------------------
-    async def pause(self, workflow: str, instance_id: str, *, now: float) -> InstanceRecord:
+    async def pause(self, account: str, workflow: str, instance_id: str, *, now: float) -> InstanceRecord:
         """Request a pause."""
-        return await self._run(lambda c: control.pause(c, self.channel, workflow, instance_id, now=now))
+        return await self._run(lambda c: control.pause(c, self.channel, account, workflow, instance_id, now=now))
 
-    async def resume(self, workflow: str, instance_id: str, *, now: float) -> InstanceRecord:
+    async def resume(self, account: str, workflow: str, instance_id: str, *, now: float) -> InstanceRecord:
         """Resume a paused or pausing instance."""
-        return await self._run(lambda c: control.resume(c, self.channel, workflow, instance_id, now=now))
+        return await self._run(lambda c: control.resume(c, self.channel, account, workflow, instance_id, now=now))
 
-    async def terminate(self, workflow: str, instance_id: str, *, now: float, retention_ms: float) -> InstanceRecord:
+    async def terminate(
+        self, account: str, workflow: str, instance_id: str, *, now: float, retention_ms: float
+    ) -> InstanceRecord:
         """Terminate now."""
         return await self._run(
-            lambda c: control.terminate(c, self.channel, workflow, instance_id, now=now, retention_ms=retention_ms)
+            lambda c: control.terminate(
+                c, self.channel, account, workflow, instance_id, now=now, retention_ms=retention_ms
+            )
         )
 
     async def restart(
-        self, workflow: str, instance_id: str, *, now: float, from_step: StepRef | None
+        self, account: str, workflow: str, instance_id: str, *, now: float, from_step: StepRef | None
     ) -> InstanceRecord:
         """Restart fully or from a step."""
         return await self._run(
-            lambda c: control.restart(c, self.channel, workflow, instance_id, now=now, from_step=from_step)
+            lambda c: control.restart(c, self.channel, account, workflow, instance_id, now=now, from_step=from_step)
         )
 
     async def send_event(
-        self, workflow: str, instance_id: str, *, event_type: str, payload: str, now: float
+        self, account: str, workflow: str, instance_id: str, *, event_type: str, payload: str, now: float
     ) -> EventRecord:
         """Buffer an event and wake a waiter."""
         # A repeat after an unknown commit would deliver the event twice.
         return await self._run(
             lambda c: control.send_event(
-                c, self.channel, workflow, instance_id, event_type=event_type, payload=payload, now=now
+                c, self.channel, account, workflow, instance_id, event_type=event_type, payload=payload, now=now
             ),
             idempotent=False,
         )
 
-    async def delete_instances(self, workflow: str, ids: Sequence[str]) -> list[str]:
+    async def delete_instances(self, account: str, workflow: str, ids: Sequence[str]) -> list[str]:
         """Delete instances and their state."""
-        return await self._run(lambda c: control.delete_instances(c, self.channel, workflow, ids))
+        return await self._run(lambda c: control.delete_instances(c, self.channel, account, workflow, ids))
 
     async def purge_expired(self, *, now: float) -> int:
         """Delete instances past their retention."""

@@ -1,5 +1,8 @@
 r"""Named SQL of the PostgreSQL backend: lifecycle control operations and the helpers every operation uses.
 
+Instances are found by their key, ``(account, workflow, id)``: an operation made for one account never finds
+another's instance, whatever its id.
+
 Each control operation locks the instance's row first (``_find ... FOR UPDATE``), the lock a fenced run write
 holds while it checks its lease, and ``pg_notify``\s the change in its own transaction.
 """
@@ -11,15 +14,18 @@ from typing import Any
 
 from stepstone.errors import InstanceNotFoundError, InvalidStateError
 from stepstone.models import FINISHED, EventRecord, InstanceRecord, StepRef
+from stepstone.storage.base import concurrency_limit
 from stepstone.storage.postgres_writer import Conn
 from stepstone.storage.sqlite_schema import INSTANCE_COLUMNS, instance_from_row
 
 RELEASE = "lease_owner = NULL, lease_token = NULL, lease_expires_at = NULL"
 
 
-async def pause(conn: Conn, channel: str, workflow: str, instance_id: str, *, now: float) -> InstanceRecord:
+async def pause(
+    conn: Conn, channel: str, account: str, workflow: str, instance_id: str, *, now: float
+) -> InstanceRecord:
     """Request a pause."""
-    pk, status = await _find(conn, workflow, instance_id)
+    pk, status = await _find(conn, account, workflow, instance_id)
     if status == "running":
         await conn.execute("UPDATE instances SET status = 'waitingForPause', modified_on = %s WHERE pk = %s", (now, pk))
         await notify(conn, channel, pk, "pause")
@@ -28,9 +34,11 @@ async def pause(conn: Conn, channel: str, workflow: str, instance_id: str, *, no
     return await _get(conn, pk)
 
 
-async def resume(conn: Conn, channel: str, workflow: str, instance_id: str, *, now: float) -> InstanceRecord:
+async def resume(
+    conn: Conn, channel: str, account: str, workflow: str, instance_id: str, *, now: float
+) -> InstanceRecord:
     """Resume a paused or pausing instance."""
-    pk, status = await _find(conn, workflow, instance_id)
+    pk, status = await _find(conn, account, workflow, instance_id)
     if status == "waitingForPause":
         await conn.execute("UPDATE instances SET status = 'running', modified_on = %s WHERE pk = %s", (now, pk))
         await notify(conn, channel, pk, "resume")
@@ -52,10 +60,10 @@ async def resume(conn: Conn, channel: str, workflow: str, instance_id: str, *, n
 
 
 async def terminate(
-    conn: Conn, channel: str, workflow: str, instance_id: str, *, now: float, retention_ms: float
+    conn: Conn, channel: str, account: str, workflow: str, instance_id: str, *, now: float, retention_ms: float
 ) -> InstanceRecord:
     """Terminate now."""
-    pk, status = await _find(conn, workflow, instance_id)
+    pk, status = await _find(conn, account, workflow, instance_id)
     if status in FINISHED:
         raise InvalidStateError(f"cannot terminate instance {instance_id!r}: it is already {status} (a finished state)")
     await conn.execute(
@@ -69,10 +77,10 @@ async def terminate(
 
 
 async def restart(
-    conn: Conn, channel: str, workflow: str, instance_id: str, *, now: float, from_step: StepRef | None
+    conn: Conn, channel: str, account: str, workflow: str, instance_id: str, *, now: float, from_step: StepRef | None
 ) -> InstanceRecord:
     """Restart fully or from a step."""
-    pk, _ = await _find(conn, workflow, instance_id)
+    pk, _ = await _find(conn, account, workflow, instance_id)
     if from_step is None:
         await conn.execute("DELETE FROM steps WHERE instance_pk = %s", (pk,))
         await conn.execute("DELETE FROM events WHERE instance_pk = %s", (pk,))
@@ -103,10 +111,18 @@ async def restart(
 
 
 async def send_event(
-    conn: Conn, channel: str, workflow: str, instance_id: str, *, event_type: str, payload: str, now: float
+    conn: Conn,
+    channel: str,
+    account: str,
+    workflow: str,
+    instance_id: str,
+    *,
+    event_type: str,
+    payload: str,
+    now: float,
 ) -> EventRecord:
     """Buffer an event and wake a waiter."""
-    pk, status = await _find(conn, workflow, instance_id)
+    pk, status = await _find(conn, account, workflow, instance_id)
     if status in FINISHED:
         raise InvalidStateError(f"cannot send event {event_type!r} to instance {instance_id!r}: it is {status}")
     (event_pk,) = await fetch_one(
@@ -125,11 +141,12 @@ async def send_event(
     return EventRecord(int(event_pk), event_type, payload, now)
 
 
-async def delete_instances(conn: Conn, channel: str, workflow: str, ids: Sequence[str]) -> list[str]:
+async def delete_instances(conn: Conn, channel: str, account: str, workflow: str, ids: Sequence[str]) -> list[str]:
     """Delete instances and their state."""
     rows = await fetch_all(
         conn,
-        "SELECT id, pk FROM instances WHERE workflow = %s AND id = ANY(%s) ORDER BY pk FOR UPDATE",
+        "SELECT id, pk FROM instances WHERE account = %s AND workflow = %s AND id = ANY(%s) ORDER BY pk FOR UPDATE",
+        account,
         workflow,
         list(dict.fromkeys(ids)),
     )
@@ -147,6 +164,61 @@ async def purge_expired(conn: Conn, *, now: float) -> int:
     )
     await delete_pks(conn, [r[0] for r in rows])
     return len(rows)
+
+
+async def candidates(conn: Conn, *, now: float, limit: int, names: list[str]) -> list[tuple[Any, ...]]:
+    """Due, unleased rows to claim (in every account), locked; at most each limited workflow's free slots
+    (a workflow's limit holds per account: ``(account, name)`` is the workflow)."""
+    configs = await fetch_all(conn, "SELECT account, name, config FROM workflows WHERE name = ANY(%s)", names)
+    limits = {(a, n): lim for a, n, config in configs if (lim := concurrency_limit(config)) is not None}
+    limited = sorted(limits)
+    due = "runnable_at <= %s AND (lease_expires_at IS NULL OR lease_expires_at < %s)"
+    # Every instance of these workflows but those of a limited (account, workflow).
+    rows: list[tuple[Any, ...]] = await fetch_all(
+        conn,
+        f"SELECT pk, status, runnable_at FROM instances WHERE {due} AND workflow = ANY(%s) "
+        "AND (account, workflow) NOT IN (SELECT * FROM unnest(%s::text[], %s::text[])) "
+        "ORDER BY runnable_at LIMIT %s FOR UPDATE SKIP LOCKED",
+        now,
+        now,
+        names,
+        [a for a, _ in limited],
+        [n for _, n in limited],
+        limit,
+    )
+    if limited:
+        # Claims of a limited workflow take turns on its row, so counts never race.
+        await conn.execute(
+            "SELECT name FROM workflows WHERE (account, name) IN (SELECT * FROM unnest(%s::text[], %s::text[])) "
+            "ORDER BY account, name FOR UPDATE",
+            ([a for a, _ in limited], [n for _, n in limited]),
+        )
+        running = {
+            (a, n): int(count)
+            for a, n, count in await fetch_all(
+                conn,
+                "SELECT account, workflow, COUNT(*) FROM instances WHERE workflow = ANY(%s) "
+                "AND status IN ('running', 'waitingForPause') AND lease_expires_at >= %s "
+                "GROUP BY account, workflow",
+                sorted({n for _, n in limited}),
+                now,
+            )
+        }
+        for account, name in limited:
+            slots = min(limit, limits[(account, name)] - running.get((account, name), 0))
+            if slots > 0:
+                rows += await fetch_all(
+                    conn,
+                    f"SELECT pk, status, runnable_at FROM instances WHERE {due} AND account = %s "
+                    "AND workflow = %s ORDER BY runnable_at LIMIT %s FOR UPDATE SKIP LOCKED",
+                    now,
+                    now,
+                    account,
+                    name,
+                    slots,
+                )
+    rows.sort(key=lambda r: (r[2], r[0]))
+    return rows[:limit]
 
 
 async def notify(conn: Conn, channel: str, pk: int, kind: str) -> None:
@@ -178,9 +250,13 @@ async def fetch_one(conn: Conn, query: str, *params: object) -> tuple[Any, ...]:
     return row
 
 
-async def _find(conn: Conn, workflow: str, instance_id: str) -> tuple[int, str]:
+async def _find(conn: Conn, account: str, workflow: str, instance_id: str) -> tuple[int, str]:
     row = await fetch_maybe(
-        conn, "SELECT pk, status FROM instances WHERE workflow = %s AND id = %s FOR UPDATE", workflow, instance_id
+        conn,
+        "SELECT pk, status FROM instances WHERE account = %s AND workflow = %s AND id = %s FOR UPDATE",
+        account,
+        workflow,
+        instance_id,
     )
     if row is None:
         raise InstanceNotFoundError(f"instance {instance_id!r} not found in workflow {workflow!r}")

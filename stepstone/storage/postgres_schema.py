@@ -97,6 +97,24 @@ MIGRATIONS: Final[tuple[str, ...]] = (
     """
     CREATE INDEX instances_by_status ON instances (workflow, status, created_on);
     """,
+    # version 4: accounts partition the data. The account is part of the key of workflows and instances (steps
+    # and events belong to an instance by its pk); every existing row belongs to the default account, 'local'.
+    """
+    ALTER TABLE workflows ADD COLUMN account TEXT NOT NULL DEFAULT 'local';
+    ALTER TABLE workflows ALTER COLUMN account DROP DEFAULT;
+    ALTER TABLE workflows DROP CONSTRAINT workflows_pkey;
+    ALTER TABLE workflows ADD PRIMARY KEY (account, name);
+    ALTER TABLE instances ADD COLUMN account TEXT NOT NULL DEFAULT 'local';
+    ALTER TABLE instances ALTER COLUMN account DROP DEFAULT;
+    ALTER TABLE instances DROP CONSTRAINT instances_workflow_id_key;
+    ALTER TABLE instances ADD CONSTRAINT instances_account_workflow_id_key UNIQUE (account, workflow, id);
+    DROP INDEX instances_by_created;
+    CREATE INDEX instances_by_created ON instances (account, workflow, created_on);
+    DROP INDEX instances_running;
+    CREATE INDEX instances_running ON instances (account, workflow) WHERE status IN ('running', 'waitingForPause');
+    DROP INDEX instances_by_status;
+    CREATE INDEX instances_by_status ON instances (account, workflow, status, created_on);
+    """,
 )
 SCHEMA_VERSION: Final = len(MIGRATIONS)
 

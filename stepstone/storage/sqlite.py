@@ -12,22 +12,16 @@ import functools
 import os
 import sqlite3
 import threading
-import time
-import uuid
 from collections.abc import Awaitable, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any, TypeVar
+from typing import TypeVar
 
 from stepstone.errors import (
     FencedError,
     InstanceExistsError,
-    InstanceNotFoundError,
-    InvalidStateError,
     StorageError,
 )
 from stepstone.models import (
-    FINISHED,
-    Claim,
     EventRecord,
     InstanceRecord,
     Lease,
@@ -37,7 +31,8 @@ from stepstone.models import (
     StepRef,
     WorkflowRecord,
 )
-from stepstone.storage.base import ClaimResult, InstancePage, concurrency_limit
+from stepstone.storage import sqlite_control as control
+from stepstone.storage.base import ClaimResult, InstancePage
 from stepstone.storage.sqlite_schema import (
     INSTANCE_COLUMNS,
     STEP_COLUMNS,
@@ -59,10 +54,6 @@ _FENCED_STEP_INSERT = (
     f"INSERT OR REPLACE INTO steps (instance_pk, {STEP_COLUMNS}) SELECT {', '.join('?' * 16)} "
     "WHERE EXISTS (SELECT 1 FROM instances WHERE pk = ? AND lease_token = ?)"
 )
-
-
-def _new_token() -> str:
-    return uuid.uuid4().hex
 
 
 class SQLiteStorage:
@@ -194,7 +185,7 @@ class SQLiteStorage:
         while self._open:
             await asyncio.sleep(self.signal_poll_s)
             try:
-                rows = await self._read(functools.partial(_signals_after, after=seen))
+                rows = await self._read(functools.partial(control.signals_after, after=seen))
             except StorageError:
                 continue
             for seq, pk, kind in rows:
@@ -211,13 +202,16 @@ class SQLiteStorage:
 
     # -- workflows ------------------------------------------------------------------------------------
     async def put_workflow(self, record: WorkflowRecord) -> WorkflowRecord:
-        """Create or update a workflow."""
+        """Create or update a workflow of ``record.account``."""
 
         def op(conn: Conn) -> WorkflowRecord:
-            row = conn.execute(f"SELECT {WORKFLOW_COLUMNS} FROM workflows WHERE name = ?", (record.name,)).fetchone()
+            row = conn.execute(
+                f"SELECT {WORKFLOW_COLUMNS} FROM workflows WHERE account = ? AND name = ?",
+                (record.account, record.name),
+            ).fetchone()
             if row is None:
                 conn.execute(
-                    f"INSERT INTO workflows ({WORKFLOW_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                    f"INSERT INTO workflows ({WORKFLOW_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
                     (
                         record.name,
                         record.class_name,
@@ -227,71 +221,68 @@ class SQLiteStorage:
                         record.modified_on,
                         record.triggered_on,
                         record.config,
+                        record.account,
                     ),
                 )
                 return record
             old = workflow_from_row(row)
-            changed = (old.class_name, old.script_name, old.config) != (
-                record.class_name,
-                record.script_name,
-                record.config,
-            )
-            if not changed:
+            if (old.class_name, old.script_name, old.config) == (record.class_name, record.script_name, record.config):
                 return old
-            conn.execute(
+            updated = conn.execute(
                 "UPDATE workflows SET class_name = ?, script_name = ?, version_id = ?, modified_on = ?, "
-                "config = ? WHERE name = ?",
+                f"config = ? WHERE account = ? AND name = ? RETURNING {WORKFLOW_COLUMNS}",
                 (
                     record.class_name,
                     record.script_name,
                     record.version_id,
                     record.modified_on,
                     record.config,
+                    record.account,
                     record.name,
                 ),
-            )
-            return WorkflowRecord(
-                record.name,
-                record.class_name,
-                record.script_name,
-                record.version_id,
-                old.created_on,
-                record.modified_on,
-                old.triggered_on,
-                record.config,
-            )
+            ).fetchone()
+            return workflow_from_row(updated)
 
         return await self._write(op)
 
-    async def get_workflow(self, name: str) -> WorkflowRecord | None:
-        """One workflow, or None."""
+    async def get_workflow(self, account: str, name: str) -> WorkflowRecord | None:
+        """One workflow of the account, or None."""
         row = await self._read(
-            lambda c: c.execute(f"SELECT {WORKFLOW_COLUMNS} FROM workflows WHERE name = ?", (name,)).fetchone()
+            lambda c: c.execute(
+                f"SELECT {WORKFLOW_COLUMNS} FROM workflows WHERE account = ? AND name = ?", (account, name)
+            ).fetchone()
         )
         return workflow_from_row(row) if row else None
 
-    async def list_workflows(self) -> list[WorkflowRecord]:
-        """All workflows, oldest first."""
+    async def list_workflows(self, account: str | None) -> list[WorkflowRecord]:
+        """The account's workflows (every account's for None), oldest first."""
+        where, params = ("WHERE account = ?", (account,)) if account is not None else ("", ())
         rows = await self._read(
-            lambda c: c.execute(f"SELECT {WORKFLOW_COLUMNS} FROM workflows ORDER BY created_on, name").fetchall()
+            lambda c: c.execute(
+                f"SELECT {WORKFLOW_COLUMNS} FROM workflows {where} ORDER BY created_on, name, account", params
+            ).fetchall()
         )
         return [workflow_from_row(r) for r in rows]
 
-    async def delete_workflow(self, name: str) -> bool:
-        """Delete a workflow and its instances."""
+    async def delete_workflow(self, account: str, name: str) -> bool:
+        """Delete a workflow of the account and its instances."""
 
         def op(conn: Conn) -> bool:
-            pks = [r[0] for r in conn.execute("SELECT pk FROM instances WHERE workflow = ?", (name,))]
-            _delete_pks(conn, pks)
-            return conn.execute("DELETE FROM workflows WHERE name = ?", (name,)).rowcount > 0
+            pks = [
+                r[0]
+                for r in conn.execute("SELECT pk FROM instances WHERE account = ? AND workflow = ?", (account, name))
+            ]
+            control.delete_pks(conn, pks)
+            return conn.execute("DELETE FROM workflows WHERE account = ? AND name = ?", (account, name)).rowcount > 0
 
         return await self._write(op)
 
-    async def count_by_status(self, workflow: str) -> dict[str, int]:
-        """Instances of the workflow per status."""
+    async def count_by_status(self, account: str, workflow: str) -> dict[str, int]:
+        """Instances of the account's workflow per status."""
         rows = await self._read(
             lambda c: c.execute(
-                "SELECT status, COUNT(*) FROM instances WHERE workflow = ? GROUP BY status", (workflow,)
+                "SELECT status, COUNT(*) FROM instances WHERE account = ? AND workflow = ? GROUP BY status",
+                (account, workflow),
             ).fetchall()
         )
         return {status: count for status, count in rows}
@@ -302,25 +293,27 @@ class SQLiteStorage:
 
         def op(conn: Conn) -> list[InstanceRecord]:
             created: list[InstanceRecord] = []
-            touched: set[str] = set()
+            touched: set[tuple[str, str]] = set()
             # Ids whose previous instance is past its retention are free again: clear those first, in one query.
-            by_workflow: dict[str, list[str]] = {}
+            by_workflow: dict[tuple[str, str], list[str]] = {}
             for new in rows:
-                by_workflow.setdefault(new.workflow, []).append(new.id)
-            for workflow, ids in by_workflow.items():
+                by_workflow.setdefault((new.account, new.workflow), []).append(new.id)
+            for (account, workflow), ids in by_workflow.items():
                 marks = ", ".join("?" * len(ids))
                 expired = conn.execute(
-                    f"SELECT pk FROM instances WHERE workflow = ? AND id IN ({marks}) AND expires_at <= ?",
-                    (workflow, *ids, rows[0].created_on),
+                    f"SELECT pk FROM instances WHERE account = ? AND workflow = ? AND id IN ({marks}) "
+                    "AND expires_at <= ?",
+                    (account, workflow, *ids, rows[0].created_on),
                 ).fetchall()
-                _delete_pks(conn, [r[0] for r in expired])
+                control.delete_pks(conn, [r[0] for r in expired])
             for new in rows:
                 row = conn.execute(
-                    "INSERT INTO instances (workflow, id, status, params, created_on, modified_on, "
+                    "INSERT INTO instances (account, workflow, id, status, params, created_on, modified_on, "
                     "runnable_at, trigger_source, version_id, schedule, success_retention_ms, "
-                    "error_retention_ms, traceparent) VALUES (?, ?, 'queued', ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
-                    f"ON CONFLICT (workflow, id) DO NOTHING RETURNING {INSTANCE_COLUMNS}",
+                    "error_retention_ms, traceparent) VALUES (?, ?, ?, 'queued', ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
+                    f"ON CONFLICT (account, workflow, id) DO NOTHING RETURNING {INSTANCE_COLUMNS}",
                     (
+                        new.account,
                         new.workflow,
                         new.id,
                         new.params,
@@ -343,27 +336,31 @@ class SQLiteStorage:
                         )
                     continue
                 created.append(instance_from_row(row))
-                touched.add(new.workflow)
+                touched.add((new.account, new.workflow))
             if created:
                 self._signal(conn, 0, "new", rows[0].created_on)
-            for name in touched:
-                conn.execute("UPDATE workflows SET triggered_on = ? WHERE name = ?", (rows[0].created_on, name))
+            for account, name in touched:
+                conn.execute(
+                    "UPDATE workflows SET triggered_on = ? WHERE account = ? AND name = ?",
+                    (rows[0].created_on, account, name),
+                )
             return created
 
         return await self._write(op)
 
-    async def get_instance(self, workflow: str, instance_id: str) -> InstanceRecord | None:
-        """One instance, or None."""
+    async def get_instance(self, account: str, workflow: str, instance_id: str) -> InstanceRecord | None:
+        """One instance of the account's workflow, or None."""
         row = await self._read(
             lambda c: c.execute(
-                f"SELECT {INSTANCE_COLUMNS} FROM instances WHERE workflow = ? AND id = ?",
-                (workflow, instance_id),
+                f"SELECT {INSTANCE_COLUMNS} FROM instances WHERE account = ? AND workflow = ? AND id = ?",
+                (account, workflow, instance_id),
             ).fetchone()
         )
         return instance_from_row(row) if row else None
 
     async def list_instances(
         self,
+        account: str,
         workflow: str,
         *,
         status: str | None = None,
@@ -373,31 +370,19 @@ class SQLiteStorage:
         created_after: float | None = None,
         created_before: float | None = None,
     ) -> InstancePage:
-        """A page of instances by creation time."""
-        where = ["workflow = ?"]
-        params: list[object] = [workflow]
-        if status is not None:
-            where.append("status = ?")
-            params.append(status)
-        if created_after is not None:
-            where.append("created_on >= ?")
-            params.append(created_after)
-        if created_before is not None:
-            where.append("created_on <= ?")
-            params.append(created_before)
-        clause = " AND ".join(where)
-        order = "DESC" if newest_first else "ASC"
-
-        def read(c: Conn) -> InstancePage:
-            total = c.execute(f"SELECT COUNT(*) FROM instances WHERE {clause}", params).fetchone()[0]
-            rows = c.execute(
-                f"SELECT {INSTANCE_COLUMNS} FROM instances WHERE {clause} "
-                f"ORDER BY created_on {order}, pk {order} LIMIT ? OFFSET ?",
-                [*params, limit, offset],
-            ).fetchall()
-            return InstancePage([instance_from_row(r) for r in rows], total)
-
-        return await self._read(read)
+        """A page of the account's workflow's instances by creation time."""
+        query = functools.partial(
+            control.list_instances,
+            account=account,
+            workflow=workflow,
+            status=status,
+            limit=limit,
+            offset=offset,
+            newest_first=newest_first,
+            created_after=created_after,
+            created_before=created_before,
+        )
+        return await self._read(query)
 
     async def load_history(self, pk: int) -> tuple[list[StepRecord], list[EventRecord]]:
         """Steps by first start and unconsumed events, in one read transaction."""
@@ -423,49 +408,12 @@ class SQLiteStorage:
     async def claim(
         self, *, owner: str, now: float, lease_seconds: float, limit: int, workflows: Sequence[str]
     ) -> ClaimResult:
-        """Lease runnable instances, earliest due first."""
-        marks = ", ".join("?" * len(workflows))
-
-        def op(conn: Conn) -> ClaimResult:
-            claims: list[Claim] = []
-            takeovers = 0
-            if limit > 0 and workflows:
-                rows = _candidates(conn, now, limit, workflows)
-                takeovers = sum(1 for _, status in rows if status == "running")  # a lease that expired
-                for pk, status in rows:
-                    if status == "waitingForPause":
-                        conn.execute(
-                            "UPDATE instances SET status = 'paused', paused_at = ?, runnable_at = NULL, "
-                            "lease_owner = NULL, lease_token = NULL, lease_expires_at = NULL, "
-                            "modified_on = ? WHERE pk = ?",
-                            (now, now, pk),
-                        )
-                        continue
-                    row = conn.execute(
-                        "UPDATE instances SET status = 'running', lease_owner = ?, lease_token = ?, "
-                        "lease_expires_at = ?, started_on = COALESCE(started_on, ?), modified_on = ?, "
-                        f"waiting_for = NULL, wait_types = NULL WHERE pk = ? RETURNING {INSTANCE_COLUMNS}",
-                        (owner, _new_token(), now + lease_seconds, now, now, pk),
-                    ).fetchone()
-                    record = instance_from_row(row)
-                    assert record.lease_token is not None
-                    claims.append(Claim(record, Lease(pk, record.lease_token, record.generation)))
-            next_due = None
-            if workflows:
-                due = conn.execute(
-                    f"SELECT MIN(runnable_at) FROM instances WHERE runnable_at > ? AND workflow IN ({marks})",
-                    (now, *workflows),
-                ).fetchone()[0]
-                expiring = conn.execute(
-                    "SELECT MIN(lease_expires_at) FROM instances WHERE lease_expires_at IS NOT NULL "
-                    f"AND lease_owner != ? AND workflow IN ({marks})",
-                    (owner, *workflows),
-                ).fetchone()[0]
-                candidates = [t for t in (due, expiring) if t is not None]
-                next_due = min(candidates) if candidates else None
-            return ClaimResult(claims, next_due, takeovers)
-
-        return await self._write(op)
+        """Lease runnable instances of these workflows (in every account), earliest due first."""
+        return await self._write(
+            lambda c: control.claim(
+                c, owner=owner, now=now, lease_seconds=lease_seconds, limit=limit, workflows=workflows
+            )
+        )
 
     async def renew(self, *, leases: Sequence[Lease], until: float) -> dict[int, LeaseState]:
         """Extend leases and report on each."""
@@ -528,7 +476,7 @@ class SQLiteStorage:
         params = step_to_row(lease.pk, step)
 
         def op(conn: Conn) -> None:
-            _fence(conn, lease)
+            control.fence(conn, lease)
             taken = conn.execute(
                 "UPDATE events SET consumed_by = ? WHERE pk = ? AND consumed_by IS NULL",
                 (step.key, event_pk),
@@ -546,9 +494,9 @@ class SQLiteStorage:
         types = list(wait_types)
 
         def op(conn: Conn) -> str:
-            status = _fence(conn, lease)
+            status = control.fence(conn, lease)
             if status == "waitingForPause":
-                _set_paused(conn, lease.pk, now)
+                control.set_paused(conn, lease.pk, now)
                 return "paused"
             runnable = wake_at
             if types:
@@ -573,8 +521,8 @@ class SQLiteStorage:
         """The pausing instance has drained: paused."""
 
         def op(conn: Conn) -> None:
-            _fence(conn, lease)
-            _set_paused(conn, lease.pk, now)
+            control.fence(conn, lease)
+            control.set_paused(conn, lease.pk, now)
 
         await self._write(op)
 
@@ -592,7 +540,7 @@ class SQLiteStorage:
         """End the instance."""
 
         def op(conn: Conn) -> None:
-            _fence(conn, lease)
+            control.fence(conn, lease)
             conn.execute(
                 "UPDATE instances SET status = ?, output = ?, error_name = ?, error_message = ?, "
                 "ended_on = ?, modified_on = ?, runnable_at = NULL, waiting_for = NULL, wait_types = NULL, "
@@ -603,234 +551,51 @@ class SQLiteStorage:
         await self._write(op)
 
     # -- lifecycle control ----------------------------------------------------------------------------
-    async def pause(self, workflow: str, instance_id: str, *, now: float) -> InstanceRecord:
+    async def pause(self, account: str, workflow: str, instance_id: str, *, now: float) -> InstanceRecord:
         """Request a pause."""
+        return await self._write(lambda c: control.pause(c, self._signal, account, workflow, instance_id, now=now))
 
-        def op(conn: Conn) -> InstanceRecord:
-            pk, status = _find(conn, workflow, instance_id)
-            if status == "running":
-                conn.execute("UPDATE instances SET status = 'waitingForPause', modified_on = ? WHERE pk = ?", (now, pk))
-            elif status in ("waiting", "queued"):
-                _set_paused(conn, pk, now)
-            self._signal(conn, pk, "pause", now)
-            return _get(conn, pk)
-
-        return await self._write(op)
-
-    async def resume(self, workflow: str, instance_id: str, *, now: float) -> InstanceRecord:
+    async def resume(self, account: str, workflow: str, instance_id: str, *, now: float) -> InstanceRecord:
         """Resume a paused or pausing instance."""
+        return await self._write(lambda c: control.resume(c, self._signal, account, workflow, instance_id, now=now))
 
-        def op(conn: Conn) -> InstanceRecord:
-            pk, status = _find(conn, workflow, instance_id)
-            if status == "waitingForPause":
-                conn.execute("UPDATE instances SET status = 'running', modified_on = ? WHERE pk = ?", (now, pk))
-            elif status == "paused":
-                paused_at = conn.execute("SELECT paused_at FROM instances WHERE pk = ?", (pk,)).fetchone()[0]
-                shift = max(0.0, now - (paused_at or now))
-                conn.execute(
-                    "UPDATE steps SET wake_at = wake_at + ? WHERE instance_pk = ? AND wake_at IS NOT NULL "
-                    "AND status IN ('waiting', 'retrying')",
-                    (shift, pk),
-                )
-                conn.execute(
-                    "UPDATE instances SET status = 'queued', runnable_at = ?, paused_at = NULL, "
-                    "modified_on = ? WHERE pk = ?",
-                    (now, now, pk),
-                )
-            self._signal(conn, pk, "resume", now)
-            return _get(conn, pk)
-
-        return await self._write(op)
-
-    async def terminate(self, workflow: str, instance_id: str, *, now: float, retention_ms: float) -> InstanceRecord:
+    async def terminate(
+        self, account: str, workflow: str, instance_id: str, *, now: float, retention_ms: float
+    ) -> InstanceRecord:
         """Terminate now."""
-
-        def op(conn: Conn) -> InstanceRecord:
-            pk, status = _find(conn, workflow, instance_id)
-            if status in FINISHED:
-                raise InvalidStateError(
-                    f"cannot terminate instance {instance_id!r}: it is already {status} (a finished state)"
-                )
-            conn.execute(
-                "UPDATE instances SET status = 'terminated', generation = generation + 1, runnable_at = NULL, "
-                "waiting_for = NULL, wait_types = NULL, lease_owner = NULL, lease_token = NULL, "
-                "lease_expires_at = NULL, ended_on = ?, terminated_at = ?, modified_on = ?, expires_at = ? "
-                "WHERE pk = ?",
-                (now, now, now, now + retention_ms / 1000, pk),
+        return await self._write(
+            lambda c: control.terminate(
+                c, self._signal, account, workflow, instance_id, now=now, retention_ms=retention_ms
             )
-            self._signal(conn, pk, "abort", now)
-            return _get(conn, pk)
-
-        return await self._write(op)
+        )
 
     async def restart(
-        self, workflow: str, instance_id: str, *, now: float, from_step: StepRef | None
+        self, account: str, workflow: str, instance_id: str, *, now: float, from_step: StepRef | None
     ) -> InstanceRecord:
         """Restart fully or from a step."""
-
-        def op(conn: Conn) -> InstanceRecord:
-            pk, _ = _find(conn, workflow, instance_id)
-            if from_step is None:
-                conn.execute("DELETE FROM steps WHERE instance_pk = ?", (pk,))
-                conn.execute("DELETE FROM events WHERE instance_pk = ?", (pk,))
-            else:
-                kind = from_step.kind
-                rows = conn.execute(
-                    "SELECT seq FROM steps WHERE instance_pk = ? AND kind = ? AND name = ? ORDER BY seq",
-                    (pk, kind, from_step.name),
-                ).fetchall()
-                if from_step.count < 1 or len(rows) < from_step.count:
-                    raise InvalidStateError(
-                        f'cannot restart instance {instance_id!r}: step "{from_step.name}" '
-                        f"(type {from_step.type}, count {from_step.count}) not found in execution history"
-                    )
-                seq = rows[from_step.count - 1][0]
-                conn.execute("DELETE FROM steps WHERE instance_pk = ? AND seq >= ?", (pk, seq))
-            conn.execute(
-                "UPDATE instances SET status = 'queued', generation = generation + 1, runnable_at = ?, "
-                "output = NULL, error_name = NULL, error_message = NULL, started_on = NULL, ended_on = NULL, "
-                "paused_at = NULL, waiting_for = NULL, wait_types = NULL, lease_owner = NULL, "
-                "lease_token = NULL, lease_expires_at = NULL, expires_at = NULL, terminated_at = NULL, "
-                "modified_on = ? WHERE pk = ?",
-                (now, now, pk),
-            )
-            self._signal(conn, pk, "abort", now)
-            self._signal(conn, 0, "new", now)
-            return _get(conn, pk)
-
-        return await self._write(op)
+        return await self._write(
+            lambda c: control.restart(c, self._signal, account, workflow, instance_id, now=now, from_step=from_step)
+        )
 
     async def send_event(
-        self, workflow: str, instance_id: str, *, event_type: str, payload: str, now: float
+        self, account: str, workflow: str, instance_id: str, *, event_type: str, payload: str, now: float
     ) -> EventRecord:
         """Buffer an event and wake a waiter."""
-
-        def op(conn: Conn) -> EventRecord:
-            pk, status = _find(conn, workflow, instance_id)
-            if status in FINISHED:
-                raise InvalidStateError(f"cannot send event {event_type!r} to instance {instance_id!r}: it is {status}")
-            event_pk = conn.execute(
-                "INSERT INTO events (instance_pk, type, payload, received_at) VALUES (?, ?, ?, ?)",
-                (pk, event_type, payload, now),
-            ).lastrowid
-            conn.execute(
-                "UPDATE instances SET runnable_at = ? WHERE pk = ? AND status = 'waiting' AND instr(wait_types, ?) > 0",
-                (now, pk, f",{event_type},"),
+        return await self._write(
+            lambda c: control.send_event(
+                c, self._signal, account, workflow, instance_id, event_type=event_type, payload=payload, now=now
             )
-            assert event_pk is not None
-            self._signal(conn, pk, "new", now)
-            return EventRecord(event_pk, event_type, payload, now)
+        )
 
-        return await self._write(op)
-
-    async def delete_instances(self, workflow: str, ids: Sequence[str]) -> list[str]:
+    async def delete_instances(self, account: str, workflow: str, ids: Sequence[str]) -> list[str]:
         """Delete instances and their state."""
-
-        def op(conn: Conn) -> list[str]:
-            found: list[str] = []
-            pks: list[int] = []
-            for instance_id in dict.fromkeys(ids):
-                row = conn.execute(
-                    "SELECT pk FROM instances WHERE workflow = ? AND id = ?", (workflow, instance_id)
-                ).fetchone()
-                if row:
-                    found.append(instance_id)
-                    pks.append(row[0])
-            _delete_pks(conn, pks)
-            for pk in pks:
-                self._signal(conn, pk, "abort", time.time())
-            return found
-
-        return await self._write(op)
+        return await self._write(lambda c: control.delete_instances(c, self._signal, account, workflow, ids))
 
     async def purge_expired(self, *, now: float) -> int:
         """Delete instances past their retention."""
-
-        def op(conn: Conn) -> int:
-            pks = [r[0] for r in conn.execute("SELECT pk FROM instances WHERE expires_at <= ?", (now,))]
-            _delete_pks(conn, pks)
-            # Signals are read within milliseconds by live watchers; keep a minute for slow ones.
-            conn.execute("DELETE FROM signals WHERE seq < (SELECT COALESCE(MAX(seq), 0) FROM signals) - 10000")
-            conn.execute("DELETE FROM signals WHERE at < ? AND seq < (SELECT MAX(seq) FROM signals)", (now - 60,))
-            return len(pks)
-
-        return await self._write(op)
+        return await self._write(lambda c: control.purge_expired(c, now=now))
 
     @property
     def commit_stats(self) -> tuple[int, int]:
         """(commits, writes) made by the writer so far: writes per commit shows group commit at work."""
         return self._writer.commits, self._writer.writes
-
-
-def _candidates(conn: Conn, now: float, limit: int, workflows: Sequence[str]) -> list[tuple[int, str]]:
-    """Due, unleased instances; a workflow with a concurrency limit gets at most its free slots."""
-    marks = ", ".join("?" * len(workflows))
-    limits: dict[str, int] = {}
-    for name, config in conn.execute(f"SELECT name, config FROM workflows WHERE name IN ({marks})", (*workflows,)):
-        if (lim := concurrency_limit(config)) is not None:
-            limits[name] = lim
-    groups: list[tuple[Sequence[str], int]] = []
-    free = [w for w in workflows if w not in limits]
-    if free:
-        groups.append((free, limit))
-    for name, lim in sorted(limits.items()):
-        (running,) = conn.execute(
-            "SELECT COUNT(*) FROM instances WHERE workflow = ? AND status IN ('running', 'waitingForPause') "
-            "AND lease_expires_at >= ?",
-            (name, now),
-        ).fetchone()
-        if lim - running > 0:
-            groups.append(([name], min(limit, lim - running)))
-    rows: list[tuple[float, int, str]] = []
-    for names, size in groups:
-        rows += conn.execute(
-            "SELECT runnable_at, pk, status FROM instances WHERE runnable_at <= ? "
-            "AND (lease_expires_at IS NULL OR lease_expires_at < ?) "
-            f"AND workflow IN ({', '.join('?' * len(names))}) ORDER BY runnable_at LIMIT ?",
-            (now, now, *names, size),
-        ).fetchall()
-    return [(pk, status) for _, pk, status in sorted(rows)[:limit]]
-
-
-def _signals_after(conn: Conn, *, after: int) -> list[tuple[int, int, str]]:
-    rows: list[tuple[int, int, str]] = conn.execute(
-        "SELECT seq, instance_pk, kind FROM signals WHERE seq > ? ORDER BY seq", (after,)
-    ).fetchall()
-    return rows
-
-
-def _fence(conn: Conn, lease: Lease) -> str:
-    row = conn.execute("SELECT lease_token, status FROM instances WHERE pk = ?", (lease.pk,)).fetchone()
-    if row is None or row[0] != lease.token:
-        raise FencedError(f"lease on instance {lease.pk} is no longer held")
-    status: str = row[1]
-    return status
-
-
-def _find(conn: Conn, workflow: str, instance_id: str) -> tuple[int, str]:
-    row = conn.execute(
-        "SELECT pk, status FROM instances WHERE workflow = ? AND id = ?", (workflow, instance_id)
-    ).fetchone()
-    if row is None:
-        raise InstanceNotFoundError(f"instance {instance_id!r} not found in workflow {workflow!r}")
-    return row[0], row[1]
-
-
-def _get(conn: Conn, pk: int) -> InstanceRecord:
-    row: Any = conn.execute(f"SELECT {INSTANCE_COLUMNS} FROM instances WHERE pk = ?", (pk,)).fetchone()
-    return instance_from_row(row)
-
-
-def _set_paused(conn: Conn, pk: int, now: float) -> None:
-    conn.execute(
-        "UPDATE instances SET status = 'paused', paused_at = ?, runnable_at = NULL, lease_owner = NULL, "
-        "lease_token = NULL, lease_expires_at = NULL, modified_on = ? WHERE pk = ?",
-        (now, now, pk),
-    )
-
-
-def _delete_pks(conn: Conn, pks: Sequence[int]) -> None:
-    for pk in pks:
-        conn.execute("DELETE FROM steps WHERE instance_pk = ?", (pk,))
-        conn.execute("DELETE FROM events WHERE instance_pk = ?", (pk,))
-        conn.execute("DELETE FROM instances WHERE pk = ?", (pk,))

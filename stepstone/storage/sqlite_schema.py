@@ -102,6 +102,77 @@ MIGRATIONS: Final[tuple[str, ...]] = (
     """
     CREATE INDEX instances_by_status ON instances (workflow, status, created_on);
     """,
+    # version 5: accounts partition the data. The account is part of the key of workflows and instances (steps
+    # and events belong to an instance by its pk); every existing row belongs to the default account, 'local'.
+    # SQLite cannot change a key in place, so both tables are rebuilt, keeping every pk.
+    """
+    CREATE TABLE workflows_new (
+        account TEXT NOT NULL,
+        name TEXT NOT NULL,
+        class_name TEXT NOT NULL,
+        script_name TEXT NOT NULL,
+        version_id TEXT NOT NULL,
+        created_on REAL NOT NULL,
+        modified_on REAL NOT NULL,
+        triggered_on REAL,
+        config TEXT NOT NULL DEFAULT '{}',
+        PRIMARY KEY (account, name)
+    );
+    INSERT INTO workflows_new (account, name, class_name, script_name, version_id, created_on, modified_on,
+        triggered_on, config)
+    SELECT 'local', name, class_name, script_name, version_id, created_on, modified_on, triggered_on, config
+    FROM workflows;
+    DROP TABLE workflows;
+    ALTER TABLE workflows_new RENAME TO workflows;
+    CREATE TABLE instances_new (
+        pk INTEGER PRIMARY KEY,
+        account TEXT NOT NULL,
+        workflow TEXT NOT NULL,
+        id TEXT NOT NULL,
+        status TEXT NOT NULL,
+        params TEXT NOT NULL,
+        created_on REAL NOT NULL,
+        modified_on REAL NOT NULL,
+        output TEXT,
+        error_name TEXT,
+        error_message TEXT,
+        started_on REAL,
+        ended_on REAL,
+        runnable_at REAL,
+        waiting_for TEXT,
+        paused_at REAL,
+        generation INTEGER NOT NULL DEFAULT 0,
+        lease_owner TEXT,
+        lease_token TEXT,
+        lease_expires_at REAL,
+        trigger_source TEXT NOT NULL DEFAULT 'api',
+        version_id TEXT NOT NULL DEFAULT '',
+        schedule TEXT,
+        success_retention_ms REAL,
+        error_retention_ms REAL,
+        expires_at REAL,
+        terminated_at REAL,
+        wait_types TEXT,
+        traceparent TEXT,
+        UNIQUE (account, workflow, id)
+    );
+    INSERT INTO instances_new (pk, account, workflow, id, status, params, created_on, modified_on, output,
+        error_name, error_message, started_on, ended_on, runnable_at, waiting_for, paused_at, generation,
+        lease_owner, lease_token, lease_expires_at, trigger_source, version_id, schedule, success_retention_ms,
+        error_retention_ms, expires_at, terminated_at, wait_types, traceparent)
+    SELECT pk, 'local', workflow, id, status, params, created_on, modified_on, output, error_name,
+        error_message, started_on, ended_on, runnable_at, waiting_for, paused_at, generation, lease_owner,
+        lease_token, lease_expires_at, trigger_source, version_id, schedule, success_retention_ms,
+        error_retention_ms, expires_at, terminated_at, wait_types, traceparent
+    FROM instances;
+    DROP TABLE instances;
+    ALTER TABLE instances_new RENAME TO instances;
+    CREATE INDEX instances_runnable ON instances (runnable_at) WHERE runnable_at IS NOT NULL;
+    CREATE INDEX instances_leased ON instances (lease_expires_at) WHERE lease_expires_at IS NOT NULL;
+    CREATE INDEX instances_by_created ON instances (account, workflow, created_on);
+    CREATE INDEX instances_expiring ON instances (expires_at) WHERE expires_at IS NOT NULL;
+    CREATE INDEX instances_by_status ON instances (account, workflow, status, created_on);
+    """,
 )
 SCHEMA_VERSION: Final = len(MIGRATIONS)
 
@@ -109,13 +180,15 @@ INSTANCE_COLUMNS: Final = (
     "pk, workflow, id, status, params, created_on, modified_on, output, error_name, error_message, "
     "started_on, ended_on, runnable_at, waiting_for, paused_at, generation, lease_owner, lease_token, "
     "lease_expires_at, trigger_source, version_id, schedule, success_retention_ms, error_retention_ms, "
-    "expires_at, terminated_at, traceparent"
+    "expires_at, terminated_at, traceparent, account"
 )
 STEP_COLUMNS: Final = (
     "key, kind, name, count, seq, status, started_at, ended_at, wake_at, result, error_name, "
     "error_message, config, attempts, event_type"
 )
-WORKFLOW_COLUMNS: Final = "name, class_name, script_name, version_id, created_on, modified_on, triggered_on, config"
+WORKFLOW_COLUMNS: Final = (
+    "name, class_name, script_name, version_id, created_on, modified_on, triggered_on, config, account"
+)
 
 
 def migrate(conn: sqlite3.Connection) -> None:

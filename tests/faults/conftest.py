@@ -122,7 +122,7 @@ async def check_all_complete(url: str, log: Path, count: int, *, timeout: float 
             output = status.output
             assert isinstance(output, dict) and output["n"] == n
             assert [r[0] for r in output["results"]] == expected_values(n)
-            record = await client.storage.get_instance("chain", f"i{n}")
+            record = await client.storage.get_instance("local", "chain", f"i{n}")
             assert record is not None
             steps, _ = await client.storage.load_history(record.pk)
             dos = sorted((s for s in steps if s.kind == "do"), key=lambda s: s.seq)
@@ -151,7 +151,7 @@ async def held_instances(client: Engine, count: int) -> dict[int, set[str]]:
     """Which process holds the lease of which running instance (of i0..i<count-1>), now."""
     held: dict[int, set[str]] = {}
     for n in range(count):
-        record = await client.storage.get_instance("chain", f"i{n}")
+        record = await client.storage.get_instance("local", "chain", f"i{n}")
         pid = owner_pid(record.lease_owner) if record is not None and record.status == "running" else None
         if pid is not None:
             held.setdefault(pid, set()).add(f"i{n}")

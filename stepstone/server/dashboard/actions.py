@@ -93,7 +93,7 @@ def _job_done(task: asyncio.Task[None]) -> None:
 @dashboard_page
 async def instances_post(view: View) -> Response:
     """``POST /accounts/{account}/workflows/{name}``: ``action=trigger`` or a bulk action."""
-    wf = await view.state.workflow(view.request.path_params["workflow_name"])
+    wf = await view.scope.workflow(view.request.path_params["workflow_name"])
     form = await view.form()
     action = _one(form, "action")
     page = f"{view.base}/{q(wf.name)}"
@@ -142,7 +142,7 @@ async def _instance_action(view: View, handle: WorkflowInstance, form: dict[str,
 async def instance_post(view: View) -> Response:
     """``POST /accounts/{account}/workflows/{name}/instances/{id}``: one lifecycle action, an event or delete."""
     params = view.request.path_params
-    handle, record = await view.state.instance(params["workflow_name"], params["instance_id"])
+    handle, record = await view.scope.instance(params["workflow_name"], params["instance_id"])
     form = await view.form()
     action = _one(form, "action")
     if action not in INSTANCE_ACTIONS:

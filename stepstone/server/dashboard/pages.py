@@ -13,8 +13,10 @@ from typing import Any, Final
 from starlette.requests import Request
 from starlette.responses import RedirectResponse, Response
 
+from stepstone.binding import WorkflowInstance
 from stepstone.cron import CronError, parse_cron
-from stepstone.models import FINISHED, STATUSES, InstanceRecord, WorkflowRecord
+from stepstone.errors import InstanceNotFoundError, ValidationError
+from stepstone.models import DEFAULT_ACCOUNT, FINISHED, STATUSES, InstanceRecord, WorkflowRecord
 from stepstone.server.dashboard.timeline import build_timeline, parse_iso, show_duration, show_time
 from stepstone.server.dashboard.web import View, dashboard_page, error_page, q, sessions_of
 from stepstone.server.envelope import api_error_for, bad_request, log_failure
@@ -48,7 +50,7 @@ def _schedules(config: dict[str, Any], now: float) -> list[dict[str, Any]]:
 
 
 def _retention(config: dict[str, Any], view: View, name: str) -> dict[str, str]:
-    limits = view.state.engine.workflow(name).limits
+    limits = view.scope.account.workflow(name).limits
     given = config.get("default_retention") if isinstance(config.get("default_retention"), dict) else {}
     assert isinstance(given, dict)
     success = given.get("success_retention", limits.success_retention_ms)
@@ -60,8 +62,8 @@ def _retention(config: dict[str, Any], view: View, name: str) -> dict[str, str]:
 
 
 async def _workflow_summary(view: View, record: WorkflowRecord, now: float) -> dict[str, Any]:
-    wf = view.state.engine.workflow(record.name)
-    counts = await view.state.engine.storage.count_by_status(record.name)
+    wf = view.scope.account.workflow(record.name)
+    counts = await view.scope.account.count_by_status(record.name)
     recent = {
         status: (await wf.list_instances(status=status, limit=1, created_after=now - RECENT_S)).total
         for status in ("complete", "errored")
@@ -84,7 +86,7 @@ async def _workflow_summary(view: View, record: WorkflowRecord, now: float) -> d
 async def workflows_page(view: View) -> Response:
     """``GET /accounts/{account}/workflows``: every workflow with its counts, schedules and limits."""
     now = view.state.engine.clock.now()
-    records = await view.state.engine.list_workflows()
+    records = await view.scope.account.list_workflows()
     summaries = [await _workflow_summary(view, r, now) for r in records]
     template = "_workflows.html" if view.request.query_params.get("fragment") == "list" else "workflows.html"
     return view.render(template, workflows=summaries, statuses=STATUSES, now=now, title="Workflows")
@@ -150,10 +152,13 @@ def filter_query(filters: dict[str, Any], **extra: str) -> str:
 
 
 async def _instance_rows(view: View, name: str, filters: dict[str, Any]) -> dict[str, Any]:
-    wf = await view.state.workflow(name)
+    wf = await view.scope.workflow(name)
     cursor = _cursor(view.request.query_params.get("cursor"))
     if filters["search"]:
-        record = await view.state.engine.storage.get_instance(wf.name, filters["search"])
+        try:
+            record: InstanceRecord | None = await WorkflowInstance(wf, filters["search"]).record()
+        except (InstanceNotFoundError, ValidationError):
+            record = None
         return {"records": [record] if record else [], "total": 1 if record else 0, "next": None, "cursor": None}
     before = filters["before"]
     if cursor is not None:
@@ -180,10 +185,10 @@ async def _instance_rows(view: View, name: str, filters: dict[str, Any]) -> dict
 async def instances_page(view: View) -> Response:
     """``GET /accounts/{account}/workflows/{name}``: the status strip, filters, one page of instances."""
     name = view.request.path_params["workflow_name"]
-    record = await view.state.workflow_record(name)
+    record = await view.scope.workflow_record(name)
     filters = instance_filters(view)
     rows = await _instance_rows(view, record.name, filters)
-    counts = await view.state.engine.storage.count_by_status(record.name)
+    counts = await view.scope.account.count_by_status(record.name)
     live = rows["cursor"] is None and not filters["search"]
     fragment = view.request.query_params.get("fragment") == "rows"
     return view.render(
@@ -248,7 +253,7 @@ def _state_token(doc: dict[str, Any]) -> str:
 async def instance_page(view: View) -> Response:
     """``GET /accounts/{account}/workflows/{name}/instances/{id}``: status, timeline, data, actions."""
     params = view.request.path_params
-    handle, record = await view.state.instance(params["workflow_name"], params["instance_id"])
+    handle, record = await view.scope.instance(params["workflow_name"], params["instance_id"])
     doc = await handle.describe()
     now = view.state.engine.clock.now()
     try:
@@ -295,8 +300,9 @@ async def root_page(request: Request) -> Response:
         log_failure(log, request, exc, error)
         return error_page(request, error.status, error.message)
     named = sorted(a for a in accounts if a != "*")
-    if "*" in accounts:
-        named = sorted({*named, "local"})
+    if "*" in accounts:  # every account that has a workflow, and the default one
+        known = {w.account for w in await state_of(request).engine.list_workflows(every_account=True)}
+        named = sorted({*named, DEFAULT_ACCOUNT, *known})
     if len(named) == 1:
         return RedirectResponse(f"/accounts/{q(named[0])}/workflows", status_code=303)
     view = View(request, state_of(request), sessions, "", accounts)

@@ -18,7 +18,7 @@ from stepstone.server.body import read_body
 from stepstone.server.dashboard.session import CSRF_FIELD, Sessions
 from stepstone.server.dashboard.timeline import show_duration, show_time
 from stepstone.server.envelope import ApiError, api_error_for, log_failure
-from stepstone.server.state import ServerState, state_of
+from stepstone.server.state import Scope, ServerState, state_of
 
 log = logging.getLogger("stepstone.dashboard")
 
@@ -64,6 +64,11 @@ class View:
     sessions: Sessions
     account: str
     accounts: frozenset[str]
+
+    @property
+    def scope(self) -> Scope:
+        """What this page may reach: the account in its path, nothing of any other."""
+        return self.state.scope(self.account)
 
     @property
     def base(self) -> str:

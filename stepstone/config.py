@@ -6,9 +6,10 @@ This is the only module that reads the environment. It parses and checks; it imp
     stepstone.toml: workflows[0].class_name: expected a non-empty string, got 3
 
 Wrangler's keys are read as they are (``name``, ``main``, ``[vars]``, ``[[workflows]]`` with ``name``, ``binding``,
-``class_name``, ``script_name``, ``limits.steps``, ``schedules``); our own settings sit in a ``[stepstone]`` table:
-``database``, ``concurrency``, ``host``, ``port``, ``retention = {success, error}``, ``api_tokens``, ``log_level`` and
-``log_format``.
+``class_name``, ``script_name``, ``limits.steps``, ``schedules``), and each workflow may add ``concurrency`` (at most
+that many of its instances run at once) and ``retention = {success, error}``; our own settings sit in a
+``[stepstone]`` table: ``database``, ``concurrency``, ``host``, ``port``, ``retention = {success, error}``,
+``lease_seconds``, ``api_tokens``, ``log_level`` and ``log_format``.
 """
 
 from __future__ import annotations
@@ -54,11 +55,14 @@ _DATABASE_VAR_RE: Final = re.compile(r"(?:^|_)(?:DATABASE|DB|POSTGRES|POSTGRESQL
 _QUIET_KEYS: Final[frozenset[str]] = frozenset({"$schema", "compatibility_date", "compatibility_flags"})
 _TOP_KEYS: Final[frozenset[str]] = frozenset({"name", "main", "vars", "workflows", "stepstone"})
 _WORKFLOW_KEYS: Final[frozenset[str]] = frozenset(
-    {"name", "binding", "class_name", "script_name", "limits", "schedules"}
+    {"name", "binding", "class_name", "script_name", "limits", "schedules", "concurrency", "retention"}
 )
 _SETTINGS_KEYS: Final[frozenset[str]] = frozenset(
-    {"database", "concurrency", "host", "port", "retention", "api_tokens", "log_level", "log_format"}
+    {"database", "concurrency", "host", "port", "retention", "api_tokens", "log_level", "log_format", "lease_seconds"}
 )
+DEFAULT_LEASE_SECONDS: Final[float] = 30.0
+LEASE_SECONDS_RANGE: Final[tuple[float, float]] = (1.0, 3600.0)
+"""What ``lease_seconds`` (and ``--lease-seconds``) accept: below a second renewals would never keep up."""
 
 
 class ConfigError(ValidationError):
@@ -78,6 +82,12 @@ class WorkflowConfig:
     """``limits.steps``; None keeps the engine's default."""
     schedules: tuple[str, ...] = ()
     """Cron expressions; each firing creates an instance."""
+    concurrency: int | None = None
+    """At most this many instances of the workflow run at once, over every worker on the database."""
+    success_retention_ms: float | None = None
+    """How long a completed instance is kept (``retention.success``); None keeps the project's default."""
+    error_retention_ms: float | None = None
+    """How long an errored or terminated instance is kept (``retention.error``)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -96,6 +106,8 @@ class Settings:
     """``debug``, ``info``, ``warning`` or ``error``; None lets each command choose (``dev``: info, others: warning)."""
     log_format: str = "text"
     """``text`` or ``json``."""
+    lease_seconds: float = DEFAULT_LEASE_SECONDS
+    """How long a worker's claim on an instance lasts without renewal (``stepstone dev`` and ``worker``)."""
     database_from: str = "default"
     """Where ``database`` came from: ``default``, ``file`` (``[stepstone] database``) or the environment variable."""
 
@@ -200,6 +212,23 @@ class _Checker:
             raise self.fail(key, bound, value)
         return value
 
+    def number(self, value: object, key: str, *, low: float, high: float, unit: str) -> float:
+        if not isinstance(value, int | float) or isinstance(value, bool) or not low <= value <= high:
+            raise self.fail(key, f"a number of {unit} from {low:g} to {high:g}", value)
+        return float(value)
+
+    def retention(self, value: object, key: str) -> dict[str, float]:
+        """``{success = "7 days", error = "30 days"}`` (either key) as ``*_retention_ms`` fields."""
+        table = self.table(value, key)
+        out: dict[str, float] = {}
+        for extra in sorted(set(table) - {"success", "error"}):
+            raise self.fail(f"{key}.{extra}", "only the keys success and error", table[extra])
+        if "success" in table:
+            out["success_retention_ms"] = self.duration(table["success"], f"{key}.success")
+        if "error" in table:
+            out["error_retention_ms"] = self.duration(table["error"], f"{key}.error")
+        return out
+
     def table(self, value: object, key: str) -> dict[str, Any]:
         if not isinstance(value, dict):
             raise self.fail(key, "a table", value)
@@ -255,7 +284,21 @@ def _workflow(c: _Checker, raw: object, index: int, warnings: list[str]) -> Work
         except CronError as exc:
             raise c.fail(k, f"a 5-field cron expression ({exc})", expr) from None
         schedules.append(expr)
-    return WorkflowConfig(name, binding, class_name, script_name, steps, tuple(schedules))
+    concurrency = None
+    if "concurrency" in entry:
+        raw = entry["concurrency"]
+        if isinstance(raw, dict):  # Cloudflare's shape, {limit = N}, works too
+            only = c.table(raw, f"{key}.concurrency")
+            for extra in sorted(set(only) - {"limit"}):
+                raise c.fail(f"{key}.concurrency.{extra}", "only the key limit", only[extra])
+            raw = only.get("limit")
+            concurrency = c.integer(raw, f"{key}.concurrency.limit")
+        else:
+            concurrency = c.integer(raw, f"{key}.concurrency")
+    retention = c.retention(entry["retention"], f"{key}.retention") if "retention" in entry else {}
+    return WorkflowConfig(
+        name, binding, class_name, script_name, steps, tuple(schedules), concurrency=concurrency, **retention
+    )
 
 
 def _token_rule(c: _Checker, raw: object, key: str) -> dict[str, Any]:
@@ -293,13 +336,12 @@ def _settings(c: _Checker, raw: object, warnings: list[str]) -> dict[str, Any]:
     if "port" in table:
         out["port"] = c.integer(table["port"], "stepstone.port", low=0, high=65535)
     if "retention" in table:
-        retention = c.table(table["retention"], "stepstone.retention")
-        for extra in sorted(set(retention) - {"success", "error"}):
-            raise c.fail(f"stepstone.retention.{extra}", "only the keys success and error", retention[extra])
-        if "success" in retention:
-            out["success_retention_ms"] = c.duration(retention["success"], "stepstone.retention.success")
-        if "error" in retention:
-            out["error_retention_ms"] = c.duration(retention["error"], "stepstone.retention.error")
+        out.update(c.retention(table["retention"], "stepstone.retention"))
+    if "lease_seconds" in table:
+        low, high = LEASE_SECONDS_RANGE
+        out["lease_seconds"] = c.number(
+            table["lease_seconds"], "stepstone.lease_seconds", low=low, high=high, unit="seconds"
+        )
     for key, choices in (("log_level", LOG_LEVELS), ("log_format", LOG_FORMATS)):
         if key in table:
             value = table[key]

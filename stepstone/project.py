@@ -138,6 +138,7 @@ class Project:
             limits["success_retention_ms"] = settings.success_retention_ms
         if settings.error_retention_ms is not None:
             limits["error_retention_ms"] = settings.error_retention_ms
+        options.setdefault("lease_seconds", settings.lease_seconds)
         engine = engine_class(
             database or settings.database,
             worker=worker,
@@ -155,11 +156,24 @@ class Project:
                     name=wf.name,
                     binding=wf.binding,
                     class_name=wf.class_name,
-                    limits={"steps": wf.steps} if wf.steps else None,
+                    limits=_workflow_limits(wf) or None,
+                    concurrency=wf.concurrency,
                 )
             else:
                 setattr(engine.env, wf.binding, engine.workflow(wf.name))
         return engine
+
+
+def _workflow_limits(wf: WorkflowConfig) -> dict[str, object]:
+    """A workflow's own limits from its ``[[workflows]]`` entry: ``limits.steps`` and ``retention``."""
+    limits: dict[str, object] = {}
+    if wf.steps:
+        limits["steps"] = wf.steps
+    if wf.success_retention_ms is not None:
+        limits["success_retention_ms"] = wf.success_retention_ms
+    if wf.error_retention_ms is not None:
+        limits["error_retention_ms"] = wf.error_retention_ms
+    return limits
 
 
 # -- cron schedules ---------------------------------------------------------------------------------------

@@ -14,7 +14,15 @@ import click
 
 from stepstone.cli.backend import Backend, LocalBackend
 from stepstone.cli.output import warn
-from stepstone.config import ConfigError, Settings, client_token, database_warning, env_database, find_config
+from stepstone.config import (
+    LEASE_SECONDS_RANGE,
+    ConfigError,
+    Settings,
+    client_token,
+    database_warning,
+    env_database,
+    find_config,
+)
 from stepstone.engine import Engine
 from stepstone.observe.logs import setup_logging
 from stepstone.project import Project, ProjectError
@@ -49,6 +57,15 @@ config_option = click.option(
 def database_option(help_text: str = "Use this database instead of the project's.") -> Callable[[F], F]:
     """``--database URL``: a database URL that overrides the project's."""
     return click.option("--database", default=None, metavar="URL", help=help_text)
+
+
+lease_option = click.option(
+    "--lease-seconds",
+    type=click.FloatRange(*LEASE_SECONDS_RANGE),
+    default=None,
+    help="How long a claim on an instance lasts without renewal (default: the project's lease_seconds, 30).",
+)
+"""``--lease-seconds``: the worker's lease, over ``[stepstone] lease_seconds`` (``dev`` and ``worker``)."""
 
 
 def log_options(fn: F) -> F:

@@ -26,6 +26,7 @@ from stepstone.cli.common import (
     chosen_database,
     config_option,
     database_option,
+    lease_option,
     load_project,
     log_options,
     run,
@@ -141,6 +142,7 @@ async def run_dev(
     api: bool,
     poll: float,
     logging: tuple[str, str] = ("info", "text"),
+    lease_seconds: float | None = None,
 ) -> None:
     """Supervise the worker child, fire the schedules and serve the API until SIGINT/SIGTERM."""
     from stepstone.cli.worker import until_signalled
@@ -150,6 +152,8 @@ async def run_dev(
     child_args = ["--config", str(config_path), "--database", db, "--no-schedules", "--poll-interval", "0.2"]
     child_args += ["--parent-pid", str(os.getpid())]  # the child dies with us, even on SIGKILL
     child_args += ["--log-level", logging[0], "--log-format", logging[1]]
+    if lease_seconds is not None:  # else the child reads the project's lease_seconds itself
+        child_args += ["--lease-seconds", str(lease_seconds)]
     metrics_also: list[str] = []
     if importlib.util.find_spec("prometheus_client") is not None:
         # The worker child serves its metrics on a loopback port; the API's /metrics adds them to its own.
@@ -230,6 +234,7 @@ async def run_dev(
 @database_option()
 @click.option("--port", type=click.IntRange(0, 65535), default=None, help="API port (default: the project's, 8787).")
 @click.option("--no-api", is_flag=True, help="Do not serve the REST API.")
+@lease_option
 @click.option(
     "--watch-interval",
     type=click.FloatRange(min=0.05),
@@ -243,6 +248,7 @@ def dev(
     database: str | None,
     port: int | None,
     no_api: bool,
+    lease_seconds: float | None,
     watch_interval: float,
     log_level: str | None,
     log_format: str | None,
@@ -258,5 +264,6 @@ def dev(
             api=not no_api,
             poll=watch_interval,
             logging=chosen,
+            lease_seconds=lease_seconds,
         )
     )

@@ -13,6 +13,7 @@ from stepstone.cli.common import (
     chosen_database,
     config_option,
     database_option,
+    lease_option,
     load_project,
     log_options,
     run,
@@ -47,12 +48,14 @@ async def run_worker(
     banner: str = "worker",
     metrics: tuple[str, int] | None = None,
     parent_pid: int | None = None,
+    lease_seconds: float | None = None,
 ) -> None:
     """Run the project's workflows until SIGINT/SIGTERM; instances in flight carry on at the next start.
 
     Args:
         metrics: serve ``GET /metrics`` on this (host, port).
         parent_pid: stop, as on SIGTERM, when this process (``stepstone dev``) exits, however it exits.
+        lease_seconds: overrides the project's ``lease_seconds``.
     """
     loop = asyncio.get_running_loop()
     stopping = asyncio.Event()
@@ -60,7 +63,16 @@ async def run_worker(
         loop.add_signal_handler(sig, stopping.set)
     try:
         await _run_worker(
-            project, database, concurrency, schedules, poll_interval, banner, metrics, parent_pid, stopping
+            project,
+            database,
+            concurrency,
+            schedules,
+            poll_interval,
+            banner,
+            metrics,
+            parent_pid,
+            stopping,
+            lease_seconds,
         )
     finally:
         for sig in (signal.SIGINT, signal.SIGTERM):
@@ -77,8 +89,15 @@ async def _run_worker(
     metrics: tuple[str, int] | None,
     parent_pid: int | None,
     stopping: asyncio.Event,
+    lease_seconds: float | None,
 ) -> None:
-    engine = project.engine(worker=True, database=database, concurrency=concurrency, poll_interval=poll_interval)
+    engine = project.engine(
+        worker=True,
+        database=database,
+        concurrency=concurrency,
+        poll_interval=poll_interval,
+        lease_seconds=lease_seconds or project.settings.lease_seconds,
+    )
     tasks: list[asyncio.Task[None]] = []
     if metrics is not None:
         try:
@@ -131,6 +150,7 @@ async def _run_worker(
 @click.option(
     "--concurrency", type=click.IntRange(min=1), default=None, help="Instances run at once (default: the project's)."
 )
+@lease_option
 @click.option("--schedules/--no-schedules", default=True, show_default=True, help="Fire the cron schedules.")
 @click.option(
     "--poll-interval",
@@ -154,6 +174,7 @@ def worker(
     config: Path | None,
     database: str | None,
     concurrency: int | None,
+    lease_seconds: float | None,
     schedules: bool,
     poll_interval: float,
     metrics_port: int | None,
@@ -177,5 +198,6 @@ def worker(
             poll_interval=poll_interval,
             metrics=None if metrics_port is None else (metrics_host, metrics_port),
             parent_pid=parent_pid,
+            lease_seconds=lease_seconds,
         )
     )

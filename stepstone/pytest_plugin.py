@@ -14,6 +14,7 @@ The async fixtures need pytest-asyncio (part of ``stepstone[test]``); without it
 
 from __future__ import annotations
 
+import contextlib
 import os
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
@@ -121,11 +122,20 @@ async def engine(stepstone_database: str) -> AsyncIterator[TestEngine]:
         yield started
 
 
-@_async_fixture
-async def project(request: pytest.FixtureRequest, stepstone_database: str) -> AsyncIterator[TestProject]:
-    """The test directory's project on a TestEngine on a fresh database: ``project.env.MY_WORKFLOW``."""
-    loaded = Project.load(cwd=Path(request.path).parent)
-    test_engine = loaded.engine(worker=True, database=stepstone_database, engine_class=TestEngine)
+@contextlib.asynccontextmanager
+async def open_project(path: Path | str, database: str) -> AsyncIterator[TestProject]:
+    """The project at ``path`` (its config file, or a directory: its config or the nearest parent's), loaded as
+    ``stepstone dev`` loads it, on a started TestEngine on ``database``: the ``project`` fixture's body."""
+    where = Path(path)
+    loaded = Project.load(where) if where.is_file() else Project.load(cwd=where)
+    test_engine = loaded.engine(worker=True, database=database, engine_class=TestEngine)
     assert isinstance(test_engine, TestEngine)
     async with test_engine:
         yield TestProject(loaded, test_engine)
+
+
+@_async_fixture
+async def project(request: pytest.FixtureRequest, stepstone_database: str) -> AsyncIterator[TestProject]:
+    """The test directory's project on a TestEngine on a fresh database: ``project.env.MY_WORKFLOW``."""
+    async with open_project(Path(request.path).parent, stepstone_database) as loaded:
+        yield loaded

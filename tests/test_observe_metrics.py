@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import time
 from pathlib import Path
 from typing import Any
@@ -12,6 +11,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from stepstone import Engine, WorkflowEntrypoint
 from stepstone.observe.metrics import Metrics, merge_expositions
+from stepstone.testing import wait_for_status
 from tests.server_process import running_server
 
 V4 = "/client/v4/accounts/local/workflows"
@@ -86,10 +86,7 @@ async def test_registries_are_per_engine_and_timers_measure_lateness(tmp_path: P
             assert engine.enable_metrics() is metrics
             wf = engine.register(Napper, name="napper")
             inst = await wf.create(id="x")
-            for _ in range(400):
-                if (await inst.status()).status == "complete":
-                    break
-                await asyncio.sleep(0.02)
+            await wait_for_status(inst, "complete")
             texts.append((await metrics.exposition()).decode())
     for text in texts:  # each engine counts only its own instance
         got = samples(text)

@@ -7,7 +7,15 @@ from typing import Any
 
 import pytest
 
-from stepstone import Engine, ValidationError, WorkflowEntrypoint, WorkflowEvent, WorkflowStep, WorkflowTimeoutError
+from stepstone import (
+    Engine,
+    NonRetryableError,
+    ValidationError,
+    WorkflowEntrypoint,
+    WorkflowEvent,
+    WorkflowStep,
+    WorkflowTimeoutError,
+)
 from stepstone.testing import (
     TestEngine,
     TimeSkippingClock,
@@ -127,6 +135,17 @@ async def test_mock_step_error_on_every_attempt_errors_the_instance_with_that_er
     assert (error.name, error.message) == ("Refused", "Oops")
     assert [(a.success, a.error_name) for a in step.attempts] == [(False, "Refused")] * 4  # limit 3: four attempts
     assert CALLS == []
+
+
+async def test_a_mocked_non_retryable_error_fails_the_step_on_its_first_attempt(engine: TestEngine) -> None:
+    wf = engine.env.LONG
+    async with introspect_workflow_instance(wf, "i1") as inst:
+        await inst.modify(lambda m: m.mock_step_error("my step", NonRetryableError("bad input", "BadInput")))
+        await wf.create(id="i1")
+        with pytest.raises(NonRetryableError, match="bad input"):
+            await inst.wait_for_step_result("my step")
+        (step,) = steps_of(await inst.instance.history(), "my step")
+    assert [(a.success, a.error_name) for a in step.attempts] == [(False, "BadInput")]
 
 
 async def test_errors_for_two_attempts_then_the_mocked_result(engine: TestEngine) -> None:

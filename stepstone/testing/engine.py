@@ -4,6 +4,7 @@ leases that never lapse on a skip, and the hooks that workflow introspection (``
 from __future__ import annotations
 
 import math
+import time
 import weakref
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, Final
@@ -11,8 +12,9 @@ from typing import TYPE_CHECKING, Any, Final
 from stepstone.binding import Workflow
 from stepstone.clock import Clock
 from stepstone.engine import Engine
-from stepstone.models import InstanceRecord
+from stepstone.models import Claim, InstanceRecord, StepRecord
 from stepstone.observe import Observer
+from stepstone.run_state import RunState
 from stepstone.storage.base import Storage
 from stepstone.testing.clock import TimeSkippingClock
 from stepstone.testing.mocks import Mocks
@@ -28,8 +30,9 @@ def engine_of(workflow: Workflow) -> TestEngine | None:
     return _ENGINES.get(workflow)
 
 
-class _Creations(Observer):
-    """Tells each open ``introspect_workflow`` block of the instances created in its workflow."""
+class _TestObserver(Observer):
+    """Tells each open ``introspect_workflow`` block of the instances created in its workflow, and keeps the
+    deadlines of the event waits the instances are in (for :meth:`TestEngine.hold_event_deadline`)."""
 
     def __init__(self, engine: TestEngine) -> None:
         self._engine = engine
@@ -38,6 +41,19 @@ class _Creations(Observer):
         for record in records:
             for introspector in list(self._engine.introspectors.get(record.workflow, [])):
                 introspector.created(record.id)
+
+    def step_written(self, state: RunState, step: StepRecord) -> None:
+        if step.kind != "wait":
+            return
+        waits = self._engine.event_waits.setdefault((state.workflow, state.instance_id), {})
+        if step.status == "waiting" and step.wake_at is not None and step.event_type is not None:
+            waits[(step.name, step.count)] = (step.event_type, step.wake_at)
+        else:
+            waits.pop((step.name, step.count), None)
+
+    def run_finished(self, claim: Claim, outcome: str, *, now: float, error: tuple[str, str] | None) -> None:
+        if outcome in ("complete", "errored"):
+            self._engine.event_waits.pop((claim.instance.workflow, claim.instance.id), None)
 
 
 FAKE_CLOCK_ENGINE_OPTIONS: Final[dict[str, Any]] = {
@@ -59,8 +75,9 @@ class TestEngine(Engine):
 
     - ``clock`` defaults to a :class:`~stepstone.testing.TimeSkippingClock`, attached to this engine so it
       skips ahead only when every instance is idle;
-    - finished instances are never purged (``purge_interval`` is infinite), and leases last a century, so
-      skipping time never deletes or takes over the test's instances;
+    - finished instances are never purged (``purge_interval`` is infinite), and on a time-skipping clock leases
+      last a century whatever ``lease_seconds`` says, so skipping time never deletes or takes over the test's
+      instances;
     - SQLite commits with ``synchronous=NORMAL``;
     - its runs apply what ``introspect_workflow`` / ``introspect_workflow_instance`` record (a production
       :class:`~stepstone.engine.Engine` has no such hook, and introspection refuses its bindings).
@@ -71,13 +88,21 @@ class TestEngine(Engine):
     def __init__(self, database: str | Storage | None = None, *, clock: Clock | None = None, **options: Any) -> None:
         for key, value in TEST_ENGINE_DEFAULTS.items():
             options.setdefault(key, value)
-        super().__init__(database, clock=clock or TimeSkippingClock(), **options)
+        clock = clock or TimeSkippingClock()
+        if isinstance(clock, TimeSkippingClock):
+            # Renewals come every few real seconds while skips move time by days: a shorter lease (a project's
+            # lease_seconds, say) would lapse under a skip and let this worker take its own run over.
+            options["lease_seconds"] = max(float(options["lease_seconds"]), TEST_ENGINE_DEFAULTS["lease_seconds"])
+        super().__init__(database, clock=clock, **options)
         self.mocks = Mocks()
         """The modifications of this engine's instances, by (workflow, instance id)."""
         self.introspectors: dict[str, list[WorkflowIntrospector]] = {}
         """The open ``introspect_workflow`` blocks, by workflow name."""
+        self.event_waits: dict[tuple[str, str], dict[tuple[str, int], tuple[str, float]]] = {}
+        """Pending event waits: (workflow, instance id) -> (step name, count) -> (event type, deadline)."""
+        self._holds: dict[tuple[str, str, str], float] = {}
         self._test_hooks = self.mocks
-        self.observers.add(_Creations(self))
+        self.observers.add(_TestObserver(self))
 
     def workflow(self, name: str) -> Workflow:
         """The binding for a workflow, known to introspection as this test engine's."""
@@ -116,4 +141,32 @@ class TestEngine(Engine):
             if state.suspending or state.pausing or state.aborted:
                 return None
             wakes.extend(w.until for w in state.wakes if w.until is not None)
-        return min(wakes) if wakes else None
+        if not wakes:
+            return None
+        target = min(wakes)
+        if self._holds and self._held_before(target):
+            return None
+        return target
+
+    # -- holds: the clock does not skip over an event deadline the test is about to beat ------------------------
+    def hold_event_deadline(self, workflow: str, instance_id: str, event_type: str, seconds: float = math.inf) -> None:
+        """Do not skip to (or past) the deadline of this instance's wait for ``event_type`` for ``seconds`` real
+        seconds (``wait_for_event_wait`` holds while it polls and ``EVENT_HOLD_S`` after it returns)."""
+        self._holds[(workflow, instance_id, event_type)] = time.monotonic() + seconds
+
+    def release_holds(self, workflow: str, instance_id: str) -> None:
+        """Let the clock skip over this instance's event deadlines again (each other kit wait on it does)."""
+        for key in [k for k in self._holds if k[:2] == (workflow, instance_id)]:
+            del self._holds[key]
+
+    def _held_before(self, target: float) -> bool:
+        now = time.monotonic()
+        for key, until in list(self._holds.items()):
+            if until <= now:
+                del self._holds[key]
+                continue
+            workflow, instance_id, event_type = key
+            for kind, deadline in self.event_waits.get((workflow, instance_id), {}).values():
+                if kind == event_type and deadline <= target:
+                    return True
+        return False

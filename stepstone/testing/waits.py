@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import json
 from collections.abc import Mapping
-from typing import Any, Final, Literal, TypedDict
+from typing import TYPE_CHECKING, Any, Final, Literal, TypedDict
 
 from stepstone import codec
 from stepstone.binding import InstanceError, InstanceStatus, WorkflowInstance
@@ -17,7 +17,13 @@ from stepstone.errors import ValidationError, WorkflowTimeoutError
 from stepstone.models import FINISHED, StepKind, StepRecord
 from stepstone.step_do import rebuild_error
 
+if TYPE_CHECKING:
+    from stepstone.testing.engine import TestEngine
+
 DEFAULT_TIMEOUT: Final = 10.0
+EVENT_HOLD_S: Final = 5.0
+"""Real seconds after ``wait_for_event_wait`` returns during which a test engine's clock does not skip that
+wait's deadline: time for the test to send the event (another wait on the instance ends it sooner)."""
 INTERVAL: Final = 0.003
 
 StepType = Literal["do", "sleep", "waitForEvent"]
@@ -65,6 +71,18 @@ def parse_selector(step: StepSelector, *, default: StepType = "do", what: str = 
     return _KINDS[kind], name, count
 
 
+def _test_engine(instance: WorkflowInstance) -> TestEngine | None:
+    from stepstone.testing.engine import engine_of
+
+    return engine_of(instance.workflow)
+
+
+def _release(instance: WorkflowInstance) -> None:
+    engine = _test_engine(instance)
+    if engine is not None:
+        engine.release_holds(instance.workflow.name, instance.id)
+
+
 def _display(kind: StepKind, name: str, count: int) -> str:
     return f"{kind} step {name!r} (count {count})"
 
@@ -93,6 +111,7 @@ async def wait_for_status(
             ``timeout`` real seconds passed.
     """
     wanted = set(statuses) or set(FINISHED)
+    _release(instance)
     deadline = _deadline(timeout)
     while True:
         status = await instance.status()
@@ -131,6 +150,7 @@ async def wait_for_step_result(
         AssertionError: the instance finished without settling the step, or ``timeout`` passed.
     """
     kind, name, count = parse_selector(step)
+    _release(instance)
     deadline = _deadline(timeout)
     while True:
         rec = await instance.record()
@@ -157,6 +177,20 @@ async def wait_for_event_wait(
     Raises:
         AssertionError: the instance finished first, or ``timeout`` passed.
     """
+    engine = _test_engine(instance)
+    if engine is not None:  # no skip over this wait's deadline while we look, nor just after
+        engine.hold_event_deadline(instance.workflow.name, instance.id, event_type)
+    try:
+        waiting = await _event_wait(instance, event_type, timeout, interval)
+    except BaseException:
+        _release(instance)
+        raise
+    if engine is not None:
+        engine.hold_event_deadline(instance.workflow.name, instance.id, event_type, EVENT_HOLD_S)
+    return waiting
+
+
+async def _event_wait(instance: WorkflowInstance, event_type: str, timeout: float, interval: float) -> dict[str, Any]:
     deadline = _deadline(timeout)
     while True:
         rec = await instance.record()

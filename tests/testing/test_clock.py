@@ -186,3 +186,28 @@ async def test_skipping_past_the_retention_keeps_the_tests_instances(db_url: str
         assert (await wait_for_status(await month.create(), "complete", timeout=30)).output == "slept"
         assert (await done.status()).status == "complete"  # 30 days on, well past its retention
     assert clock.elapsed >= 30 * DAY
+
+
+class ManyRetries(WorkflowEntrypoint):
+    async def run(self, event: WorkflowEvent, step: WorkflowStep) -> Any:
+        started_runs.append(event.instance_id)
+
+        def flaky(ctx: Any) -> int:
+            if ctx.attempt < 60:
+                raise ConnectionError("not yet")
+            return int(ctx.attempt)
+
+        return await step.do("flaky", {"retries": {"limit": 100, "delay": 900, "backoff": "constant"}}, flaky)
+
+
+started_runs: list[str] = []
+
+
+async def test_skips_past_a_short_lease_never_let_the_worker_take_its_own_run_over(db_url: str) -> None:
+    started_runs.clear()
+    async with TestEngine(db_url, lease_seconds=30) as engine:  # a project's lease_seconds, say
+        inst = await engine.register(ManyRetries, name="many").create()
+        assert (await wait_for_status(inst, "complete", timeout=60)).output == 60
+        assert engine.worker is not None and "aborted" not in engine.worker.outcomes
+        assert isinstance(engine.clock, TimeSkippingClock) and engine.clock.elapsed >= 59 * 0.9
+    assert started_runs == [inst.id]  # one run: in-process retry waits, skipped, the lease held throughout

@@ -172,6 +172,27 @@ def test_a_body_sent_a_byte_at_a_time_is_cut_off(open_server: str) -> None:
         assert answer.startswith(b"HTTP/1.1 408"), answer[:200]
 
 
+def test_a_body_that_no_route_reads_cannot_hold_the_connection(open_server: str) -> None:
+    with _connect(open_server) as sock:  # /health answers without reading; the body keeps trickling in
+        sock.sendall(b"GET /health HTTP/1.1\r\nhost: 127.0.0.1\r\ncontent-length: 100000\r\n\r\n")
+        answer, closed = b"", False
+        sock.settimeout(0.05)
+        for _ in range(2000):  # 100 s of one byte per 0.05 s: far past twice the 0.5 s body deadline
+            try:
+                sock.sendall(b"x")
+                chunk = sock.recv(65536)
+            except TimeoutError:
+                continue
+            except (BrokenPipeError, ConnectionResetError):
+                closed = True
+                break
+            if not chunk:
+                closed = True
+                break
+            answer += chunk
+        assert answer.startswith(b"HTTP/1.1 200") and closed
+
+
 # -- the connection cap ---------------------------------------------------------------------------------------
 def _open_fds(pid: int) -> int:
     return len(os.listdir(f"/proc/{pid}/fd"))

@@ -8,10 +8,14 @@ but still accepts and keeps every socket. The HTTP protocol here adds both missi
 
 - a **header deadline**: a connection that has not sent a complete request head within
   :attr:`ConnectionLimits.header_timeout` seconds of connecting (or of its previous response) is closed;
+- a **body deadline** at the connection: a request whose body is still incoming twice
+  :attr:`ConnectionLimits.body_timeout` after its head arrived is closed, also when its route never reads a
+  body (a ``GET`` with a ``Content-Length``, trickled a byte at a time, would otherwise hold the connection
+  after the answer, uvicorn's keep-alive timer being reset by every byte); a route that reads its body answers
+  ``408`` at ``body_timeout`` first (:func:`stepstone.server.body.read_body`);
 - a **connection cap**: beyond :attr:`ConnectionLimits.max_connections` open connections, a new one is
   answered ``503`` at once and closed, so idle sockets cannot exhaust the process's file descriptors.
 
-Bodies have their own deadline, in :func:`stepstone.server.body.read_body`.
 """
 
 from __future__ import annotations
@@ -73,6 +77,7 @@ def guarded_protocol(limits: ConnectionLimits) -> type[H11Protocol]:
 
     class GuardedProtocol(H11Protocol):
         _header_timer: asyncio.TimerHandle | None = None
+        _body_timer: asyncio.TimerHandle | None = None
         _refused = False
 
         def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -93,14 +98,21 @@ def guarded_protocol(limits: ConnectionLimits) -> type[H11Protocol]:
             if self._refused:
                 return
             self._disarm_header_timer()
+            self._disarm_body_timer()
             super().connection_lost(exc)
 
         def data_received(self, data: bytes) -> None:
             if self._refused:
                 return
             super().data_received(data)
-            if self.conn.their_state is not h11.IDLE:
+            state = self.conn.their_state
+            if state is not h11.IDLE:
                 self._disarm_header_timer()  # the request head is in: the body has its own deadline
+            if state is h11.SEND_BODY:
+                if self._body_timer is None:
+                    self._body_timer = self.loop.call_later(2 * limits.body_timeout, self._body_deadline)
+            else:
+                self._disarm_body_timer()
 
         def on_response_complete(self) -> None:
             super().on_response_complete()
@@ -115,6 +127,19 @@ def guarded_protocol(limits: ConnectionLimits) -> type[H11Protocol]:
             if self._header_timer is not None:
                 self._header_timer.cancel()
                 self._header_timer = None
+
+        def _disarm_body_timer(self) -> None:
+            if self._body_timer is not None:
+                self._body_timer.cancel()
+                self._body_timer = None
+
+        def _body_deadline(self) -> None:
+            self._body_timer = None
+            if self.transport.is_closing() or self.conn.their_state is not h11.SEND_BODY:
+                return
+            peer = f"{self.client[0]}:{self.client[1]}" if self.client else "a client"
+            log.info("closed the connection of %s: no complete request body in %gs", peer, 2 * limits.body_timeout)
+            self.transport.close()
 
         def _header_deadline(self) -> None:
             self._header_timer = None

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import re
 import uuid
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -38,7 +38,8 @@ from stepstone.models import (
     TriggerSource,
     WorkflowRecord,
 )
-from stepstone.observe import Observer
+from stepstone.observe import Observer, stream
+from stepstone.observe.stream import check_options
 from stepstone.observe.tracing import current_traceparent, valid_traceparent
 from stepstone.storage.base import InstancePage, Storage
 from stepstone.text import check_text
@@ -336,6 +337,34 @@ class WorkflowInstance:
         error = InstanceError(rec.error_name, rec.error_message or "") if rec.error_name is not None else None
         output = codec.decode(rec.output) if rec.output is not None else None
         return InstanceStatus(rec.status, output, error)
+
+    def subscribe(
+        self,
+        options: Mapping[str, Any] | None = None,
+        *,
+        filter: Sequence[str] | None = None,
+        cursor: int | None = None,
+    ) -> AsyncIterator[dict[str, Any]]:
+        """The instance's events (Cloudflare's ``subscribe``): the recorded ones, then live ones, ending after
+        the terminal event. ``async for ev in instance.subscribe(filter=[...], cursor=last_event_id)``.
+
+        Args:
+            options: Cloudflare's dict form, ``{"filter": [...], "cursor": n}``.
+            filter: only these event types (the stream still ends at the terminal event).
+            cursor: start after this ``eventId`` (the last one processed).
+
+        Each event is a dict in Cloudflare's shape; see ``docs/observe.md``. Raises ValidationError for a bad
+        filter or cursor and InstanceNotFoundError (when iteration starts) for an unknown instance.
+        """
+        if options is not None:
+            unknown = set(options) - {"filter", "cursor"}
+            if unknown:
+                raise ValidationError(f"subscribe options: unknown key {sorted(unknown)[0]!r} (filter, cursor)")
+            filter = options.get("filter", filter)
+            cursor = options.get("cursor", cursor)
+        check_options(filter, cursor)
+        wf = self.workflow
+        return stream.subscribe(self._rt.storage, wf.account, wf.name, self.id, filter=filter, cursor=cursor)
 
     async def pause(self) -> None:
         """Pause: in-flight steps finish, then the instance parks (``waitingForPause`` → ``paused``)."""

@@ -267,3 +267,20 @@ def decode(text: str) -> object:
         shown = text if len(text) <= 80 else text[:77] + "..."
         raise SerializationError(f"stored value {shown!r} cannot be decoded: {exc}") from None
     return value
+
+
+REDACTED = "[REDACTED]"
+"""What observers see in place of the output of a step marked ``sensitive: "output"``."""
+
+
+def plain(value: object) -> Any:
+    """A decoded value as plain JSON: datetimes become ISO strings, bytes base64 strings."""
+    if isinstance(value, dict):
+        return {k: plain(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [plain(v) for v in value]
+    if isinstance(value, datetime):
+        return value.isoformat()
+    if isinstance(value, bytes):
+        return base64.b64encode(value).decode()
+    return value

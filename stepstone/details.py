@@ -3,15 +3,13 @@ the dashboard. Timestamps are ISO-8601 UTC strings with milliseconds and a ``Z``
 
 from __future__ import annotations
 
-import base64
 import json
 from datetime import UTC, datetime
 from typing import Any
 
 from stepstone import codec
+from stepstone.codec import REDACTED, plain
 from stepstone.models import InstanceRecord, StepRecord, WorkflowRecord
-
-REDACTED = "[REDACTED]"
 
 
 def iso(ts: float | None) -> str | None:
@@ -23,19 +21,6 @@ def iso(ts: float | None) -> str | None:
 
 def _error(name: str | None, message: str | None) -> dict[str, str] | None:
     return None if name is None else {"name": name, "message": message or ""}
-
-
-def plain(value: object) -> Any:
-    """A stored value as plain JSON: datetimes become ISO strings, bytes base64 strings."""
-    if isinstance(value, dict):
-        return {k: plain(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [plain(v) for v in value]
-    if isinstance(value, datetime):
-        return value.isoformat()
-    if isinstance(value, bytes):
-        return base64.b64encode(value).decode()
-    return value
 
 
 def _decode(text: str | None) -> Any:

@@ -102,6 +102,8 @@ class InstanceRecord:
     """The W3C ``traceparent`` given at creation, if any."""
     account: str = DEFAULT_ACCOUNT
     """The account of the instance's workflow: ``(account, workflow, id)`` is its key."""
+    error_traceback: str | None = None
+    """The Python traceback an errored instance finished with (user frames first, capped), if any."""
 
 
 @dataclass(slots=True)
@@ -113,6 +115,8 @@ class Attempt:
     success: bool | None = None
     error_name: str | None = None
     error_message: str | None = None
+    traceback: str | None = None
+    """The Python traceback of a failed attempt (user frames first, engine frames trimmed, capped)."""
 
 
 @dataclass(slots=True)
@@ -146,6 +150,28 @@ class EventRecord:
     payload: str
     received_at: float
     consumed_by: str | None = None
+
+
+NewEvent = tuple[str, float, str | None, int | None, str | None]
+"""An instance event a step write adds: ``(type, at, step_key, attempt, detail JSON)`` (see
+:mod:`stepstone.history`)."""
+
+
+@dataclass(slots=True)
+class HistoryEvent:
+    """One recorded instance event, joined with the step it is about (if any) as that step is stored now."""
+
+    event_id: int
+    type: str
+    at: float
+    step_key: str | None = None
+    attempt: int | None = None
+    detail: str | None = None
+    step_name: str | None = None
+    step_count: int | None = None
+    step_result: str | None = None
+    step_config: str | None = None
+    step_event_type: str | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -19,8 +19,9 @@ from typing import Any, Final, Protocol
 
 from stepstone.clock import Clock
 from stepstone.errors import FencedError, WorkflowFatalError
+from stepstone.history import Mark, mark, step_events
 from stepstone.limits import Limits
-from stepstone.models import EventRecord, Lease, StepKind, StepRecord, step_key
+from stepstone.models import EventRecord, Lease, NewEvent, StepKind, StepRecord, step_key
 from stepstone.storage.base import Storage
 
 _KINDS: Final[dict[str, StepKind]] = {"do": "do", "sleep": "sleep", "waitForEvent": "wait"}
@@ -155,12 +156,16 @@ class RunState:
     """True from the start of a run that has history, while every step called so far was served from it; the
     first step call that is not settled there (new, or pending: a retry, a sleep or wait not yet over) ends the
     replay for good. A run with no history starts live."""
+    marks: dict[str, Mark] = field(default_factory=dict)
+    """How far each step's stored record got, so a write adds only the events it is the first to tell of
+    (:mod:`stepstone.history`); taken from the history as loaded, before any step changes it."""
 
     def __post_init__(self) -> None:
         self.idle.set()
         self.unpaused.set()
         self.replaying = bool(self.history)  # run() ran before: it re-runs until the first step not settled
         self.seq = max((s.seq for s in self.history.values()), default=0)
+        self.marks = {key: mark(step) for key, step in self.history.items()}
         for event in self.events:
             self.buffered.setdefault(event.type, deque()).append(event)
 
@@ -290,10 +295,14 @@ class RunState:
         queue = self.buffered.get(event_type)
         return queue.popleft() if queue else None
 
+    def _events(self, step: StepRecord) -> list[NewEvent]:
+        events, self.marks[step.key] = step_events(self.marks.get(step.key), step)
+        return events
+
     async def write(self, step: StepRecord, *, durable: bool = True) -> None:
-        """Persist a step; a lost lease unwinds the run."""
+        """Persist a step with the events it adds; a lost lease unwinds the run."""
         try:
-            await self.storage.put_step(self.lease, step, durable=durable)
+            await self.storage.put_step(self.lease, step, durable=durable, events=self._events(step))
         except FencedError:
             self.aborted = True
             raise Abort() from None
@@ -303,12 +312,12 @@ class RunState:
     def write_nowait(self, step: StepRecord) -> None:
         """Queue a step write into the next commit without waiting for it (a fenced one is dropped)."""
         if not self.aborted and not self.suspending:
-            self.storage.put_step(self.lease, step, durable=False)
+            self.storage.put_step(self.lease, step, durable=False, events=self._events(step))
 
     async def consume(self, step: StepRecord, event_pk: int) -> None:
         """Persist a wait step's result together with consuming its event."""
         try:
-            await self.storage.consume_event(self.lease, step, event_pk)
+            await self.storage.consume_event(self.lease, step, event_pk, events=self._events(step))
         except FencedError:
             self.aborted = True
             raise Abort() from None

@@ -19,14 +19,17 @@ from typing import Protocol
 from stepstone.models import (
     Claim,
     EventRecord,
+    HistoryEvent,
     InstanceRecord,
     Lease,
     LeaseState,
+    NewEvent,
     NewInstance,
     StepRecord,
     StepRef,
     WorkflowRecord,
 )
+from stepstone.storage.bell import StreamWaiter
 
 SCHEMA_VERSION = 1
 
@@ -140,6 +143,19 @@ class Storage(Protocol):
         """The instance's steps (by first start) and its unconsumed events (oldest first), in one read."""
         ...
 
+    # -- the instance event stream --------------------------------------------------------------------
+    async def read_stream(
+        self, account: str, workflow: str, instance_id: str, *, after: int, limit: int
+    ) -> tuple[InstanceRecord, list[HistoryEvent]]:
+        """The instance and up to ``limit`` of its recorded events with ids above ``after``, oldest first, each
+        joined with its step as stored now, in one read. Raises InstanceNotFoundError."""
+        ...
+
+    def stream_waiter(self, pk: int) -> StreamWaiter:
+        """Wake-ups for a reader of instance ``pk``'s stream: rung when an event of it may have been committed
+        (by this process at once; by another within the backend's signal latency). Close it when done."""
+        ...
+
     # -- the worker's side ----------------------------------------------------------------------------
     async def claim(
         self, *, owner: str, now: float, lease_seconds: float, limit: int, workflows: Sequence[str]
@@ -163,12 +179,17 @@ class Storage(Protocol):
         """The distinct owners of live leases."""
         ...
 
-    def put_step(self, lease: Lease, step: StepRecord, *, durable: bool) -> Awaitable[None]:
-        """Insert or replace a step. ``durable=False`` queues the write into the next commit."""
+    def put_step(
+        self, lease: Lease, step: StepRecord, *, durable: bool, events: Sequence[NewEvent] = ()
+    ) -> Awaitable[None]:
+        """Insert or replace a step, with the instance events it adds, in one transaction. ``durable=False``
+        queues the write into the next commit."""
         ...
 
-    async def consume_event(self, lease: Lease, step: StepRecord, event_pk: int) -> None:
-        """Record a wait step's result and mark the event it consumed, atomically."""
+    async def consume_event(
+        self, lease: Lease, step: StepRecord, event_pk: int, *, events: Sequence[NewEvent] = ()
+    ) -> None:
+        """Record a wait step's result and mark the event it consumed, atomically (with the step's events)."""
         ...
 
     async def suspend(

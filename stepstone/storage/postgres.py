@@ -28,14 +28,17 @@ from psycopg_pool import AsyncConnectionPool
 from stepstone.errors import (
     FencedError,
     InstanceExistsError,
+    InstanceNotFoundError,
     StorageError,
 )
 from stepstone.models import (
     Claim,
     EventRecord,
+    HistoryEvent,
     InstanceRecord,
     Lease,
     LeaseState,
+    NewEvent,
     NewInstance,
     StepRecord,
     StepRef,
@@ -43,9 +46,10 @@ from stepstone.models import (
 )
 from stepstone.storage import postgres_control as control
 from stepstone.storage.base import ClaimResult, InstancePage, redact_url
+from stepstone.storage.bell import Bell, StreamWaiter
 from stepstone.storage.postgres_control import RELEASE, fetch_all, fetch_maybe, fetch_one
 from stepstone.storage.postgres_schema import migrate
-from stepstone.storage.postgres_writer import Conn, GroupWriter, StepWrite, Transactor, Write
+from stepstone.storage.postgres_writer import EVENTS_INSERT, Conn, GroupWriter, StepWrite, Transactor, Write
 from stepstone.storage.sqlite_schema import (
     INSTANCE_COLUMNS,
     STEP_COLUMNS,
@@ -55,6 +59,7 @@ from stepstone.storage.sqlite_schema import (
     step_to_row,
     workflow_from_row,
 )
+from stepstone.storage.stream_sql import STREAM_EVENTS, history_event
 
 T = TypeVar("T")
 log = logging.getLogger("stepstone.storage.postgres")
@@ -71,6 +76,11 @@ _CONSUME_EVENT = (
     + " FROM f WHERE EXISTS (SELECT 1 FROM e) ON CONFLICT (instance_pk, key) DO UPDATE SET "
     + ", ".join(f"{c} = excluded.{c}" for c in _STEP_FIELDS if c != "key")
     + " RETURNING 1"
+)
+_CONSUME_EVENTS = EVENTS_INSERT.replace(
+    "ORDER BY v.n",
+    "WHERE EXISTS (SELECT 1 FROM events WHERE pk = %s AND instance_pk = %s AND (consumed_by IS NULL "
+    "OR consumed_by = %s)) ORDER BY v.n",
 )
 # New instances from a JSON array of [workflow, id, params, created_on, trigger_source, version_id, schedule,
 # success_retention_ms, error_retention_ms, traceparent, account] rows.
@@ -100,6 +110,17 @@ _LOAD_HISTORY = (
     + ", ".join(["NULL"] * (len(_STEP_FIELDS) - 7))
     + " FROM events WHERE instance_pk = %s AND consumed_by IS NULL ORDER BY 1 DESC, 6"
 )
+# The instance and its events after a cursor in one statement (one snapshot): the instance's columns on every
+# row, the event's after them (NULL when there is none).
+_READ_STREAM = (
+    "SELECT "
+    + ", ".join(f"i.{c}" for c in INSTANCE_COLUMNS.split(", "))
+    + ", x.* FROM instances i LEFT JOIN LATERAL ("
+    + STREAM_EVENTS.replace("e.instance_pk = %s", "e.instance_pk = i.pk")
+    + ") x ON true WHERE i.account = %s AND i.workflow = %s AND i.id = %s ORDER BY x.event_id"
+)
+_INSTANCE_WIDTH = len(INSTANCE_COLUMNS.split(", "))
+_ACCOUNT_AT = INSTANCE_COLUMNS.split(", ").index("account")
 # SET expressions see the row as it was: a requested pause (waitingForPause) wins over the wait.
 _SUSPEND = (
     "UPDATE instances SET "
@@ -113,7 +134,7 @@ _SUSPEND = (
     f"{RELEASE}, modified_on = %s WHERE pk = %s AND lease_token = %s RETURNING status"
 )
 _FINISH = (
-    "UPDATE instances SET status = %s, output = %s, error_name = %s, error_message = %s, "
+    "UPDATE instances SET status = %s, output = %s, error_name = %s, error_message = %s, error_traceback = %s, "
     "ended_on = %s, modified_on = %s, runnable_at = NULL, waiting_for = NULL, wait_types = NULL, "
     f"{RELEASE}, expires_at = %s WHERE pk = %s AND lease_token = %s RETURNING 1"
 )
@@ -153,6 +174,11 @@ class PostgresStorage:
         self._writer = GroupWriter(self._connect_writer, retry_for=retry_for)
         self._done: asyncio.Future[None] | None = None
         self._listener: asyncio.Task[None] | None = None
+        self._on_signal: Callable[[int, str], None] | None = None
+        self._bell = Bell()
+        self._bell.on_first_waiter = self._ensure_listener
+        self.events_channel = "stepstone_events:public"
+        """The channel the ``instance_events`` trigger notifies: ``stepstone_events:<schema of the tables>``."""
         self._open = False
 
     # -- lifecycle ------------------------------------------------------------------------------------
@@ -161,6 +187,9 @@ class PostgresStorage:
         try:
             async with await psycopg.AsyncConnection.connect(self.url, **self._kwargs) as conn:
                 await migrate(conn, self.schema)
+                cur = await conn.execute("SELECT current_schema()")
+                row = await cur.fetchone()
+                self.events_channel = f"stepstone_events:{row[0] if row else 'public'}"
             await self._pool.open(wait=True, timeout=30.0)
         except psycopg.Error as exc:
             raise StorageError(f"cannot open PostgreSQL database {redact_url(self.url)}: {exc}") from exc
@@ -196,24 +225,37 @@ class PostgresStorage:
 
     async def subscribe(self, on_signal: Callable[[int, str], None]) -> None:
         """``LISTEN`` for control operations of every process; reconnects with backoff."""
-        if self._listener is None:
-            self._listener = asyncio.create_task(self._listen(on_signal), name="stepstone-pg-listen")
+        self._on_signal = on_signal
+        self._ensure_listener()
 
-    async def _listen(self, on_signal: Callable[[int, str], None]) -> None:
+    def _ensure_listener(self) -> None:
+        if self._listener is None and self._open:
+            self._listener = asyncio.create_task(self._listen(), name="stepstone-pg-listen")
+
+    async def _listen(self) -> None:
+        """One connection ``LISTEN``s for control signals and for stream events (``events_channel``)."""
         delay = 0.05
         connected_once = False
         while True:
             try:
                 async with await psycopg.AsyncConnection.connect(self.url, autocommit=True) as conn:
                     await conn.execute(sql.SQL("LISTEN {}").format(sql.Identifier(self.channel)))
+                    await conn.execute(sql.SQL("LISTEN {}").format(sql.Identifier(self.events_channel)))
                     delay = 0.05
                     if connected_once:
-                        on_signal(0, "new")  # notifications sent while we were away are lost: look now
+                        # notifications sent while we were away are lost: look now
+                        if self._on_signal is not None:
+                            self._on_signal(0, "new")
+                        self._bell.ring(None)
                     connected_once = True
                     async for note in conn.notifies():
+                        if note.channel == self.events_channel:
+                            if note.payload.isdigit():
+                                self._bell.ring((int(note.payload),))
+                            continue
                         pk_text, _, kind = note.payload.partition(":")
-                        if pk_text.isdigit() and kind:
-                            on_signal(int(pk_text), kind)
+                        if pk_text.isdigit() and kind and self._on_signal is not None:
+                            self._on_signal(int(pk_text), kind)
             except psycopg.Error as exc:
                 log.warning("LISTEN connection lost (%s); reconnecting in %.2fs", exc, delay)
             await asyncio.sleep(delay)
@@ -346,7 +388,7 @@ class PostgresStorage:
             expired = await fetch_all(conn, _EXPIRED_IDS, payload)
             if expired:
                 await control.delete_pks(conn, [r[0] for r in expired])
-            inserted = {(r[-1], r[1], r[2]): r for r in await fetch_all(conn, _INSERT_INSTANCES, payload)}
+            inserted = {(r[_ACCOUNT_AT], r[1], r[2]): r for r in await fetch_all(conn, _INSERT_INSTANCES, payload)}
             created: list[InstanceRecord] = []
             touched: set[tuple[str, str]] = set()
             for new in rows:
@@ -431,6 +473,22 @@ class PostgresStorage:
         steps = [step_from_row(r[1:]) for r in rows if r[0]]
         events = [EventRecord(r[5], r[1], r[2], r[7], r[3]) for r in rows if not r[0]]
         return steps, events
+
+    # -- the instance event stream --------------------------------------------------------------------
+    async def read_stream(
+        self, account: str, workflow: str, instance_id: str, *, after: int, limit: int
+    ) -> tuple[InstanceRecord, list[HistoryEvent]]:
+        """The instance and its events after ``after``, in one statement."""
+        args = (after, limit, account, workflow, instance_id)
+        rows = await self._run(lambda c: fetch_all(c, _READ_STREAM, *args), single=True)
+        if not rows:
+            raise InstanceNotFoundError(f"instance {instance_id!r} not found in workflow {workflow!r}")
+        inst = instance_from_row(rows[0][:_INSTANCE_WIDTH])
+        return inst, [history_event(r[_INSTANCE_WIDTH:]) for r in rows if r[_INSTANCE_WIDTH] is not None]
+
+    def stream_waiter(self, pk: int) -> StreamWaiter:
+        """Wake-ups when any process commits an event of ``pk`` (the ``instance_events`` trigger's NOTIFY)."""
+        return self._bell.waiter(pk)
 
     # -- the worker's side ----------------------------------------------------------------------------
     async def claim(
@@ -533,9 +591,12 @@ class PostgresStorage:
 
         return await self._run(op)
 
-    def put_step(self, lease: Lease, step: StepRecord, *, durable: bool) -> Awaitable[None]:
-        """Insert or replace a step, fenced by the lease; group-committed."""
-        fut = self._writer.submit(StepWrite(lease.pk, lease.token, step_to_row(lease.pk, step)[1:]), wait=durable)
+    def put_step(
+        self, lease: Lease, step: StepRecord, *, durable: bool, events: Sequence[NewEvent] = ()
+    ) -> Awaitable[None]:
+        """Insert or replace a step with the events it adds, fenced by the lease; group-committed."""
+        write = StepWrite(lease.pk, lease.token, step_to_row(lease.pk, step)[1:], events)
+        fut = self._writer.submit(write, wait=durable)
         if fut is None:
             # Callers may drop a queued write's awaitable: a finished future, not a coroutine, so nothing warns.
             fut = self._done
@@ -544,8 +605,10 @@ class PostgresStorage:
                 fut.set_result(None)
         return fut
 
-    async def consume_event(self, lease: Lease, step: StepRecord, event_pk: int) -> None:
-        """Record the wait step and consume its event atomically."""
+    async def consume_event(
+        self, lease: Lease, step: StepRecord, event_pk: int, *, events: Sequence[NewEvent] = ()
+    ) -> None:
+        """Record the wait step and consume its event atomically (with the step's events, if it can)."""
         row = step_to_row(lease.pk, step)
         # Consumed by this very step already: a repeat after a commit we did not hear about.
         params = (lease.pk, lease.token, step.key, event_pk, step.key, *row[1:])
@@ -554,7 +617,13 @@ class PostgresStorage:
             if not rows:
                 raise FencedError(f"lease on instance {lease.pk} is no longer held, or event {event_pk} was consumed")
 
-        await self._writer.run(Write(lease.pk, [(_CONSUME_EVENT, params)], check))
+        statements: list[tuple[str, tuple[Any, ...]]] = []
+        if events:
+            # Only when the event can still be consumed by this step: the same condition as the write after it.
+            payload = json.dumps([(lease.pk, lease.token, *e) for e in events])
+            statements.append((_CONSUME_EVENTS, (payload, event_pk, lease.pk, step.key)))
+        statements.append((_CONSUME_EVENT, params))
+        await self._writer.run(Write(lease.pk, statements, check))
 
     async def suspend(
         self, lease: Lease, *, now: float, wake_at: float | None, waiting_for: str, wait_types: Sequence[str]
@@ -587,9 +656,11 @@ class PostgresStorage:
         error_name: str | None,
         error_message: str | None,
         retention_ms: float,
+        error_traceback: str | None = None,
     ) -> None:
         """End the instance."""
-        params = (status, output, error_name, error_message, now, now, now + retention_ms / 1000, lease.pk, lease.token)
+        expires = now + retention_ms / 1000
+        params = (status, output, error_name, error_message, error_traceback, now, now, expires, lease.pk, lease.token)
         await self._writer.run(Write(lease.pk, [(_FINISH, params)], _fenced_value(lease)))
 
     # -- lifecycle control ----------------------------------------------------------------------------

@@ -17,6 +17,7 @@ from stepstone.models import FINISHED, EventRecord, InstanceRecord, StepRef
 from stepstone.storage.base import concurrency_limit
 from stepstone.storage.postgres_writer import Conn
 from stepstone.storage.sqlite_schema import INSTANCE_COLUMNS, instance_from_row
+from stepstone.storage.stream_sql import RESTART_FORGETS
 
 RELEASE = "lease_owner = NULL, lease_token = NULL, lease_expires_at = NULL"
 
@@ -84,6 +85,7 @@ async def restart(
     if from_step is None:
         await conn.execute("DELETE FROM steps WHERE instance_pk = %s", (pk,))
         await conn.execute("DELETE FROM events WHERE instance_pk = %s", (pk,))
+        await conn.execute("DELETE FROM instance_events WHERE instance_pk = %s", (pk,))
     else:
         rows = await fetch_all(
             conn,
@@ -98,10 +100,12 @@ async def restart(
                 f"(type {from_step.type}, count {from_step.count}) not found in execution history"
             )
         seq = rows[from_step.count - 1][0]
+        await conn.execute(RESTART_FORGETS, (pk, pk, seq))
         await conn.execute("DELETE FROM steps WHERE instance_pk = %s AND seq >= %s", (pk, seq))
     await conn.execute(
         "UPDATE instances SET status = 'queued', generation = generation + 1, runnable_at = %s, "
-        "output = NULL, error_name = NULL, error_message = NULL, started_on = NULL, ended_on = NULL, "
+        "output = NULL, error_name = NULL, error_message = NULL, error_traceback = NULL, started_on = NULL, "
+        "ended_on = NULL, "
         f"paused_at = NULL, waiting_for = NULL, wait_types = NULL, {RELEASE}, expires_at = NULL, "
         "terminated_at = NULL, modified_on = %s WHERE pk = %s",
         (now, now, pk),
@@ -231,6 +235,7 @@ async def delete_pks(conn: Conn, pks: Sequence[int]) -> None:
     if pks:
         await conn.execute("DELETE FROM steps WHERE instance_pk = ANY(%s)", (list(pks),))
         await conn.execute("DELETE FROM events WHERE instance_pk = ANY(%s)", (list(pks),))
+        await conn.execute("DELETE FROM instance_events WHERE instance_pk = ANY(%s)", (list(pks),))
         await conn.execute("DELETE FROM instances WHERE pk = ANY(%s)", (list(pks),))
 
 

@@ -11,8 +11,9 @@ from typing import Final
 from psycopg import AsyncConnection, sql
 
 from stepstone.errors import SchemaVersionError
+from stepstone.storage.sqlite_schema import EXISTING_EVENTS, TAKEOVER, migration_statements, status_event
 
-MIGRATIONS: Final[tuple[str, ...]] = (
+MIGRATIONS: Final[tuple[str | tuple[str, ...], ...]] = (
     # version 1
     """
     CREATE TABLE workflows (
@@ -115,6 +116,58 @@ MIGRATIONS: Final[tuple[str, ...]] = (
     DROP INDEX instances_by_status;
     CREATE INDEX instances_by_status ON instances (account, workflow, status, created_on);
     """,
+    # version 5: the instance event stream (Cloudflare's subscribe), and the traceback of an errored instance.
+    # Lifecycle events are written by a trigger on the status change itself (under the row lock the change
+    # holds, so one instance's event ids follow its commit order); step events by the fenced step writes, which
+    # lock the row too. Every insert notifies the stream's listeners when its transaction commits.
+    (
+        "ALTER TABLE instances ADD COLUMN error_traceback TEXT",
+        """CREATE TABLE instance_events (
+            event_id BIGSERIAL PRIMARY KEY,
+            instance_pk BIGINT NOT NULL,
+            type TEXT NOT NULL,
+            at DOUBLE PRECISION NOT NULL,
+            step_key TEXT,
+            attempt INTEGER,
+            detail TEXT
+        )""",
+        "CREATE INDEX instance_events_by_instance ON instance_events (instance_pk, event_id)",
+        # a step write repeated after a commit whose outcome was unknown adds no event twice (ON CONFLICT)
+        "CREATE UNIQUE INDEX instance_events_step_once ON instance_events "
+        "(instance_pk, step_key, type, COALESCE(attempt, 0)) WHERE step_key IS NOT NULL",
+        f"""CREATE FUNCTION stepstone_instance_event() RETURNS trigger LANGUAGE plpgsql AS $$
+        BEGIN
+            IF TG_OP = 'INSERT' THEN
+                INSERT INTO instance_events (instance_pk, type, at) VALUES (NEW.pk, 'workflow_queued', NEW.created_on);
+                RETURN NULL;
+            END IF;
+            IF OLD.started_on IS NULL AND NEW.started_on IS NOT NULL THEN
+                INSERT INTO instance_events (instance_pk, type, at)
+                    VALUES (NEW.pk, 'workflow_started', NEW.modified_on);
+            END IF;
+            IF OLD.status IS DISTINCT FROM NEW.status OR OLD.generation IS DISTINCT FROM NEW.generation
+                OR ({TAKEOVER.format(old="OLD", new="NEW").replace("IS NOT", "IS DISTINCT FROM")}) THEN
+                INSERT INTO instance_events (instance_pk, type, at)
+                    VALUES (NEW.pk, {status_event("NEW.status")}, NEW.modified_on);
+            END IF;
+            RETURN NULL;
+        END $$""",
+        "CREATE TRIGGER instance_events_created AFTER INSERT ON instances "
+        "FOR EACH ROW EXECUTE FUNCTION stepstone_instance_event()",
+        "CREATE TRIGGER instance_events_changed AFTER UPDATE OF status, generation, started_on, lease_token "
+        "ON instances FOR EACH ROW WHEN (OLD.status IS DISTINCT FROM NEW.status "
+        "OR OLD.generation IS DISTINCT FROM NEW.generation OR (OLD.started_on IS NULL AND NEW.started_on IS NOT NULL) "
+        f"OR ({TAKEOVER.format(old='OLD', new='NEW').replace('IS NOT', 'IS DISTINCT FROM')})) "
+        "EXECUTE FUNCTION stepstone_instance_event()",
+        """CREATE FUNCTION stepstone_instance_event_notify() RETURNS trigger LANGUAGE plpgsql AS $$
+        BEGIN
+            PERFORM pg_notify('stepstone_events:' || TG_TABLE_SCHEMA, NEW.instance_pk::text);
+            RETURN NULL;
+        END $$""",
+        "CREATE TRIGGER instance_events_notify AFTER INSERT ON instance_events "
+        "FOR EACH ROW EXECUTE FUNCTION stepstone_instance_event_notify()",
+        *EXISTING_EVENTS,
+    ),
 )
 SCHEMA_VERSION: Final = len(MIGRATIONS)
 
@@ -142,9 +195,8 @@ async def migrate(conn: AsyncConnection[tuple[object, ...]], schema: str | None)
                 f"({SCHEMA_VERSION}); upgrade stepstone"
             )
         for version in range(current + 1, SCHEMA_VERSION + 1):
-            for statement in MIGRATIONS[version - 1].split(";"):
-                if statement.strip():
-                    await conn.execute(statement)
+            for statement in migration_statements(MIGRATIONS[version - 1]):
+                await conn.execute(statement)
         await conn.execute(
             "INSERT INTO stepstone_meta (key, value) VALUES ('schema_version', %s) "
             "ON CONFLICT (key) DO UPDATE SET value = excluded.value",

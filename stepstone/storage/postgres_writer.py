@@ -24,7 +24,7 @@ import contextlib
 import itertools
 import json
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, TypeVar
 
 import psycopg
@@ -104,14 +104,16 @@ class Transactor:
 
 class StepWrite:
     """A fenced step upsert: ``row`` is :func:`step_to_row` without the instance key. Batched with the other
-    step writes of its batch into one ``INSERT ... SELECT`` (:data:`STEP_BATCH_UPSERT`)."""
+    step writes of its batch into one ``INSERT ... SELECT`` (:data:`STEP_BATCH_UPSERT`); the instance events
+    it adds (``(type, at, step_key, attempt, detail)``) go into one fenced insert before it (:data:`EVENTS_INSERT`)."""
 
-    __slots__ = ("key", "row", "token")
+    __slots__ = ("events", "key", "row", "token")
 
-    def __init__(self, key: int, token: str, row: tuple[Any, ...]) -> None:
+    def __init__(self, key: int, token: str, row: tuple[Any, ...], events: Sequence[Any] = ()) -> None:
         self.key = key
         self.token = token
         self.row = row
+        self.events = events
 
 
 class Write:
@@ -188,7 +190,13 @@ class GroupWriter:
         fut: asyncio.Future[Any] | None = asyncio.get_running_loop().create_future() if wait else None
         self._pending.append((op.key, op, fut))
         wake = self._wake
-        if wake is not None and not wake.done() and (wait or len(self._pending) >= self._max_batch):
+        # An awaited write goes at once; the first write nobody awaits wakes the idle task too, which then lets
+        # it ride along for at most ride_along_s (an attempt-start marker must not wait for the attempt's end).
+        if (
+            wake is not None
+            and not wake.done()
+            and (wait or len(self._pending) == 1 or len(self._pending) >= self._max_batch)
+        ):
             wake.set_result(None)
         return fut
 
@@ -343,11 +351,12 @@ def _plan(batch: list[Item]) -> list[_Unit]:
                     others.append([])
                 slot = rounds[r].get((key, op.row[0]))
                 if slot is None:
-                    rounds[r][(key, op.row[0])] = [op.token, op.row, [fut]]
+                    rounds[r][(key, op.row[0])] = [op.token, op.row, [fut], list(op.events)]
                     break
                 if slot[0] == op.token:
                     slot[1] = op.row
                     slot[2].append(fut)
+                    slot[3].extend(op.events)  # the row keeps its last version; every write's events stay
                     break
                 r += 1
                 rank[key] = r
@@ -385,6 +394,22 @@ STEP_BATCH_UPSERT = (
     + ", ".join(f"{c} = excluded.{c}" for c in _STEP_FIELDS if c != "key")
     + " RETURNING instance_pk, key"
 )
+# The instance events of a round's step writes, from a JSON array of [instance_pk, token, type, at, step_key,
+# attempt, detail]: inserted only for instances whose lease still matches, locking their rows first (in pk order,
+# as the step statement after it does), so an instance's event ids follow its commit order. A repeat after an
+# unknown commit adds nothing (the unique index on step events).
+EVENTS_INSERT = (
+    "WITH v AS MATERIALIZED (SELECT (r->>0)::bigint AS instance_pk, r->>1 AS token, r->>2 AS type, "
+    "(r->>3)::float8 AS at, r->>4 AS step_key, (r->>5)::int AS attempt, r->>6 AS detail, n "
+    "FROM jsonb_array_elements(%s::jsonb) WITH ORDINALITY AS a(r, n)), "
+    "fence AS MATERIALIZED (SELECT i.pk, i.lease_token FROM instances i "
+    "JOIN (SELECT DISTINCT instance_pk, token FROM v) t ON i.pk = t.instance_pk AND i.lease_token = t.token "
+    "ORDER BY i.pk FOR UPDATE OF i) "
+    "INSERT INTO instance_events (instance_pk, type, at, step_key, attempt, detail) "
+    "SELECT v.instance_pk, v.type, v.at, v.step_key, v.attempt, v.detail "
+    "FROM v JOIN fence ON fence.pk = v.instance_pk AND fence.lease_token = v.token ORDER BY v.n "
+    "ON CONFLICT DO NOTHING"
+)
 # One step write: the fence and the write in one statement; the CTE locks the instance row only if the token
 # still matches.
 STEP_UPSERT = (
@@ -400,14 +425,16 @@ STEP_UPSERT = (
 def _step_unit(steps: dict[tuple[int, str], list[Any]]) -> _Unit:
     entries = list(steps.items())
     if len(entries) == 1:
-        (pk, _), (token, row, _) = entries[0]
+        (pk, _), (token, row, _, _) = entries[0]
         statement = (STEP_UPSERT, (pk, token, *row))
     else:
-        statement = (STEP_BATCH_UPSERT, (json.dumps([(pk, token, *row) for (pk, _), (token, row, _) in entries]),))
+        statement = (STEP_BATCH_UPSERT, (json.dumps([(pk, token, *row) for (pk, _), (token, row, _, _) in entries]),))
+    events = [(pk, token, *e) for (pk, _), (token, _, _, evs) in entries for e in evs]
+    statements = [(EVENTS_INSERT, (json.dumps(events),)), statement] if events else [statement]
 
     def resolve(rows: list[tuple[Any, ...]]) -> None:
         written = set(rows)
-        for (pk, key), (_, _, futs) in entries:
+        for (pk, key), (_, _, futs, _) in entries:
             if (pk, key) in written:
                 for fut in futs:
                     if fut is not None and not fut.done():
@@ -417,7 +444,7 @@ def _step_unit(steps: dict[tuple[int, str], list[Any]]) -> _Unit:
                     if fut is not None and not fut.done():
                         fut.set_exception(FencedError(f"lease on instance {pk} is no longer held"))
 
-    return _Unit([statement], resolve)
+    return _Unit(statements, resolve)
 
 
 def _write_unit(op: Write, fut: asyncio.Future[Any] | None) -> _Unit:

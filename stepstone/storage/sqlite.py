@@ -19,13 +19,16 @@ from typing import TypeVar
 from stepstone.errors import (
     FencedError,
     InstanceExistsError,
+    InstanceNotFoundError,
     StorageError,
 )
 from stepstone.models import (
     EventRecord,
+    HistoryEvent,
     InstanceRecord,
     Lease,
     LeaseState,
+    NewEvent,
     NewInstance,
     StepRecord,
     StepRef,
@@ -33,6 +36,7 @@ from stepstone.models import (
 )
 from stepstone.storage import sqlite_control as control
 from stepstone.storage.base import ClaimResult, InstancePage
+from stepstone.storage.bell import Bell, StreamWaiter
 from stepstone.storage.sqlite_schema import (
     INSTANCE_COLUMNS,
     STEP_COLUMNS,
@@ -45,6 +49,7 @@ from stepstone.storage.sqlite_schema import (
     workflow_from_row,
 )
 from stepstone.storage.sqlite_writer import LoopWriter, Writer
+from stepstone.storage.stream_sql import STREAM_EVENTS, history_event
 
 T = TypeVar("T")
 Conn = sqlite3.Connection
@@ -53,6 +58,9 @@ _STEP_INSERT = f"INSERT OR REPLACE INTO steps (instance_pk, {STEP_COLUMNS}) VALU
 _FENCED_STEP_INSERT = (
     f"INSERT OR REPLACE INTO steps (instance_pk, {STEP_COLUMNS}) SELECT {', '.join('?' * 16)} "
     "WHERE EXISTS (SELECT 1 FROM instances WHERE pk = ? AND lease_token = ?)"
+)
+_EVENT_INSERT = (
+    "INSERT INTO instance_events (instance_pk, type, at, step_key, attempt, detail) VALUES (?, ?, ?, ?, ?, ?)"
 )
 
 
@@ -80,6 +88,11 @@ class SQLiteStorage:
         self._watcher: asyncio.Task[None] | None = None
         self._own_signals: set[int] = set()
         self.signal_poll_s = 0.01
+        self._bell = Bell()
+        self._bell.on_first_waiter = self._watch_stream
+        self._stream_watcher: asyncio.Task[None] | None = None
+        self._touched: list[int] = []
+        self._writer.on_commit = self._committed
         self._readers = ThreadPoolExecutor(max_workers=readers, thread_name_prefix="stepstone-sqlite-read")
         self._local = threading.local()
         self._reader_conns: list[Conn] = []
@@ -154,6 +167,11 @@ class SQLiteStorage:
         if not self._open:
             return
         self._open = False
+        if self._stream_watcher is not None:
+            self._stream_watcher.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._stream_watcher
+            self._stream_watcher = None
         if self._watcher is not None:
             self._watcher.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -171,6 +189,55 @@ class SQLiteStorage:
             for conn in self._reader_conns:
                 conn.close()
             self._reader_conns.clear()
+
+    # -- the instance event stream --------------------------------------------------------------------
+    def _committed(self) -> None:
+        if self._touched:
+            touched, self._touched = self._touched, []
+            self._bell.ring(touched)
+
+    def _watch_stream(self) -> None:
+        if self._open and (self._stream_watcher is None or self._stream_watcher.done()):
+            self._stream_watcher = asyncio.create_task(self._poll_stream(), name="stepstone-sqlite-stream")
+
+    async def _poll_stream(self) -> None:
+        """While anyone reads a stream, look every ``signal_poll_s`` whether any process added events."""
+        last = None
+        while self._open and self._bell.waiting:
+            try:
+                seq = await self._read(_last_event_id)
+            except StorageError:
+                seq = None
+            if last is not None and seq != last:
+                self._bell.ring(None)
+            last = seq
+            await asyncio.sleep(self.signal_poll_s)
+
+    async def read_stream(
+        self, account: str, workflow: str, instance_id: str, *, after: int, limit: int
+    ) -> tuple[InstanceRecord, list[HistoryEvent]]:
+        """The instance and its events after ``after``, in one read transaction."""
+
+        def read(c: Conn) -> tuple[InstanceRecord, list[HistoryEvent]]:
+            c.execute("BEGIN")
+            try:
+                row = c.execute(
+                    f"SELECT {INSTANCE_COLUMNS} FROM instances WHERE account = ? AND workflow = ? AND id = ?",
+                    (account, workflow, instance_id),
+                ).fetchone()
+                if row is None:
+                    raise InstanceNotFoundError(f"instance {instance_id!r} not found in workflow {workflow!r}")
+                inst = instance_from_row(row)
+                rows = c.execute(STREAM_EVENTS.replace("%s", "?"), (inst.pk, after, limit)).fetchall()
+            finally:
+                c.execute("COMMIT")
+            return inst, [history_event(r) for r in rows]
+
+        return await self._read(read)
+
+    def stream_waiter(self, pk: int) -> StreamWaiter:
+        """Wake-ups when this process commits an event of ``pk``, or any process adds events."""
+        return self._bell.waiter(pk)
 
     async def subscribe(self, on_signal: Callable[[int, str], None]) -> None:
         """Deliver other processes' control operations on this file (created, event, pause, resume, abort).
@@ -196,6 +263,8 @@ class SQLiteStorage:
                 on_signal(pk, kind)
 
     def _signal(self, conn: Conn, pk: int, kind: str, now: float) -> None:
+        if pk:
+            self._touched.append(pk)  # its status (so its stream) may have changed
         seq = conn.execute("INSERT INTO signals (instance_pk, kind, at) VALUES (?, ?, ?)", (pk, kind, now)).lastrowid
         if seq is not None and self._watcher is not None:
             self._own_signals.add(seq)
@@ -336,6 +405,7 @@ class SQLiteStorage:
                         )
                     continue
                 created.append(instance_from_row(row))
+                self._touched.append(created[-1].pk)
                 touched.add((new.account, new.workflow))
             if created:
                 self._signal(conn, 0, "new", rows[0].created_on)
@@ -409,11 +479,15 @@ class SQLiteStorage:
         self, *, owner: str, now: float, lease_seconds: float, limit: int, workflows: Sequence[str]
     ) -> ClaimResult:
         """Lease runnable instances of these workflows (in every account), earliest due first."""
-        return await self._write(
-            lambda c: control.claim(
-                c, owner=owner, now=now, lease_seconds=lease_seconds, limit=limit, workflows=workflows
+
+        def op(conn: Conn) -> ClaimResult:
+            result = control.claim(
+                conn, owner=owner, now=now, lease_seconds=lease_seconds, limit=limit, workflows=workflows
             )
-        )
+            self._touched.extend(c.lease.pk for c in result.claims)  # each has a workflow_running event
+            return result
+
+        return await self._write(op)
 
     async def renew(self, *, leases: Sequence[Lease], until: float) -> dict[int, LeaseState]:
         """Extend leases and report on each."""
@@ -454,13 +528,20 @@ class SQLiteStorage:
 
         return await self._write(op)
 
-    def put_step(self, lease: Lease, step: StepRecord, *, durable: bool) -> Awaitable[None]:
-        """Insert or replace a step, fenced by the lease."""
+    def put_step(
+        self, lease: Lease, step: StepRecord, *, durable: bool, events: Sequence[NewEvent] = ()
+    ) -> Awaitable[None]:
+        """Insert or replace a step with the events it adds, fenced by the lease."""
         params = (*step_to_row(lease.pk, step), lease.pk, lease.token)
+        pk = lease.pk
+        rows = [(pk, *e) for e in events]
 
         def op(conn: Conn) -> None:
             if conn.execute(_FENCED_STEP_INSERT, params).rowcount != 1:
                 raise FencedError(f"lease on instance {lease.pk} is no longer held")
+            if rows:
+                conn.executemany(_EVENT_INSERT, rows)
+                self._touched.append(pk)
 
         fut = self._writer.submit(op, wait=durable, single=True)
         if fut is None:
@@ -471,9 +552,12 @@ class SQLiteStorage:
             return fut
         return asyncio.wrap_future(fut)
 
-    async def consume_event(self, lease: Lease, step: StepRecord, event_pk: int) -> None:
+    async def consume_event(
+        self, lease: Lease, step: StepRecord, event_pk: int, *, events: Sequence[NewEvent] = ()
+    ) -> None:
         """Record the wait step and consume its event atomically."""
         params = step_to_row(lease.pk, step)
+        rows = [(lease.pk, *e) for e in events]
 
         def op(conn: Conn) -> None:
             control.fence(conn, lease)
@@ -484,6 +568,8 @@ class SQLiteStorage:
             if not taken:
                 raise FencedError(f"event {event_pk} was already consumed")
             conn.execute(_STEP_INSERT, params)
+            conn.executemany(_EVENT_INSERT, rows)
+            self._touched.append(lease.pk)
 
         await self._write(op)
 
@@ -495,6 +581,7 @@ class SQLiteStorage:
 
         def op(conn: Conn) -> str:
             status = control.fence(conn, lease)
+            self._touched.append(lease.pk)
             if status == "waitingForPause":
                 control.set_paused(conn, lease.pk, now)
                 return "paused"
@@ -522,6 +609,7 @@ class SQLiteStorage:
 
         def op(conn: Conn) -> None:
             control.fence(conn, lease)
+            self._touched.append(lease.pk)
             control.set_paused(conn, lease.pk, now)
 
         await self._write(op)
@@ -536,16 +624,28 @@ class SQLiteStorage:
         error_name: str | None,
         error_message: str | None,
         retention_ms: float,
+        error_traceback: str | None = None,
     ) -> None:
         """End the instance."""
 
         def op(conn: Conn) -> None:
             control.fence(conn, lease)
+            self._touched.append(lease.pk)
             conn.execute(
-                "UPDATE instances SET status = ?, output = ?, error_name = ?, error_message = ?, "
+                "UPDATE instances SET status = ?, output = ?, error_name = ?, error_message = ?, error_traceback = ?, "
                 "ended_on = ?, modified_on = ?, runnable_at = NULL, waiting_for = NULL, wait_types = NULL, "
                 "lease_owner = NULL, lease_token = NULL, lease_expires_at = NULL, expires_at = ? WHERE pk = ?",
-                (status, output, error_name, error_message, now, now, now + retention_ms / 1000, lease.pk),
+                (
+                    status,
+                    output,
+                    error_name,
+                    error_message,
+                    error_traceback,
+                    now,
+                    now,
+                    now + retention_ms / 1000,
+                    lease.pk,
+                ),
             )
 
         await self._write(op)
@@ -599,3 +699,8 @@ class SQLiteStorage:
     def commit_stats(self) -> tuple[int, int]:
         """(commits, writes) made by the writer so far: writes per commit shows group commit at work."""
         return self._writer.commits, self._writer.writes
+
+
+def _last_event_id(conn: Conn) -> int | None:
+    row = conn.execute("SELECT seq FROM sqlite_sequence WHERE name = 'instance_events'").fetchone()
+    return None if row is None else int(row[0])

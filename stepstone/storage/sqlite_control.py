@@ -17,6 +17,7 @@ from stepstone.errors import FencedError, InstanceNotFoundError, InvalidStateErr
 from stepstone.models import FINISHED, Claim, EventRecord, InstanceRecord, Lease, StepRef
 from stepstone.storage.base import ClaimResult, InstancePage, concurrency_limit
 from stepstone.storage.sqlite_schema import INSTANCE_COLUMNS, instance_from_row
+from stepstone.storage.stream_sql import RESTART_FORGETS
 
 Conn = sqlite3.Connection
 Signal = Callable[[Conn, int, str, float], None]
@@ -89,6 +90,7 @@ def restart(
     if from_step is None:
         conn.execute("DELETE FROM steps WHERE instance_pk = ?", (pk,))
         conn.execute("DELETE FROM events WHERE instance_pk = ?", (pk,))
+        conn.execute("DELETE FROM instance_events WHERE instance_pk = ?", (pk,))
     else:
         rows = conn.execute(
             "SELECT seq FROM steps WHERE instance_pk = ? AND kind = ? AND name = ? ORDER BY seq",
@@ -100,10 +102,12 @@ def restart(
                 f"(type {from_step.type}, count {from_step.count}) not found in execution history"
             )
         seq = rows[from_step.count - 1][0]
+        conn.execute(RESTART_FORGETS.replace("%s", "?"), (pk, pk, seq))
         conn.execute("DELETE FROM steps WHERE instance_pk = ? AND seq >= ?", (pk, seq))
     conn.execute(
         "UPDATE instances SET status = 'queued', generation = generation + 1, runnable_at = ?, "
-        "output = NULL, error_name = NULL, error_message = NULL, started_on = NULL, ended_on = NULL, "
+        "output = NULL, error_name = NULL, error_message = NULL, error_traceback = NULL, started_on = NULL, "
+        "ended_on = NULL, "
         f"paused_at = NULL, waiting_for = NULL, wait_types = NULL, {RELEASE}, expires_at = NULL, "
         "terminated_at = NULL, modified_on = ? WHERE pk = ?",
         (now, now, pk),
@@ -329,4 +333,5 @@ def delete_pks(conn: Conn, pks: Sequence[int]) -> None:
     for pk in pks:
         conn.execute("DELETE FROM steps WHERE instance_pk = ?", (pk,))
         conn.execute("DELETE FROM events WHERE instance_pk = ?", (pk,))
+        conn.execute("DELETE FROM instance_events WHERE instance_pk = ?", (pk,))
         conn.execute("DELETE FROM instances WHERE pk = ?", (pk,))

@@ -9,7 +9,32 @@ from typing import Any, Final, cast
 from stepstone.errors import SchemaVersionError
 from stepstone.models import Attempt, EventRecord, InstanceRecord, StepRecord, WorkflowRecord
 
-MIGRATIONS: Final[tuple[str, ...]] = (
+
+def status_event(column: str) -> str:
+    """SQL naming the ``workflow_*`` event of the status in ``column`` (both backends)."""
+    return (
+        f"CASE {column} WHEN 'queued' THEN 'workflow_queued' WHEN 'running' THEN 'workflow_running' "
+        "WHEN 'waiting' THEN 'workflow_waiting' WHEN 'waitingForPause' THEN 'workflow_waiting_for_pause' "
+        "WHEN 'paused' THEN 'workflow_paused' WHEN 'complete' THEN 'workflow_completed' "
+        "WHEN 'errored' THEN 'workflow_errored' ELSE 'workflow_terminated' END"
+    )
+
+
+TAKEOVER: Final = (
+    "{new}.status = 'running' AND {old}.status = 'running' AND {new}.lease_token IS NOT NULL "
+    "AND {old}.lease_token IS NOT {new}.lease_token"
+)
+"""SQL: this update is a claim taking a running instance over (its lease expired), so it runs again."""
+
+EXISTING_EVENTS: Final = (
+    # instances made before the stream existed: queued, then their status now (a finished one ends its stream)
+    "INSERT INTO instance_events (instance_pk, type, at) SELECT pk, 'workflow_queued', created_on FROM instances",
+    "INSERT INTO instance_events (instance_pk, type, at) SELECT pk, "
+    + status_event("status")
+    + ", modified_on FROM instances WHERE status != 'queued'",
+)
+
+MIGRATIONS: Final[tuple[str | tuple[str, ...], ...]] = (
     # version 1
     """
     CREATE TABLE workflows (
@@ -173,6 +198,40 @@ MIGRATIONS: Final[tuple[str, ...]] = (
     CREATE INDEX instances_expiring ON instances (expires_at) WHERE expires_at IS NOT NULL;
     CREATE INDEX instances_by_status ON instances (account, workflow, status, created_on);
     """,
+    # version 6: the instance event stream (Cloudflare's subscribe), and the traceback of an errored instance.
+    # Lifecycle events are written by triggers on the status change itself; step events by the step writes.
+    # (A migration that rebuilds the instances table must create these triggers again.)
+    # AUTOINCREMENT: an id is never handed out twice (a restart deletes events), so a cursor only moves on.
+    (
+        "ALTER TABLE instances ADD COLUMN error_traceback TEXT",
+        """CREATE TABLE instance_events (
+            event_id INTEGER PRIMARY KEY AUTOINCREMENT,
+            instance_pk INTEGER NOT NULL,
+            type TEXT NOT NULL,
+            at REAL NOT NULL,
+            step_key TEXT,
+            attempt INTEGER,
+            detail TEXT
+        )""",
+        "CREATE INDEX instance_events_by_instance ON instance_events (instance_pk, event_id)",
+        """CREATE TRIGGER instance_events_created AFTER INSERT ON instances BEGIN
+            INSERT INTO instance_events (instance_pk, type, at) VALUES (new.pk, 'workflow_queued', new.created_on);
+        END""",
+        # a claim that takes a running instance over from a dead worker (a new lease token) resumes it: running
+        f"""CREATE TRIGGER instance_events_changed
+        AFTER UPDATE OF status, generation, started_on, lease_token ON instances
+        WHEN old.status IS NOT new.status OR old.generation IS NOT new.generation
+            OR (old.started_on IS NULL AND new.started_on IS NOT NULL) OR ({TAKEOVER.format(old="old", new="new")})
+        BEGIN
+            INSERT INTO instance_events (instance_pk, type, at) SELECT new.pk, 'workflow_started', new.modified_on
+                WHERE old.started_on IS NULL AND new.started_on IS NOT NULL;
+            INSERT INTO instance_events (instance_pk, type, at)
+                SELECT new.pk, {status_event("new.status")}, new.modified_on
+                WHERE old.status IS NOT new.status OR old.generation IS NOT new.generation
+                    OR ({TAKEOVER.format(old="old", new="new")});
+        END""",
+        *EXISTING_EVENTS,
+    ),
 )
 SCHEMA_VERSION: Final = len(MIGRATIONS)
 
@@ -180,7 +239,7 @@ INSTANCE_COLUMNS: Final = (
     "pk, workflow, id, status, params, created_on, modified_on, output, error_name, error_message, "
     "started_on, ended_on, runnable_at, waiting_for, paused_at, generation, lease_owner, lease_token, "
     "lease_expires_at, trigger_source, version_id, schedule, success_retention_ms, error_retention_ms, "
-    "expires_at, terminated_at, traceparent, account"
+    "expires_at, terminated_at, traceparent, account, error_traceback"
 )
 STEP_COLUMNS: Final = (
     "key, kind, name, count, seq, status, started_at, ended_at, wake_at, result, error_name, "
@@ -202,14 +261,20 @@ def migrate(conn: sqlite3.Connection) -> None:
             "upgrade stepstone"
         )
     for version in range(current + 1, SCHEMA_VERSION + 1):
-        for statement in MIGRATIONS[version - 1].split(";"):
-            if statement.strip():
-                conn.execute(statement)
+        for statement in migration_statements(MIGRATIONS[version - 1]):
+            conn.execute(statement)
     conn.execute(
         "INSERT INTO stepstone_meta (key, value) VALUES ('schema_version', ?) "
         "ON CONFLICT (key) DO UPDATE SET value = excluded.value",
         (str(SCHEMA_VERSION),),
     )
+
+
+def migration_statements(migration: str | tuple[str, ...]) -> list[str]:
+    """A migration's statements: a tuple is its statements as they are (a trigger body holds ``;``), a string
+    is split on ``;``."""
+    parts = list(migration) if isinstance(migration, tuple) else migration.split(";")
+    return [p for p in parts if p.strip()]
 
 
 def instance_from_row(row: sqlite3.Row | tuple[Any, ...]) -> InstanceRecord:
@@ -248,7 +313,12 @@ def step_to_row(pk: int, step: StepRecord) -> tuple[object, ...]:
     """The parameters to insert a step, instance key first."""
     attempts = (
         json.dumps(
-            [[a.start, a.end, a.success, a.error_name, a.error_message] for a in step.attempts],
+            [
+                [a.start, a.end, a.success, a.error_name, a.error_message]
+                if a.traceback is None
+                else [a.start, a.end, a.success, a.error_name, a.error_message, a.traceback]
+                for a in step.attempts
+            ],
             separators=(",", ":"),
         )
         if step.attempts

@@ -47,6 +47,8 @@ class Writer:
         self._ready: Future[None] = Future()
         self.commits = 0
         self.writes = 0
+        self.on_commit: Callable[[], None] | None = None
+        """Called (on the writer's thread) after each successful commit."""
 
     def start(self) -> Future[None]:
         """Start the thread; the returned future resolves once the connection is open."""
@@ -112,6 +114,8 @@ class Writer:
         if commit_batch(conn, batch):
             self.commits += 1
             self.writes += len(batch)
+            if self.on_commit is not None:
+                self.on_commit()
 
 
 def _translate(exc: BaseException) -> BaseException:
@@ -214,6 +218,8 @@ class LoopWriter:
         self._committer: ThreadPoolExecutor | None = None
         self.commits = 0
         self.writes = 0
+        self.on_commit: Callable[[], None] | None = None
+        """Called on the event loop after each successful commit."""
 
     def start(self) -> None:
         """Open the write connection (and migrate) on the calling thread, the event loop's."""
@@ -278,6 +284,8 @@ class LoopWriter:
             self.commits += 1
             self.writes += len(batch)
             settle(outcomes)
+            if self.on_commit is not None:
+                self.on_commit()
             return
         self._committing = True
         assert self._committer is not None
@@ -295,6 +303,8 @@ class LoopWriter:
             self.commits += 1
             self.writes += len(batch)
             settle(outcomes)
+            if self.on_commit is not None:
+                self.on_commit()
         if self._pending and self._conn is not None:
             self._schedule(asyncio.get_running_loop())
 
@@ -315,7 +325,8 @@ class LoopWriter:
         if self._pending:
             conn.execute("PRAGMA busy_timeout = 30000")
             batch, self._pending = self._pending, []
-            commit_batch(conn, batch)
+            if commit_batch(conn, batch) and self.on_commit is not None:
+                self.on_commit()
         conn.close()
         if self._committer is not None:
             self._committer.shutdown(wait=True)

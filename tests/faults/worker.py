@@ -74,8 +74,8 @@ def slow_write(storage: Any, spec: str) -> None:
     name, _, seconds = spec.partition(":")
     put_step = storage.put_step
 
-    def slowed(lease: Any, step: Any, *, durable: bool) -> Any:
-        done = put_step(lease, step, durable=durable)
+    def slowed(lease: Any, step: Any, *, durable: bool, **kwargs: Any) -> Any:
+        done = put_step(lease, step, durable=durable, **kwargs)
         if step.name != name or step.status != "success":
             return done
 

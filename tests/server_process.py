@@ -83,7 +83,28 @@ class Many(WorkflowEntrypoint):
         return {"steps": n}
 
 
+TRIES: dict[str, int] = {}
+
+
+class Journey(WorkflowEntrypoint):
+    """A step that fails once, an in-process sleep, an event wait, a sensitive step (the event stream tests)."""
+
+    async def run(self, event: Any, step: Any) -> Any:
+        def flaky() -> str:
+            TRIES[event.instance_id] = TRIES.get(event.instance_id, 0) + 1
+            if TRIES[event.instance_id] == 1:
+                raise RuntimeError("first attempt fails")
+            return "prepared"
+
+        await step.do("flaky", {"retries": {"limit": 2, "delay": 10, "backoff": "constant"}}, flaky)
+        await step.sleep("nap", 10)
+        approval = await step.wait_for_event("approval", "approval", timeout="1 hour")
+        await step.do("secret", {"sensitive": "output"}, lambda: "s3cret")
+        return {"approved": approval.payload["ok"]}
+
+
 WORKFLOWS: dict[str, type[WorkflowEntrypoint]] = {
+    "journey": Journey,
     "quick": Quick,
     "waiter": Waiter,
     "sleeper": Sleeper,
@@ -138,7 +159,13 @@ def running_server(
     if limits is not None:
         args.append(json.dumps(limits))
     log = (tmp / f"server-{port}.log").open("w")
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    # the code under test, not whatever checkout the environment's editable install points to
+    root = str(Path(__file__).resolve().parent.parent)
+    env = {
+        **os.environ,
+        "PYTHONUNBUFFERED": "1",
+        "PYTHONPATH": os.pathsep.join([root, os.environ.get("PYTHONPATH", "")]),
+    }
     proc = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, env=env)
     base = f"http://127.0.0.1:{port}"
     PIDS[base] = proc.pid

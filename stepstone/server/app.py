@@ -17,6 +17,7 @@ from starlette.routing import Route
 from stepstone import __version__
 from stepstone.engine import Engine
 from stepstone.server import instances as inst
+from stepstone.server import stream
 from stepstone.server import workflows as wf
 from stepstone.server.auth import Authenticator, TokenRule
 from stepstone.server.body import MARGIN
@@ -151,6 +152,7 @@ def _v4_routes() -> list[tuple[str, str, Handler]]:
         ("GET", one + "/step", inst.get_step),
         ("PATCH", one + "/status", inst.patch_status),
         ("POST", one + "/events/{event_type}", inst.post_event),
+        ("GET", one + "/subscribe", stream.subscribe),
     ]
 
 

@@ -16,6 +16,7 @@ from stepstone.server.body import read_json
 from stepstone.server.envelope import ok
 from stepstone.server.instances import change_status, create_one, create_result, describe, instance_page, send_event
 from stepstone.server.state import Handler, scope_of
+from stepstone.server.stream import subscribe
 from stepstone.server.workflows import delete_workflow, get_workflow, list_workflows
 
 PREFIXES = ("/cdn-cgi/explorer/api", "/cdn-cgi/local/explorer/api")
@@ -79,4 +80,5 @@ def explorer_routes() -> list[tuple[str, str, Handler]]:
         ("DELETE", inst, delete_instance),
         ("PATCH", inst + "/status", status),
         ("POST", inst + "/events/{event_type}", event),
+        ("GET", inst + "/subscribe", subscribe),
     ]

@@ -11,6 +11,7 @@ import functools
 from typing import Any
 
 from stepstone import __version__
+from stepstone.history import EVENT_TYPES
 
 J = dict[str, Any]
 
@@ -343,6 +344,44 @@ def _op(summary: str, result: J, *, paged: bool = False, params: list[J] | None 
     return op
 
 
+SSE_EVENT: J = _obj(
+    ["id", "event", "data"],
+    {
+        "id": {"type": "string", "pattern": "^[0-9]+$", "description": "the eventId"},
+        "event": {"type": "string", "enum": list(EVENT_TYPES)},
+        "data": {"type": "string", "contentMediaType": "application/json", "description": "the event as JSON"},
+    },
+)
+"""One server-sent event of the instance event stream."""
+
+
+def _stream_op(summary: str, params: list[J]) -> J:
+    """A ``text/event-stream`` operation: one SSE message per instance event (docs/observe.md)."""
+    return {
+        "summary": summary,
+        "description": (
+            "Server-sent events: `id:` the eventId, `event:` the type, `data:` the event as JSON "
+            "(instanceId, eventId, timestamp, type and the type's fields). Ends after workflow_completed, "
+            "workflow_errored or workflow_terminated. Resume with cursor (or Last-Event-ID) set to the last id."
+        ),
+        "parameters": [
+            *params,
+            _query("cursor", {"type": "integer", "minimum": 0}, "start after this eventId"),
+            _query("filter", {"type": "string"}, "event types, comma-separated (or the parameter repeated)"),
+        ],
+        "responses": {
+            "200": {
+                "description": "the event stream",
+                "content": {"text/event-stream": {"schema": SSE_EVENT}},
+            },
+            "default": {
+                "description": "an error in the v4 envelope",
+                "content": {"application/json": {"schema": _ref("Failure")}},
+            },
+        },
+    }
+
+
 def _path(name: str, pattern: str | None = None, max_length: int | None = None) -> J:
     schema: J = {"type": "string", "minLength": 1}
     if pattern:
@@ -482,6 +521,7 @@ def _paths() -> J:
         one + "/events/{event_type}": {
             "post": _op("Send an event", _ref("EventSent"), params=[*awi, EVENT], body=ANY_JSON)
         },
+        one + "/subscribe": {"get": _stream_op("Stream the instance's events (recorded, then live)", awi)},
     }
     for prefix in ("/cdn-cgi/explorer/api", "/cdn-cgi/local/explorer/api"):
         ew, ei = [WORKFLOW], [WORKFLOW, INSTANCE]
@@ -524,6 +564,9 @@ def _paths() -> J:
             },
             prefix + "/workflows/{workflow_name}/instances/{instance_id}/events/{event_type}": {
                 "post": _op(local + "Send an event", _ref("EventSent"), params=[*ei, EVENT], body=ANY_JSON)
+            },
+            prefix + "/workflows/{workflow_name}/instances/{instance_id}/subscribe": {
+                "get": _stream_op(local + "Stream the instance's events", ei)
             },
         }
     return paths

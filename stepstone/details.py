@@ -19,8 +19,14 @@ def iso(ts: float | None) -> str | None:
     return datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
 
 
-def _error(name: str | None, message: str | None) -> dict[str, str] | None:
-    return None if name is None else {"name": name, "message": message or ""}
+def _error(name: str | None, message: str | None, traceback: str | None = None) -> dict[str, str] | None:
+    """Cloudflare's ``{name, message}``, plus stepstone's ``traceback`` when one was kept (clients ignore it)."""
+    if name is None:
+        return None
+    error = {"name": name, "message": message or ""}
+    if traceback:
+        error["traceback"] = traceback
+    return error
 
 
 def _decode(text: str | None) -> Any:
@@ -109,15 +115,22 @@ def step_entry(step: StepRecord) -> dict[str, Any]:
                 "start": iso(a.start),
                 "end": iso(a.end),
                 "success": a.success,
-                "error": _error(a.error_name, a.error_message),
+                "error": _error(a.error_name, a.error_message, a.traceback),
             }
             for a in step.attempts
         ],
         "config": config,
         "output": output,
         "retries_at": iso(step.wake_at) if step.status == "retrying" else None,
-        "error": error if step.status == "error" else None,
+        "error": _step_error(step) if step.status == "error" else None,
     }
+
+
+def _step_error(step: StepRecord) -> dict[str, str] | None:
+    """A failed step's error, with the traceback of its last attempt when that attempt failed with it."""
+    last = step.attempts[-1] if step.attempts else None
+    same = last is not None and (last.error_name, last.error_message) == (step.error_name, step.error_message)
+    return _error(step.error_name, step.error_message, last.traceback if same and last else None)
 
 
 def _waiting_for(rec: InstanceRecord) -> dict[str, Any] | None:
@@ -150,7 +163,7 @@ def instance_details(
         "start": iso(rec.started_on),
         "end": iso(rec.ended_on),
         "success": True if rec.status == "complete" else False if rec.status == "errored" else None,
-        "error": _error(rec.error_name, rec.error_message),
+        "error": _error(rec.error_name, rec.error_message, rec.error_traceback),
         "output": _decode(rec.output),
         "step_count": len(entries),
         "rollback": None,
@@ -197,14 +210,14 @@ def step_result(
     config = json.loads(step.config) if step.config else {}
     sensitive = isinstance(config, dict) and config.get("sensitive") == "output"
     status = _STEP_STATUS.get(step.status, "running")
-    error = _error(step.error_name, step.error_message)
+    error = _step_error(step) if step.kind == "do" else _error(step.error_name, step.error_message)
     output = (REDACTED if sensitive else _decode(step.result)) if step.status == "success" else None
     if attempt is not None:
         if step.kind != "do" or not 1 <= attempt <= len(step.attempts):
             return None
         one = step.attempts[attempt - 1]
         status = "running" if one.success is None else "complete" if one.success else "errored"
-        error = _error(one.error_name, one.error_message)
+        error = _error(one.error_name, one.error_message, one.traceback)
         output = output if one.success else None
     doc: dict[str, Any] = {"status": status, "error": error, "output": output}
     if step.kind == "wait":

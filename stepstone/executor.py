@@ -18,6 +18,8 @@ from stepstone.run_state import Abort, LeaseWindow, RunHooks, RunState, Suspend,
 from stepstone.step import WorkflowStep
 from stepstone.storage.base import Storage
 from stepstone.text import error_text
+from stepstone.tracebacks import LIMIT as TRACEBACK_LIMIT
+from stepstone.tracebacks import format_failure
 from stepstone.workflow import WorkflowEntrypoint, WorkflowEvent
 
 log = logging.getLogger("stepstone.executor")
@@ -207,6 +209,7 @@ class Execution:
                 error_name=recorded_name,
                 error_message=message,
                 retention_ms=self._retention("error", inst.error_retention_ms),
+                error_traceback=format_failure(exc, limit=2 * TRACEBACK_LIMIT),
             ),
             "errored",
         )

@@ -33,6 +33,7 @@ from stepstone.models import Attempt, StepRecord, step_key
 from stepstone.retry import StepConfig, retry_delay_ms, will_retry
 from stepstone.run_state import RunState, WakeReason
 from stepstone.text import error_text, storable
+from stepstone.tracebacks import format_failure
 
 
 class StepHost(Protocol):
@@ -178,6 +179,7 @@ def _finish_attempt(att: Attempt, now: float, exc: BaseException | None) -> None
     att.success = exc is None
     if exc is not None:
         att.error_name, att.error_message = error_text(exc)
+        att.traceback = format_failure(exc)
 
 
 async def _retry_delay_ms(config: StepConfig, ctx: StepContext, exc: BaseException, attempt: int) -> float:

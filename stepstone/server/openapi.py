@@ -34,7 +34,11 @@ TIME_OR_NULL: J = {"type": ["string", "null"], "format": "date-time"}
 NAME_MESSAGE: J = {
     "type": "object",
     "required": ["name", "message"],
-    "properties": {"name": {"type": "string"}, "message": {"type": "string"}},
+    "properties": {
+        "name": {"type": "string"},
+        "message": {"type": "string"},
+        "traceback": {"type": "string", "description": "stepstone: the Python traceback, user frames first"},
+    },
 }
 NAME_MESSAGE_OR_NULL: J = {"oneOf": [{"type": "null"}, NAME_MESSAGE]}
 TRIGGER_SOURCE: J = {"type": "string", "enum": ["unknown", "api", "binding", "event", "cron"]}

@@ -215,8 +215,9 @@ class Storage(Protocol):
         error_name: str | None,
         error_message: str | None,
         retention_ms: float,
+        error_traceback: str | None = None,
     ) -> None:
-        """End the instance: complete or errored, and release the lease."""
+        """End the instance: complete or errored (with the traceback it errored with), and release the lease."""
         ...
 
     # -- lifecycle control ----------------------------------------------------------------------------

@@ -159,17 +159,37 @@ def test_trigger_wait_list_and_describe_latest(in_project: Path) -> None:
 def test_trigger_wait_follows_and_exits_non_zero_on_error(in_project: Path) -> None:
     good = sc("workflows", "trigger", "demo", '{"n": 1}', "--id", "w-ok", "--wait", "--poll", "0.05")
     assert good.exit_code == 0, good.stderr
-    assert "✅ first-1" in good.stderr and "✅ Completed" in good.stderr
+    assert '✅ step "first" completed in' in good.stderr and "✅ Completed" in good.stderr
+    assert "⏳ queued" in good.stderr and "▶ running" in good.stderr
     assert json.loads(good.stdout) == {"a": 2, "suffix": "!"}
 
-    bad = sc("workflows", "trigger", "demo", '{"fail": true}', "--id", "w-bad", "--wait", "--poll", "0.05")
+    bad = sc("workflows", "trigger", "demo", '{"fail": true}', "--id", "w-bad", "--wait")
     assert bad.exit_code == 1
-    assert "❌ boom-1: Refused: no way" in bad.stderr
+    assert '❌ step "boom" attempt 1 failed in' in bad.stderr and ": Refused: no way" in bad.stderr
     assert "Error: Refused: no way" in bad.stderr
 
     as_json = sc("workflows", "trigger", "demo", "--id", "w-json", "--wait", "--json", "--poll", "0.05")
     assert as_json.exit_code == 0
     assert json.loads(as_json.stdout)["status"] == "complete"
+
+
+def test_watch_and_describe_show_the_traceback(in_project: Path) -> None:
+    assert ok("workflows", "trigger", "demo", '{"fail": true}', "--id", "w-tb")
+    watched = sc("workflows", "instances", "watch", "demo", "w-tb")
+    assert watched.exit_code == 1
+    assert '❌ step "boom" attempt 1 failed in' in watched.stderr and "❌ Errored" in watched.stderr
+    assert "Error: Refused: no way" in watched.stderr
+    assert "Traceback (most recent call last):" in watched.stderr
+    assert 'raise NonRetryableError("no way", "Refused")' in watched.stderr  # the user's own line
+    assert "stepstone frames hidden" in watched.stderr and "step_do.py" not in watched.stderr
+    assert "\x1b[" not in watched.stderr  # piped: plain lines, no spinner
+    described = ok("workflows", "instances", "describe", "demo", "w-tb")
+    assert "Traceback (most recent call last):" in described and "main.py" in described
+    assert 'raise NonRetryableError("no way", "Refused")' in described
+    doc = js("workflows", "instances", "describe", "demo", "w-tb")
+    boom = next(s for s in doc["steps"] if s["name"] == "boom-1")
+    assert "main.py" in boom["attempts"][0]["error"]["traceback"]
+    assert "main.py" in doc["error"]["traceback"]
 
 
 def test_pause_resume_terminate_restart(in_project: Path) -> None:

@@ -4,7 +4,7 @@ command prints the same thing either way."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any, Protocol
 
@@ -57,6 +57,10 @@ class Backend(Protocol):
 
     async def delete_instances(self, name: str, ids: Sequence[str]) -> tuple[list[str], list[Doc]]:
         """Delete instances: the ids deleted and ``{id, message}`` for each failure."""
+        ...
+
+    def subscribe(self, name: str, instance_id: str) -> AsyncIterator[Doc]:
+        """The instance's events (Cloudflare's ``subscribe``): recorded, then live, up to the terminal one."""
         ...
 
     async def close(self) -> None:
@@ -163,3 +167,8 @@ class LocalBackend:
         deleted = [i for i in ids if i in found]
         errors = [{"id": i, "message": f'instance "{i}" not found'} for i in ids if i not in found]
         return deleted, errors
+
+    async def subscribe(self, name: str, instance_id: str) -> AsyncIterator[Doc]:
+        inst = await (await self._workflow(name)).get(instance_id)
+        async for event in inst.subscribe():
+            yield event

@@ -30,6 +30,14 @@ def _error(err: object) -> str:
     return "" if err is None else str(err)
 
 
+def _traceback(err: object, indent: str) -> str:
+    """The traceback kept with an error, indented under it (empty when there is none)."""
+    text = err.get("traceback") if isinstance(err, dict) else None
+    if not text:
+        return ""
+    return "\n" + "\n".join(indent + line for line in str(text).rstrip().splitlines())
+
+
 def _output(value: Any, limit: int) -> str:
     return truncate(json.dumps(value, ensure_ascii=False, default=str), limit)
 
@@ -97,7 +105,7 @@ def render_step(step: dict[str, Any], *, step_output: bool, limit: int) -> str:
             pairs.append(("Output", _output(step["output"], limit)))
     if step.get("error"):
         pairs.append(("Error", _error(step["error"])))
-    text = labelled(pairs, indent="  ")
+    text = labelled(pairs, indent="  ") + _traceback(step.get("error"), "    ")
     attempts = step.get("attempts") or []
     if attempts:
         rows = []
@@ -144,7 +152,7 @@ def render_instance(doc: dict[str, Any], name: str, *, step_output: bool = True,
         pairs.append(("Error", _error(doc["error"])))
     if step_output and doc.get("output") is not None:
         pairs.append(("Output", _output(doc["output"], limit)))
-    parts = [labelled(pairs)]
+    parts = [labelled(pairs) + _traceback(doc.get("error"), "  ")]
     if steps:
         parts.append("Steps:")
         parts.extend("\n" + render_step(s, step_output=step_output, limit=limit) for s in steps)

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
 from typing import Any
 from urllib.parse import quote
 
@@ -123,3 +124,40 @@ class HttpBackend:
         result = result or {}
         deleted = [str(d["id"]) for d in result.get("deleted", [])]
         return deleted, list(result.get("errors", []))
+
+    async def subscribe(self, name: str, instance_id: str) -> AsyncIterator[Doc]:
+        """The instance's events from ``GET .../subscribe`` (server-sent events); a dropped connection is
+        resumed with the last event's id as the cursor, so no event is lost or repeated."""
+        url = f"{self.base}/{_q(name)}/instances/{_q(instance_id)}/subscribe"
+        cursor: int | None = None
+        failures = 0
+        while True:
+            params = {"cursor": str(cursor)} if cursor is not None else {}
+            try:
+                async with self._client.stream("GET", url, params=params, timeout=httpx.Timeout(60.0)) as answer:
+                    if answer.status_code != 200:
+                        await answer.aread()
+                        try:
+                            errors = answer.json().get("errors") or []
+                        except ValueError:
+                            errors = []
+                        message = "; ".join(str(e.get("message", e)) for e in errors) or f"HTTP {answer.status_code}"
+                        if answer.status_code == 404:
+                            raise InstanceNotFoundError(message)
+                        raise ApiError(f"GET {url}: {message}")
+                    data: list[str] = []
+                    async for line in answer.aiter_lines():
+                        if line.startswith("data:"):
+                            data.append(line[5:].strip())
+                        elif line == "" and data:
+                            event = json.loads("\n".join(data))
+                            data = []
+                            cursor = int(event["eventId"])
+                            failures = 0
+                            yield event
+                    return  # the server closed the stream after the terminal event
+            except httpx.HTTPError as exc:
+                failures += 1
+                if failures > 5:
+                    raise ApiError(f"lost the event stream at {url}: {exc}") from None
+                await asyncio.sleep(0.2 * failures)

@@ -1,4 +1,5 @@
-"""``stepstone workflows instances ...``: list, describe, pause, resume, terminate, restart, send-event, delete."""
+"""``stepstone workflows instances ...``: list, describe, watch, pause, resume, terminate, restart, send-event,
+delete."""
 
 from __future__ import annotations
 
@@ -12,6 +13,8 @@ from stepstone.cli.backend import Backend
 from stepstone.cli.common import Target, open_backend, run, target_options
 from stepstone.cli.describe import render_instance
 from stepstone.cli.output import STATUSES, echo, emit_json, info, local_time, status_label, table, warn
+from stepstone.cli.watch import carry_on_message
+from stepstone.cli.watch import watch as follow_events
 from stepstone.errors import InstanceNotFoundError
 
 
@@ -112,6 +115,36 @@ def describe(name: str, instance_id: str, step_output: bool, truncate_output_lim
         echo(render_instance(doc, name, step_output=step_output, limit=truncate_output_limit))
 
     run(go())
+
+
+@instances.command()
+@click.argument("name")
+@click.argument("instance_id", default="latest", metavar="[ID]")
+@target_options
+@click.pass_context
+def watch(ctx: click.Context, name: str, instance_id: str, target: Target) -> None:
+    """Follow an instance (default: the latest) through its event stream until it finishes: every attempt and
+    its error, retries with their delay, sleeps and waits; then its error (with the traceback) and output.
+
+    Exits 0 if it completed, 1 otherwise; Ctrl-C stops watching, not the instance.
+    """
+    resolved = [instance_id]
+
+    async def go() -> int:
+        async with open_backend(target) as backend:
+            resolved[0] = await resolve_id(backend, name, instance_id)
+            doc = await follow_events(backend, name, resolved[0], quiet=target.json)
+        if target.json:
+            emit_json(doc)
+        return 0 if doc.get("status") == "complete" else 1
+
+    try:
+        code = run(go())
+    except KeyboardInterrupt:
+        info(carry_on_message(name, resolved[0]))
+        ctx.exit(130)
+    if code:
+        ctx.exit(code)
 
 
 def _change(name: str, instance_id: str, action: str, message: str, target: Target, **extra: Any) -> None:

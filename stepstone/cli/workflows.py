@@ -2,18 +2,15 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
-import time
 from typing import Any
 
 import click
 
-from stepstone.cli.backend import Backend, Doc
 from stepstone.cli.common import Target, open_backend, run, target_options
-from stepstone.cli.describe import waiting_for
 from stepstone.cli.instances import instances
-from stepstone.cli.output import distance, echo, emit_json, info, labelled, local_time, status_label, table, warn
+from stepstone.cli.output import echo, emit_json, info, labelled, local_time, status_label, table, warn
+from stepstone.cli.watch import carry_on_message, watch
 
 FINISHED = ("complete", "errored", "terminated")
 
@@ -143,8 +140,12 @@ def parse_params(text: str | None) -> Any:
 @click.argument("name")
 @click.argument("params", required=False)
 @click.option("--id", "instance_id", default=None, help="The instance id (default: a random UUIDv4).")
-@click.option("--wait", is_flag=True, help="Follow the instance until it finishes; exit 1 if it did not complete.")
-@click.option("--poll", type=float, default=0.2, show_default=True, help="Seconds between checks with --wait.")
+@click.option(
+    "--wait",
+    is_flag=True,
+    help="Follow the instance's events until it finishes (like `instances watch`); exit 1 if it did not complete.",
+)
+@click.option("--poll", type=float, default=0.2, hidden=True, help="Ignored: --wait follows the event stream.")
 @target_options
 @click.pass_context
 def trigger(
@@ -170,66 +171,17 @@ def trigger(
                 return 0
             if not target.json:
                 info(f'🚀 Workflow instance "{created["id"]}" has been queued successfully')
-            doc = await follow(backend, name, str(created["id"]), poll=poll, quiet=target.json)
+            created_id[0] = str(created["id"])
+            doc = await watch(backend, name, created_id[0], quiet=target.json)
         if target.json:
             emit_json(doc)
         return 0 if doc.get("status") == "complete" else 1
 
-    code = run(go())
+    created_id = [instance_id or ""]
+    try:
+        code = run(go())
+    except KeyboardInterrupt:
+        info(carry_on_message(name, created_id[0]))
+        ctx.exit(130)
     if code:
         ctx.exit(code)
-
-
-def _step_line(step: Doc) -> str | None:
-    kind = step.get("type")
-    name = step.get("name")
-    took = distance(step.get("start"), step.get("end")) if step.get("end") else ""
-    if kind == "step":
-        if step.get("success") is True:
-            return f"  ✅ {name} ({took})"
-        if step.get("success") is False:
-            attempts = step.get("attempts") or [{}]
-            err = step.get("error") or attempts[-1].get("error") or {}
-            return f"  ❌ {name}: {err.get('name', 'Error')}: {err.get('message', '')}"
-        return None
-    if kind == "sleep" and step.get("finished"):
-        return f"  💤 {name} ({took})"
-    if kind == "waitForEvent" and step.get("finished"):
-        return f"  📩 {name}" + (" (timed out)" if step.get("error") else "")
-    return None
-
-
-async def follow(backend: Backend, name: str, instance_id: str, *, poll: float, quiet: bool = False) -> Doc:
-    """Print steps as they finish and status changes, until the instance ends; returns the final document."""
-    printed: set[str] = set()
-    status = ""
-    waiting = ""
-    started = time.monotonic()
-    hinted = False
-    while True:
-        doc = await backend.describe_instance(name, instance_id)
-        if not quiet:
-            for step in doc.get("steps") or []:
-                line = _step_line(step)
-                key = f"{step.get('name')}:{line}"
-                if line and key not in printed:
-                    printed.add(key)
-                    info(line)
-            if doc.get("status") != status:
-                status = str(doc.get("status"))
-                info(f"{status_label(status)}")
-            now_waiting = waiting_for(doc) if status == "waiting" else ""
-            if now_waiting and now_waiting.split(" until ")[0] != waiting.split(" until ")[0]:
-                info(f"  {now_waiting}")
-            waiting = now_waiting
-            if status == "queued" and not hinted and time.monotonic() - started > 5:
-                hinted = True
-                info("  still queued: is `stepstone dev` or `stepstone worker` running on this database?")
-        if doc.get("status") in FINISHED:
-            if not quiet:
-                if doc.get("error"):
-                    err = doc["error"]
-                    info(f"Error: {err.get('name')}: {err.get('message')}")
-                echo(json.dumps(doc.get("output"), ensure_ascii=False, default=str))
-            return doc
-        await asyncio.sleep(poll)

@@ -381,14 +381,17 @@ class WorkflowInstance:
     async def terminate(self) -> None:
         """Stop the instance now; raises InvalidStateError if it already finished."""
         limits = self.workflow.limits
+        now = self._rt.clock.now()
         rec = await self._rt.storage.terminate(
             self.workflow.account,
             self.workflow.name,
             self.id,
-            now=self._rt.clock.now(),
+            now=now,
             retention_ms=limits.error_retention_ms,
         )
         self._rt.notify(rec.pk, "abort")
+        if self._rt.observer is not None:
+            self._rt.observer.instance_terminated(rec, now=now)
 
     async def restart(self, from_step: Mapping[str, Any] | StepRef | None = None) -> None:
         """Run again from the start, or ``from_step={"name", "count", "type"}`` keeping earlier steps."""

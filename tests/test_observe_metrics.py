@@ -31,6 +31,14 @@ def value(all_: dict[tuple[str, tuple[tuple[str, str], ...]], float], name: str,
 
 def test_metrics_of_a_real_server_after_a_retried_step(tmp_path: Path) -> None:
     with running_server(tmp_path) as base, httpx.Client(base_url=base, timeout=10) as http:
+        # a termination through the API is an instance finished too (this one hibernates first: no run is cut)
+        assert http.post(f"{V4}/sleeper/instances", json={"instance_id": "m-2"}).status_code == 200
+        deadline = time.monotonic() + 20
+        while http.get(f"{V4}/sleeper/instances/m-2").json()["result"]["status"] != "waiting":
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        stopped = http.patch(f"{V4}/sleeper/instances/m-2/status", json={"status": "terminate"})
+        assert stopped.status_code == 200, stopped.text
         created = http.post(f"{V4}/waiter/instances", json={"instance_id": "m-1", "params": {}})
         assert created.status_code == 200, created.text
         deadline = time.monotonic() + 20
@@ -50,6 +58,8 @@ def test_metrics_of_a_real_server_after_a_retried_step(tmp_path: Path) -> None:
     wf = "waiter"
     assert value(got, "stepstone_instances_created_total", workflow=wf, trigger="api") == 1
     assert value(got, "stepstone_instances_finished_total", workflow=wf, status="complete") == 1
+    assert value(got, "stepstone_instances_finished_total", workflow="sleeper", status="terminated") == 1
+    assert value(got, "stepstone_instance_duration_seconds_count", workflow="sleeper", status="terminated") == 1
     # "prepare" fails once then succeeds; "secret" succeeds at once.
     assert value(got, "stepstone_step_attempts_total", workflow=wf, outcome="failure") == 1
     assert value(got, "stepstone_step_attempts_total", workflow=wf, outcome="success") == 2
@@ -69,7 +79,7 @@ def test_metrics_of_a_real_server_after_a_retried_step(tmp_path: Path) -> None:
     assert value(got, "stepstone_storage_commits_total") > 0
     assert value(got, "stepstone_storage_commit_writes_total") >= value(got, "stepstone_storage_commits_total")
     # No label anywhere carries the instance id.
-    assert "m-1" not in answer.text
+    assert "m-1" not in answer.text and "m-2" not in answer.text
 
 
 class Napper(WorkflowEntrypoint):

@@ -96,7 +96,8 @@ class Metrics(Observer):
             "stepstone_instances_created", "Instances created in this process.", ["workflow", "trigger"], registry=r
         )
         self.finished = Counter(
-            "stepstone_instances_finished", "Instances finished by runs in this process.", ["workflow", "status"],
+            "stepstone_instances_finished", "Instances finished by runs (or terminated by the API) in this process.",
+            ["workflow", "status"],
             registry=r,
         )  # fmt: skip
         self.runs = Counter(
@@ -150,6 +151,10 @@ class Metrics(Observer):
         self.running.labels(inst.workflow).inc()
         if first_run(inst):
             self.queue_wait.labels(inst.workflow).observe(max((inst.started_on or now) - inst.created_on, 0.0))
+
+    def instance_terminated(self, record: InstanceRecord, *, now: float) -> None:
+        self.finished.labels(record.workflow, "terminated").inc()
+        self.instance_seconds.labels(record.workflow, "terminated").observe(max(now - record.created_on, 0.0))
 
     def run_finished(self, claim: Claim, outcome: str, *, now: float, error: tuple[str, str] | None) -> None:
         inst = claim.instance

@@ -18,6 +18,9 @@ class Observer:
     def instances_created(self, records: Sequence[InstanceRecord], *, now: float) -> None:
         """Instances were stored by ``create``/``create_batch`` in this process."""
 
+    def instance_terminated(self, record: InstanceRecord, *, now: float) -> None:
+        """An instance was terminated through this process's API (``terminate()``, REST, CLI)."""
+
     def run_started(self, claim: Claim, *, now: float) -> None:
         """A worker in this process claimed an instance and starts running it.
 
@@ -58,6 +61,10 @@ class Observers(Observer):
     def instances_created(self, records: Sequence[InstanceRecord], *, now: float) -> None:
         for o in self.observers:
             _safe(o.instances_created, records, now=now)
+
+    def instance_terminated(self, record: InstanceRecord, *, now: float) -> None:
+        for o in self.observers:
+            _safe(o.instance_terminated, record, now=now)
 
     def run_started(self, claim: Claim, *, now: float) -> None:
         for o in self.observers:

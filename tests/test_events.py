@@ -143,6 +143,7 @@ async def _journey(url: str) -> None:
         assert errored["retryDelayMs"] == 10
         assert errored["error"]["name"] == "RuntimeError"
         assert errored["error"]["message"] == "first attempt fails"
+        assert 'raise RuntimeError("first attempt fails")' in errored["error"]["traceback"]  # the user's line
         assert _of(events, "step_completed", "flaky")["output"] == "prepared"
         assert _of(events, "sleep_started")["durationMs"] == 10
         assert _of(events, "wait_started")["eventType"] == "approval"

@@ -9,6 +9,8 @@ from stepstone.binding import InstanceError, InstanceStatus, Workflow, WorkflowI
 from stepstone.durations import Duration
 from stepstone.engine import Engine
 from stepstone.errors import (
+    CPUTimeLimitError,
+    EventLoopBlockedError,
     FencedError,
     InstanceExistsError,
     InstanceNotFoundError,
@@ -33,8 +35,10 @@ from stepstone.workflow import WorkflowEntrypoint, WorkflowEvent, WorkflowStepEv
 __version__ = "0.1.0"
 
 __all__ = [
+    "CPUTimeLimitError",
     "Duration",
     "Engine",
+    "EventLoopBlockedError",
     "FencedError",
     "InstanceError",
     "InstanceExistsError",

@@ -14,6 +14,7 @@ that many of its instances run at once) and ``retention = {success, error}``; ou
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import re
@@ -53,7 +54,9 @@ _DATABASE_VAR_RE: Final = re.compile(r"(?:^|_)(?:DATABASE|DB|POSTGRES|POSTGRESQL
 
 # Wrangler keys that make sense for a Worker but not here: accepted silently.
 _QUIET_KEYS: Final[frozenset[str]] = frozenset({"$schema", "compatibility_date", "compatibility_flags"})
-_TOP_KEYS: Final[frozenset[str]] = frozenset({"name", "main", "vars", "workflows", "stepstone"})
+_TOP_KEYS: Final[frozenset[str]] = frozenset({"name", "main", "vars", "workflows", "stepstone", "limits"})
+MAX_CPU_MS: Final[int] = 300_000
+"""Cloudflare's highest ``limits.cpu_ms`` (5 minutes)."""
 _WORKFLOW_KEYS: Final[frozenset[str]] = frozenset(
     {"name", "binding", "class_name", "script_name", "limits", "schedules", "concurrency", "retention"}
 )
@@ -88,6 +91,8 @@ class WorkflowConfig:
     """How long a completed instance is kept (``retention.success``); None keeps the project's default."""
     error_retention_ms: float | None = None
     """How long an errored or terminated instance is kept (``retention.error``)."""
+    cpu_ms: int | None = None
+    """``limits.cpu_ms`` (or the top-level ``[limits] cpu_ms``): CPU time per sync step attempt; None: no limit."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -262,12 +267,15 @@ def _workflow(c: _Checker, raw: object, index: int, warnings: list[str]) -> Work
     if script_name != "":
         script_name = c.string(script_name, f"{key}.script_name")
     steps = None
+    cpu_ms: int | None = None
     if "limits" in entry:
         limits = c.table(entry["limits"], f"{key}.limits")
         for extra in sorted(set(limits) - {"steps", "cpu_ms"}):
             warnings.append(f"{c.path.name}: {key}.limits: ignoring unknown key {extra}")
         if "steps" in limits:
             steps = c.integer(limits["steps"], f"{key}.limits.steps", high=MAX_STEPS)
+        if "cpu_ms" in limits:
+            cpu_ms = c.integer(limits["cpu_ms"], f"{key}.limits.cpu_ms", high=MAX_CPU_MS)
     raw_schedules = entry.get("schedules", [])
     if isinstance(raw_schedules, str):
         raw_schedules = [raw_schedules]
@@ -297,7 +305,15 @@ def _workflow(c: _Checker, raw: object, index: int, warnings: list[str]) -> Work
             concurrency = c.integer(raw, f"{key}.concurrency")
     retention = c.retention(entry["retention"], f"{key}.retention") if "retention" in entry else {}
     return WorkflowConfig(
-        name, binding, class_name, script_name, steps, tuple(schedules), concurrency=concurrency, **retention
+        name,
+        binding,
+        class_name,
+        script_name,
+        steps,
+        tuple(schedules),
+        concurrency=concurrency,
+        cpu_ms=cpu_ms,
+        **retention,
     )
 
 
@@ -422,6 +438,13 @@ def parse_config(path: Path, data: Mapping[str, Any], environ: Mapping[str, str]
     if not isinstance(raw_workflows, list):
         raise c.fail("workflows", "a list of [[workflows]] tables", raw_workflows)
     workflows = tuple(_workflow(c, w, i, warnings) for i, w in enumerate(raw_workflows))
+    if "limits" in data:  # the Worker's limits (wrangler's top-level [limits]): every workflow's default
+        top = c.table(data["limits"], "limits")
+        for extra in sorted(set(top) - {"cpu_ms"}):
+            warnings.append(f"{path.name}: limits: ignoring unknown key {extra}")
+        if "cpu_ms" in top:
+            cpu = c.integer(top["cpu_ms"], "limits.cpu_ms", high=MAX_CPU_MS)
+            workflows = tuple(wf if wf.cpu_ms is not None else dataclasses.replace(wf, cpu_ms=cpu) for wf in workflows)
     seen: set[tuple[str, str]] = set()
     for i, wf in enumerate(workflows):
         for key, value in (("name", wf.name), ("binding", wf.binding)):

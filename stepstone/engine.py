@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import importlib.util
 import json
+import logging
 import uuid
 from collections.abc import Mapping
 from types import SimpleNamespace, TracebackType
@@ -28,6 +29,8 @@ from stepstone.workflow import WorkflowEntrypoint
 if TYPE_CHECKING:
     from stepstone.observe.metrics import Metrics
 
+log = logging.getLogger("stepstone.engine")
+
 
 class Engine:
     """Runs workflows durably on a database.
@@ -48,6 +51,8 @@ class Engine:
         purge_interval: how often (seconds of ``clock``) the worker deletes instances past their retention.
         synchronous: SQLite's synchronous pragma (``FULL`` survives power loss).
         vars: values exposed on ``env`` beside the bindings.
+        loop_block_limit: seconds an ``async def`` step may block the event loop before the watchdog names it
+            and fails its attempt (default: the lease renewal interval, ``min(lease_seconds / 3, 2)``).
     """
 
     def __init__(
@@ -64,6 +69,7 @@ class Engine:
         purge_interval: float = 60.0,
         synchronous: str = "FULL",
         vars: Mapping[str, Any] | None = None,
+        loop_block_limit: float | None = None,
     ) -> None:
         if isinstance(database, str) or database is None:
             self.storage: Storage = storage_for_url(database, synchronous=synchronous)
@@ -85,6 +91,7 @@ class Engine:
         self._inprocess_wait_s = inprocess_wait_s
         self._purge_interval = purge_interval
         self._test_hooks: TestHooks | None = None  # only stepstone.testing.TestEngine sets it: mocks never run here
+        self._loop_block_limit = loop_block_limit
         self.worker: Worker | None = None
         self._started = False
         self.observers = Observers([LogObserver(), *_tracing()])
@@ -128,7 +135,16 @@ class Engine:
         check_text(script_name, what="script_name")
         if isinstance(limits, Mapping):
             limits = self.limits.replace(**{str(k): v for k, v in limits.items()})
-        self._defs[name] = WorkflowDef(name, cls, limits or self.limits, binding, self.env_for)
+        limits = limits or self.limits
+        if limits.cpu_ms is not None:
+            log.warning(
+                "workflow %r: limits.cpu_ms (%g ms) is enforced for sync steps (def, lambda) from their thread's CPU "
+                "time; it is not enforced for async def steps, which share the event loop's thread (their timeout "
+                "and the blocked-loop watchdog bound them instead)",
+                name,
+                limits.cpu_ms,
+            )
+        self._defs[name] = WorkflowDef(name, cls, limits, binding, self.env_for)
         self._meta[name] = (class_name or cls.__name__, script_name, concurrency)
         self._versions.pop(name, None)
         wf = self.workflow(name)
@@ -248,6 +264,7 @@ class Engine:
                 purge_interval=self._purge_interval,
                 observer=self.observers,
                 test_hooks=self._test_hooks,
+                loop_block_limit=self._loop_block_limit,
             )
             await self.worker.start()
 

@@ -14,6 +14,8 @@ The tree::
         ├── InstanceExistsError               create() with an id already in use
         ├── InvalidStateError                 an operation the instance's status refuses
         ├── WorkflowTimeoutError              a step attempt or an event wait timed out
+        ├── CPUTimeLimitError                 a sync step attempt used more CPU than ``limits.cpu_ms``
+        ├── EventLoopBlockedError             an async step attempt blocked the event loop too long
         ├── WorkflowFatalError                the instance cannot go on (step limit, bad value)
         ├── StepFailedError                   a replayed step failure whose class cannot be rebuilt
         └── StorageError                      the database failed or refused
@@ -77,6 +79,15 @@ class InvalidStateError(StepstoneError):
 
 class WorkflowTimeoutError(StepstoneError):
     """A step attempt ran past its timeout, or a wait_for_event passed its deadline."""
+
+
+class CPUTimeLimitError(StepstoneError):
+    """A sync step attempt used more CPU time than ``limits.cpu_ms`` (Cloudflare's message). Retried."""
+
+
+class EventLoopBlockedError(StepstoneError):
+    """An async step attempt blocked the event loop longer than the worker allows; the message names the step
+    and the duration. Retried like any failure."""
 
 
 class WorkflowFatalError(StepstoneError):

@@ -16,6 +16,7 @@ from stepstone.limits import Limits, check_size
 from stepstone.models import Claim
 from stepstone.run_state import Abort, LeaseWindow, RunHooks, RunState, Suspend, TestHooks, current_run
 from stepstone.step import WorkflowStep
+from stepstone.step_threads import StepThreads
 from stepstone.storage.base import Storage
 from stepstone.text import error_text
 from stepstone.tracebacks import LIMIT as TRACEBACK_LIMIT
@@ -52,6 +53,7 @@ class Execution:
         hooks: RunHooks | None = None,
         lease_window: LeaseWindow | None = None,
         test_hooks: TestHooks | None = None,
+        threads: StepThreads | None = None,
     ) -> None:
         self.storage = storage
         self.clock = clock
@@ -62,6 +64,7 @@ class Execution:
         self.on_park = on_park
         self.hooks = hooks
         self.lease_window = lease_window
+        self.threads = threads
         """Until when the worker knows the lease holds (moved by its renewals); checked before each attempt."""
         self.test_hooks = test_hooks
         self.error: tuple[str, str] | None = None
@@ -119,6 +122,7 @@ class Execution:
             hooks=self.hooks,
             lease_window=self.lease_window,
             test_hooks=self.test_hooks,
+            threads=self.threads,
         )
         self.state = state
         current_run.set(state)  # this task (and the run task it starts) belongs to this instance

@@ -78,10 +78,16 @@ class Limits:
     """How long a completed instance is kept, in milliseconds. Default 7 days."""
     error_retention_ms: float = 7 * _DAY_MS
     """How long an errored instance is kept, in milliseconds. Default 7 days."""
+    cpu_ms: float | None = None
+    """Max CPU time of one attempt of a sync step, in milliseconds (Cloudflare's ``limits.cpu_ms``, measured on
+    the step's thread). Default None: no limit (Cloudflare's 30 s default is not imposed). Not measurable, so
+    not enforced, for ``async def`` steps, which share the event loop's thread: their timeout holds instead."""
 
     def __post_init__(self) -> None:
         for f in dataclasses.fields(self):
             value = getattr(self, f.name)
+            if f.name == "cpu_ms" and value is None:
+                continue
             if f.name.endswith("_ms"):
                 ok = isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
                 if not ok or value <= 0:

@@ -165,10 +165,12 @@ class Project:
 
 
 def _workflow_limits(wf: WorkflowConfig) -> dict[str, object]:
-    """A workflow's own limits from its ``[[workflows]]`` entry: ``limits.steps`` and ``retention``."""
+    """A workflow's own limits from its ``[[workflows]]`` entry: ``limits.steps``, ``limits.cpu_ms``, ``retention``."""
     limits: dict[str, object] = {}
     if wf.steps:
         limits["steps"] = wf.steps
+    if wf.cpu_ms is not None:
+        limits["cpu_ms"] = wf.cpu_ms
     if wf.success_retention_ms is not None:
         limits["success_retention_ms"] = wf.success_retention_ms
     if wf.error_retention_ms is not None:

@@ -22,6 +22,7 @@ from stepstone.errors import FencedError, WorkflowFatalError
 from stepstone.history import Mark, mark, step_events
 from stepstone.limits import Limits
 from stepstone.models import EventRecord, Lease, NewEvent, StepKind, StepRecord, step_key
+from stepstone.step_threads import StepThreads
 from stepstone.storage.base import Storage
 
 _KINDS: Final[dict[str, StepKind]] = {"do": "do", "sleep": "sleep", "waitForEvent": "wait"}
@@ -148,6 +149,8 @@ class RunState:
     on_park: Callable[[int], None] | None = None
     """Told +1 when the first branch parks and -1 when the last one leaves."""
     hooks: RunHooks | None = None
+    threads: StepThreads | None = None
+    """The worker's threads for sync steps (None: a shared fallback pool)."""
     lease_window: LeaseWindow | None = None
     """How long the worker knows the lease holds; None (a run without a worker) checks nothing."""
     test_hooks: TestHooks | None = None

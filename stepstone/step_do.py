@@ -7,16 +7,15 @@ replay would. A failure after the last retry is stored with its class and re-rai
 from __future__ import annotations
 
 import asyncio
-import contextvars
 import functools
 import importlib
 import inspect
 import json
+import logging
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any, Protocol
 
 from stepstone import codec
-from stepstone.clock import SystemClock
 from stepstone.durations import to_millis
 from stepstone.errors import (
     LimitExceededError,
@@ -25,7 +24,6 @@ from stepstone.errors import (
     StepFailedError,
     ValidationError,
     WorkflowFatalError,
-    WorkflowTimeoutError,
     is_non_retryable,
 )
 from stepstone.limits import check_size
@@ -33,6 +31,8 @@ from stepstone.models import Attempt, StepRecord, step_key
 from stepstone.retry import StepConfig, retry_delay_ms, will_retry
 from stepstone.run_state import RunState, WakeReason
 from stepstone.text import error_text, storable
+from stepstone.step_call import AttemptSlot, call_step
+from stepstone.step_threads import Job
 from stepstone.tracebacks import format_failure
 
 
@@ -49,6 +49,8 @@ class StepHost(Protocol):
 
     def declared(self, name: str) -> StepCallable | None: ...
 
+
+log = logging.getLogger("stepstone.executor")
 
 DELAY_FN_TIMEOUT_S = 5.0
 ATTEMPT_MARK_S = 0.05
@@ -96,40 +98,12 @@ def _wants_ctx(fn: Callable[..., Any]) -> bool:
     return _arity(code, fn) > 0
 
 
-async def _invoke(fn: Callable[..., Any], ctx: StepContext, kwargs: dict[str, Any] | None) -> Any:
-    call: Callable[[], Any]
+def _bind(fn: Callable[..., Any], ctx: StepContext, kwargs: dict[str, Any] | None) -> Callable[[], Any]:
     if kwargs is not None:
-        call = functools.partial(fn, **{k: (ctx if k == "ctx" else v) for k, v in kwargs.items()})
-    elif _wants_ctx(fn):
-        call = functools.partial(fn, ctx)
-    else:
-        call = fn
-    if inspect.iscoroutinefunction(fn):
-        return await call()
-    # The thread runs in this task's context, so its logs and prints carry the instance id and its trace span.
-    result = await asyncio.get_running_loop().run_in_executor(None, contextvars.copy_context().run, call)
-    if inspect.isawaitable(result):
-        return await result
-    return result
-
-
-async def _with_timeout(state: RunState, aw: Awaitable[Any], seconds: float, ms: float) -> Any:
-    if isinstance(state.clock, SystemClock):
-        try:
-            async with asyncio.timeout(seconds):
-                return await aw
-        except TimeoutError:
-            raise WorkflowTimeoutError(f"Execution timed out after {int(ms)}ms") from None
-    task = asyncio.ensure_future(aw)
-    timer = asyncio.ensure_future(state.clock.sleep(seconds))
-    try:
-        done, _ = await asyncio.wait({task, timer}, return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        timer.cancel()
-    if task in done:
-        return task.result()
-    task.cancel()
-    raise WorkflowTimeoutError(f"Execution timed out after {int(ms)}ms")
+        return functools.partial(fn, **{k: (ctx if k == "ctx" else v) for k, v in kwargs.items()})
+    if _wants_ctx(fn):
+        return functools.partial(fn, ctx)
+    return fn
 
 
 def _config_json(config: StepConfig) -> tuple[dict[str, object], str]:
@@ -254,8 +228,13 @@ async def run_do(
         )
         state.history[key] = rec
     config_dict = _config_json(config)[0]
-    timeout_s = config.timeout_ms / 1000
+    running: Job | None = None  # a failed attempt's call that may still be running in its thread
     while True:
+        if running is not None and not running.done.done():
+            # No retry beside an earlier attempt that still runs (a timed-out sync call cannot be stopped).
+            log.info("step %r of instance %s waits for its timed-out attempt's thread", display, state.instance_id)
+            await asyncio.wait((running.done,))
+        running = None
         await state.gate()
         if rec.status == "retrying" and rec.wake_at is not None:
             remaining = rec.wake_at - clock.now()
@@ -274,20 +253,28 @@ async def run_do(
         # counts against the retry budget; quick attempts skip that write (their crash reruns the attempt).
         marker = asyncio.get_running_loop().call_later(ATTEMPT_MARK_S, state.write_nowait, rec)
         ctx = StepContext(attempt_no, name, count, config_dict)
+        slot = AttemptSlot(display, config.timeout_ms / 1000)  # the watchdog reads it from this frame
         state.enter()
         try:
             try:
                 try:
+                    call = _bind(fn, ctx, kwargs)
                     hooks = state.test_hooks
                     live = (
-                        _invoke(fn, ctx, kwargs)
+                        call_step(state, fn, call, slot, config.timeout_ms)
                         if hooks is None
-                        else hooks.attempt(state, name, count, attempt_no, functools.partial(_invoke, fn, ctx, kwargs))
+                        else hooks.attempt(
+                            state,
+                            name,
+                            count,
+                            attempt_no,
+                            functools.partial(call_step, state, fn, call, slot, config.timeout_ms),
+                        )
                     )
-                    attempt = state.observed(rec, attempt_no, live)
-                    value = await _with_timeout(state, attempt, timeout_s, config.timeout_ms)
+                    value = await state.observed(rec, attempt_no, live)
                 finally:
                     marker.cancel()  # the attempt is over: no start marker once its outcome is being written
+                    running = slot.job
                 encoded = codec.encode(value, what=f'step "{display}" result')
                 check_size(len(encoded.encode()), state.limits.step_result_bytes, what=f'step "{display}" result')
             except SerializationError as exc:

@@ -24,7 +24,9 @@ from stepstone.executor import Execution, WorkflowDef
 from stepstone.models import Claim, Lease
 from stepstone.observe import Observer
 from stepstone.run_state import LeaseWindow, TestHooks
+from stepstone.step_threads import StepThreads
 from stepstone.storage.base import Storage
+from stepstone.watchdog import LoopWatchdog
 
 log = logging.getLogger("stepstone.worker")
 
@@ -61,6 +63,8 @@ class Worker:
         concurrency: how many instances run at once on this worker.
         lease_seconds: how long a claim lasts without renewal.
         poll_interval: how often to look for work created by other processes.
+        loop_block_limit: how long the event loop may go without answering before the watchdog names the
+            blocking step and fails its attempt (default: the renewal interval, ``min(lease_seconds / 3, 2)``).
     """
 
     def __init__(
@@ -77,6 +81,7 @@ class Worker:
         owner: str | None = None,
         observer: Observer | None = None,
         test_hooks: TestHooks | None = None,
+        loop_block_limit: float | None = None,
     ) -> None:
         self.storage = storage
         self.clock = clock
@@ -102,6 +107,11 @@ class Worker:
         self._waiting = False
         self.next_due: float | None = None
         """When the earliest instance the last claim saw (not yet due) becomes runnable."""
+        self.renew_interval = min(lease_seconds / 3, 2.0)
+        self.loop_block_limit = loop_block_limit if loop_block_limit is not None else self.renew_interval
+        self.watchdog: LoopWatchdog | None = None
+        self.threads = StepThreads(concurrency)
+        """The threads sync steps run in: as many as instances run at once; a timed-out step's is replaced."""
 
     async def start(self) -> None:
         """Release leases of dead workers on this host, then start claiming."""
@@ -113,6 +123,15 @@ class Worker:
         except StorageError as exc:
             log.warning("could not check for dead workers: %s", exc)
         await self.storage.subscribe(self._on_signal)
+        self.watchdog = LoopWatchdog(
+            loop=asyncio.get_running_loop(),
+            storage=self.storage,
+            clock=self.clock,
+            lease_seconds=self.lease_seconds,
+            leases=self._held,
+            limit_s=self.loop_block_limit,
+        )
+        self.watchdog.start()
         self._tasks = [
             asyncio.create_task(self._claim_loop(), name="stepstone-claim"),
             asyncio.create_task(self._renew_loop(), name="stepstone-renew"),
@@ -130,8 +149,18 @@ class Worker:
         for task in pending:
             with contextlib.suppress(BaseException):
                 await task
+        self.threads.shutdown()
+        if self.watchdog is not None:
+            self.watchdog.stop()
         with contextlib.suppress(StorageError):
             await self.storage.release_owners([self.owner])
+
+    def _held(self) -> list[tuple[Lease, LeaseWindow | None]]:
+        """The leases of the runs held now (read by the watchdog's thread while the loop is blocked)."""
+        try:
+            return [(ex.lease, ex.lease_window) for ex, _ in list(self.running.values())]
+        except RuntimeError:  # changed while read: the loop is running again after all
+            return []
 
     def _park(self, delta: int) -> None:
         self._parked += delta
@@ -232,6 +261,7 @@ class Worker:
             hooks=self.observer,
             lease_window=window,
             test_hooks=self.test_hooks,
+            threads=self.threads,
         )
         pk = claim.instance.pk
         # The run's task copies this context: what the observer sets in it (a trace span) spans the whole run.
@@ -261,9 +291,8 @@ class Worker:
         self._wake.set()
 
     async def _renew_loop(self) -> None:
-        interval = min(self.lease_seconds / 3, 2.0)
         while not self._stopping:
-            await asyncio.sleep(interval)
+            await asyncio.sleep(self.renew_interval)
             if not self.running:
                 continue
             await self._check({pk: ex.lease for pk, (ex, _) in self.running.items()})

@@ -5,8 +5,10 @@ from __future__ import annotations
 import stepstone
 
 EXPECTED = [
+    "CPUTimeLimitError",
     "Duration",
     "Engine",
+    "EventLoopBlockedError",
     "FencedError",
     "InstanceError",
     "InstanceExistsError",

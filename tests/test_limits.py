@@ -40,6 +40,7 @@ def test_defaults() -> None:
         "batch_max": 100,
         "success_retention_ms": 7 * DAY,
         "error_retention_ms": 7 * DAY,
+        "cpu_ms": None,
     }
     assert MAX_STEPS == 25_000
 

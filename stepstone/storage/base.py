@@ -171,6 +171,11 @@ class Storage(Protocol):
         """Extend leases; report for each whether it is still held and the instance's status."""
         ...
 
+    def renew_blocking(self, leases: Sequence[Lease], *, until: float) -> set[int]:
+        """Extend leases from a thread other than the event loop's, on a connection of its own (the loop
+        watchdog renews with it while the loop is blocked); returns the pks whose lease is still held."""
+        ...
+
     async def release_owners(self, owners: Sequence[str]) -> int:
         """Expire the leases of workers known to be dead, so their instances can be claimed now."""
         ...

@@ -47,6 +47,7 @@ from stepstone.models import (
 from stepstone.storage import postgres_control as control
 from stepstone.storage.base import ClaimResult, InstancePage, redact_url
 from stepstone.storage.bell import Bell, StreamWaiter
+from stepstone.storage.blocking_renew import BlockingRenewer
 from stepstone.storage.postgres_control import RELEASE, fetch_all, fetch_maybe, fetch_one
 from stepstone.storage.postgres_schema import migrate
 from stepstone.storage.postgres_writer import EVENTS_INSERT, Conn, GroupWriter, StepWrite, Transactor, Write
@@ -179,6 +180,9 @@ class PostgresStorage:
         self._bell.on_first_waiter = self._ensure_listener
         self.events_channel = "stepstone_events:public"
         """The channel the ``instance_events`` trigger notifies: ``stepstone_events:<schema of the tables>``."""
+        self._renewer = BlockingRenewer(
+            "postgres", lambda: psycopg.connect(self.url, connect_timeout=5, **self._kwargs)
+        )
         self._open = False
 
     # -- lifecycle ------------------------------------------------------------------------------------
@@ -221,6 +225,7 @@ class PostgresStorage:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._listener
             self._listener = None
+        await asyncio.to_thread(self._renewer.close)
         await self._pool.close()
 
     async def subscribe(self, on_signal: Callable[[int, str], None]) -> None:
@@ -572,6 +577,10 @@ class PostgresStorage:
             }
 
         return await self._run(op)
+
+    def renew_blocking(self, leases: Sequence[Lease], *, until: float) -> set[int]:
+        """Extend leases from another thread, on a connection of its own (see ``storage.blocking_renew``)."""
+        return self._renewer.renew(leases, until)
 
     async def lease_owners(self) -> list[str]:
         """Owners of leases that have not been released."""

@@ -37,6 +37,7 @@ from stepstone.models import (
 from stepstone.storage import sqlite_control as control
 from stepstone.storage.base import ClaimResult, InstancePage
 from stepstone.storage.bell import Bell, StreamWaiter
+from stepstone.storage.blocking_renew import BlockingRenewer
 from stepstone.storage.sqlite_schema import (
     INSTANCE_COLUMNS,
     STEP_COLUMNS,
@@ -97,6 +98,7 @@ class SQLiteStorage:
         self._local = threading.local()
         self._reader_conns: list[Conn] = []
         self._lock = threading.Lock()
+        self._renewer = BlockingRenewer("sqlite", self._connect_renewer)
         self._open = False
 
     # -- connections ----------------------------------------------------------------------------------
@@ -104,6 +106,11 @@ class SQLiteStorage:
         conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False, timeout=30.0)
         conn.execute("PRAGMA busy_timeout = 30000")
         conn.execute(f"PRAGMA synchronous = {self._synchronous}")
+        return conn
+
+    def _connect_renewer(self) -> Conn:
+        conn = self._connect()
+        conn.execute("PRAGMA busy_timeout = 5000")  # the watchdog's thread: wait for another writer, not forever
         return conn
 
     def _connect_writer(self) -> Conn:
@@ -185,6 +192,7 @@ class SQLiteStorage:
         else:
             await asyncio.to_thread(self._writer.stop)
         self._readers.shutdown(wait=True)
+        self._renewer.close()
         with self._lock:
             for conn in self._reader_conns:
                 conn.close()
@@ -507,6 +515,10 @@ class SQLiteStorage:
             return out
 
         return await self._write(op)
+
+    def renew_blocking(self, leases: Sequence[Lease], *, until: float) -> set[int]:
+        """Extend leases from another thread, on a connection of its own (see ``storage.blocking_renew``)."""
+        return self._renewer.renew(leases, until)
 
     async def lease_owners(self) -> list[str]:
         """Owners of leases that have not expired."""

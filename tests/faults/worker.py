@@ -64,6 +64,20 @@ class Chain(WorkflowEntrypoint):
         return {"n": n, "results": results}
 
 
+class Blocky(WorkflowEntrypoint):
+    """One async step that blocks the event loop (``time.sleep``) for longer than the lease on its first two
+    attempts, then succeeds; every attempt is logged as ``blocky-<attempt>``."""
+
+    async def run(self, event: Any, step: Any) -> Any:
+        async def blocky(ctx: Any) -> str:
+            log_execution(event.instance_id, f"blocky-{ctx.attempt}")
+            if ctx.attempt < 3:
+                time.sleep(3.0)  # the worker's lease is 2 s
+            return f"ok on attempt {ctx.attempt}"
+
+        return await step.do("blocky", {"retries": {"limit": 5, "delay": 0}}, blocky)
+
+
 def expected_values(n: int) -> list[int]:
     """The value part of each step result in an uninterrupted run."""
     return [n * 100 + i for i in range(STEPS)]
@@ -96,6 +110,7 @@ async def main(url: str, concurrency: int, lease_seconds: float) -> None:
         slow_write(engine.storage, os.environ["STEPSTONE_FAULT_SLOW_WRITE"])
     async with engine:
         engine.register(Chain, name="chain")
+        engine.register(Blocky, name="blocky")
         await asyncio.Event().wait()
 
 

@@ -1,0 +1,159 @@
+"""One attempt's call of a step function, under its timeout and CPU limit, on the loop or in a step thread.
+
+- An ``async def`` step runs on the event loop. Its timeout holds even when it blocks the loop (``time.sleep``
+  inside ``async def``): a result that arrives after the deadline is a timeout, not a success. A block longer
+  than the worker's limit, seen by the watchdog (``stepstone.watchdog``), fails the attempt with
+  :class:`EventLoopBlockedError` naming the step and how long it blocked.
+- A sync step runs in the worker's :class:`~stepstone.step_threads.StepThreads`. Its timeout counts from when a
+  thread picks it up, not while it waits for one; on a timeout (or when the run ends) its thread is written off
+  and replaced. With ``limits.cpu_ms`` its thread's CPU time is bounded too (Cloudflare's per-step CPU limit).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextvars
+import functools
+import inspect
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any, Final
+
+from stepstone.clock import SystemClock
+from stepstone.errors import CPUTimeLimitError, EventLoopBlockedError, WorkflowTimeoutError
+from stepstone.run_state import RunState
+from stepstone.step_threads import Job, StepThreads
+
+CPU_LIMIT_MESSAGE: Final[str] = "Worker exceeded CPU time limit."
+"""Cloudflare's message for a Worker invocation (a step) over its ``limits.cpu_ms`` (error 1102)."""
+
+_fallback_threads: StepThreads | None = None
+
+
+class AttemptSlot:
+    """One attempt in flight, as the watchdog, the timeout and the next retry see it.
+
+    The watchdog finds it (a local of ``run_do``) on the stack of a blocked loop and records the block in
+    ``blocked_s``; ``job`` is the attempt's call in a step thread, if it is a sync step.
+    """
+
+    __slots__ = ("blocked_s", "display", "job", "timeout_s")
+
+    def __init__(self, display: str, timeout_s: float) -> None:
+        self.display = display
+        self.timeout_s = timeout_s
+        self.blocked_s = 0.0
+        self.job: Job | None = None
+
+
+def _threads(state: RunState) -> StepThreads:
+    global _fallback_threads
+    if state.threads is not None:
+        return state.threads
+    if _fallback_threads is None:  # a run outside a worker (tests building a RunState by hand)
+        _fallback_threads = StepThreads(32)
+    return _fallback_threads
+
+
+def _timed_out(ms: float) -> WorkflowTimeoutError:
+    return WorkflowTimeoutError(f"Execution timed out after {int(ms)}ms")
+
+
+async def call_step(
+    state: RunState,
+    fn: Callable[..., Any],
+    call: Callable[[], Any],
+    slot: AttemptSlot,
+    timeout_ms: float,
+) -> Any:
+    """Run one attempt of ``fn`` (already bound to its arguments as ``call``) to its value or its error."""
+    timeout_s = timeout_ms / 1000
+    if inspect.iscoroutinefunction(fn):
+        return await _on_loop(state, call(), slot, timeout_s, timeout_ms)
+    threads = _threads(state)
+    # The thread runs in this task's context, so its logs and prints carry the instance id and its trace span.
+    job = threads.submit(functools.partial(contextvars.copy_context().run, call))
+    slot.job = job
+    cpu_ms = state.limits.cpu_ms
+    try:
+        if isinstance(state.clock, SystemClock):
+            await _wait_job(job, threads, timeout_s, timeout_ms, None if cpu_ms is None else cpu_ms / 1000)
+        else:
+            await _wait_job_fake(state, job, threads, timeout_s, timeout_ms)
+    except BaseException:
+        threads.abandon(job)  # timed out, over its CPU limit, or the run ended: the thread is written off
+        raise
+    failed = job.done.exception()
+    if cpu_ms is not None and job.cpu_used is not None and job.cpu_used * 1000 > cpu_ms:
+        raise CPUTimeLimitError(CPU_LIMIT_MESSAGE) from failed
+    value = job.done.result()
+    if inspect.isawaitable(value):  # a sync callable that returned a coroutine (``lambda: fetch()``)
+        assert job.started is not None
+        left = timeout_s - (time.monotonic() - job.started)
+        return await _on_loop(state, value, slot, max(left, 0.0), timeout_ms)
+    return value
+
+
+async def _wait_job(job: Job, threads: StepThreads, timeout_s: float, ms: float, cpu_s: float | None) -> None:
+    """Wait for the job; the timeout counts from when a thread started it; CPU is read from its thread."""
+    while True:
+        started = job.started
+        if started is None:
+            wait = timeout_s  # still waiting for a thread: its timeout has not begun
+        else:
+            wait = timeout_s - (time.monotonic() - started)
+            if wait <= 0:
+                raise _timed_out(ms)
+            if cpu_s is not None:
+                used = job.cpu_so_far()
+                if used is not None and used > cpu_s:
+                    raise CPUTimeLimitError(CPU_LIMIT_MESSAGE)
+                # CPU time grows no faster than wall time: look again when the limit could first be reached.
+                wait = min(wait, cpu_s - (used or 0.0) + 0.001)
+        done, _ = await asyncio.wait((job.done,), timeout=wait)
+        if done:
+            return
+
+
+async def _wait_job_fake(state: RunState, job: Job, threads: StepThreads, timeout_s: float, ms: float) -> None:
+    """The same under a test clock: the timeout is in the clock's time, counted from submission."""
+    timer = asyncio.ensure_future(state.clock.sleep(timeout_s))
+    try:
+        done, _ = await asyncio.wait({job.done, timer}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        timer.cancel()
+    if job.done not in done:
+        raise _timed_out(ms)
+
+
+async def _on_loop(state: RunState, aw: Awaitable[Any], slot: AttemptSlot, timeout_s: float, ms: float) -> Any:
+    if not isinstance(state.clock, SystemClock):
+        task = asyncio.ensure_future(aw)
+        timer = asyncio.ensure_future(state.clock.sleep(timeout_s))
+        try:
+            done, _ = await asyncio.wait({task, timer}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            timer.cancel()
+        if task in done:
+            return task.result()
+        task.cancel()
+        raise _timed_out(ms)
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout_s
+    timeout = asyncio.timeout_at(deadline)
+    try:
+        async with timeout:
+            value = await aw
+    except TimeoutError:
+        if timeout.expired():
+            raise _timed_out(ms) from None
+        raise
+    if loop.time() > deadline:  # it blocked the loop past its deadline, so the timer could not fire
+        raise _timed_out(ms)
+    if slot.blocked_s > 0:
+        raise EventLoopBlockedError(
+            f'step "{slot.display}" blocked the event loop for {slot.blocked_s:.1f}s: an async def step must not '
+            "block (time.sleep, CPU-bound work, blocking I/O); make it a def step, which runs in a thread, or "
+            "await asyncio.to_thread(...) inside it"
+        )
+    return value

@@ -52,7 +52,7 @@ class Engine:
         synchronous: SQLite's synchronous pragma (``FULL`` survives power loss).
         vars: values exposed on ``env`` beside the bindings.
         loop_block_limit: seconds an ``async def`` step may block the event loop before the watchdog names it
-            and fails its attempt (default: the lease renewal interval, ``min(lease_seconds / 3, 2)``).
+            and fails its attempt (default: the lease renewal interval, ``min(lease_seconds / 3, 2)``, at least 1).
     """
 
     def __init__(

@@ -63,7 +63,8 @@ class LoopWatchdog:
         clock: the worker's clock (lease expiry times are in its time).
         lease_seconds: the worker's lease length.
         leases: the leases (and lease windows) of the runs the worker holds now.
-        limit_s: how long the loop may go without answering before the block counts.
+        limit_s: how long the loop may go without answering before the block counts against the step (its
+            leases are renewed from here once it has not answered for the renewal interval, whatever the limit).
         tick: how often the loop is asked for a heartbeat.
     """
 
@@ -84,7 +85,7 @@ class LoopWatchdog:
         self.lease_seconds = lease_seconds
         self.leases = leases
         self.limit_s = limit_s
-        self.tick = min(tick, limit_s / 2)
+        self.tick = min(tick, limit_s / 2, lease_seconds / 6)
         self.blocks = 0
         """How many blocks longer than ``limit_s`` it has seen."""
         self._loop_thread = threading.get_ident()
@@ -108,34 +109,36 @@ class LoopWatchdog:
         self._answered = asked
 
     def _watch(self) -> None:
-        blocked_since: float | None = None
+        reported = False
         renewed = 0.0
         gave_up = False
+        renew_every = min(self.lease_seconds / 3, 2.0)
         while not self._stop.wait(self.tick):
             now = time.monotonic()
             if self._answered >= self._asked:
-                if blocked_since is not None:
-                    log.info("the event loop answers again after %.1fs", now - blocked_since)
-                blocked_since, gave_up = None, False
-                self._asked = now
+                if reported:
+                    log.info("the event loop answers again after %.1fs", now - self._asked)
+                reported, gave_up = False, False
+                self._asked = renewed = now
                 try:
                     self.loop.call_soon_threadsafe(self._beat, now)
                 except RuntimeError:  # the loop is closed
                     return
                 continue
             blocked = now - self._asked
-            if blocked < self.limit_s:
+            slot: AttemptSlot | None = None
+            if blocked >= self.limit_s:
+                slot, state, where = _culprit(sys._current_frames().get(self._loop_thread))
+                if slot is not None:
+                    slot.blocked_s = max(slot.blocked_s, blocked)
+                if not reported:
+                    reported = True
+                    self.blocks += 1
+                    self._report(slot, state, where, blocked)
+            # The loop's own renewals are missed from here on: renew for it (also when it is merely slow).
+            if gave_up or now - renewed < renew_every:
                 continue
-            slot, state, where = _culprit(sys._current_frames().get(self._loop_thread))
-            if slot is not None:
-                slot.blocked_s = max(slot.blocked_s, blocked)
-            if blocked_since is None:
-                blocked_since, renewed = self._asked, self._asked
-                self.blocks += 1
-                self._report(slot, state, where, blocked)
-            if gave_up or now - renewed < self.lease_seconds / 3:
-                continue
-            if slot is not None and blocked > slot.timeout_s:
+            if slot is not None and blocked > max(slot.timeout_s, self.lease_seconds):
                 gave_up = True
                 log.error(
                     "the event loop has been blocked for %.0fs by step %r, longer than its timeout: its leases are "

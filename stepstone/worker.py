@@ -64,7 +64,8 @@ class Worker:
         lease_seconds: how long a claim lasts without renewal.
         poll_interval: how often to look for work created by other processes.
         loop_block_limit: how long the event loop may go without answering before the watchdog names the
-            blocking step and fails its attempt (default: the renewal interval, ``min(lease_seconds / 3, 2)``).
+            blocking step and fails its attempt (default: the renewal interval, ``min(lease_seconds / 3, 2)``,
+            but at least 1 s).
     """
 
     def __init__(
@@ -108,7 +109,7 @@ class Worker:
         self.next_due: float | None = None
         """When the earliest instance the last claim saw (not yet due) becomes runnable."""
         self.renew_interval = min(lease_seconds / 3, 2.0)
-        self.loop_block_limit = loop_block_limit if loop_block_limit is not None else self.renew_interval
+        self.loop_block_limit = loop_block_limit if loop_block_limit is not None else max(self.renew_interval, 1.0)
         self.watchdog: LoopWatchdog | None = None
         self.threads = StepThreads(concurrency)
         """The threads sync steps run in: as many as instances run at once; a timed-out step's is replaced."""

@@ -3,7 +3,8 @@
 While an event loop is blocked, nothing it owns (its write connection, its pool) can make progress, so the
 watchdog renews the worker's leases over a separate synchronous connection, opened on first use and kept. The
 statements are the async renewals' ones: extend a lease only while its token still matches, rows locked in pk
-order (PostgreSQL), so a renewal never revives a lease another worker took over and never deadlocks.
+order (PostgreSQL), so a renewal never revives a lease another worker took over and never deadlocks; a row
+locked by someone else is skipped, never waited for (the watchdog must keep watching).
 """
 
 from __future__ import annotations
@@ -17,9 +18,12 @@ from typing import Any
 from stepstone.errors import StorageError
 from stepstone.models import Lease
 
+# SKIP LOCKED: a row locked now is most likely locked by this very worker's own renewal or write, stuck
+# mid-transaction behind the blocked loop (and a locked row cannot be claimed by another worker either); it
+# is renewed on the next round instead of making the watchdog wait for a loop that does not answer.
 _PG_RENEW = (
     "WITH l AS (SELECT pk, token FROM unnest(%s::bigint[], %s::text[]) AS l(pk, token)), "
-    "locked AS (SELECT i.pk FROM instances i JOIN l ON i.pk = l.pk ORDER BY i.pk FOR UPDATE OF i) "
+    "locked AS (SELECT i.pk FROM instances i JOIN l ON i.pk = l.pk ORDER BY i.pk FOR UPDATE OF i SKIP LOCKED) "
     "UPDATE instances i SET lease_expires_at = %s FROM l "
     "WHERE i.pk = l.pk AND i.lease_token = l.token AND i.pk IN (SELECT pk FROM locked) RETURNING i.pk"
 )
@@ -35,7 +39,8 @@ class BlockingRenewer:
         self._lock = threading.Lock()
 
     def renew(self, leases: Sequence[Lease], until: float) -> set[int]:
-        """Extend the leases still held; returns their pks. Raises StorageError when the database fails."""
+        """Extend the leases still held (and not locked right now); returns their pks. Raises StorageError
+        when the database fails."""
         ordered = sorted(leases, key=lambda lease: lease.pk)
         with self._lock:
             try:

@@ -180,8 +180,11 @@ class PostgresStorage:
         self._bell.on_first_waiter = self._ensure_listener
         self.events_channel = "stepstone_events:public"
         """The channel the ``instance_events`` trigger notifies: ``stepstone_events:<schema of the tables>``."""
+        # The watchdog's connection: never wait long, it must keep watching the loop.
+        options = f"{self._kwargs.get('options', '')} -c statement_timeout=2000 -c lock_timeout=1000".strip()
+        renew_kwargs = {**self._kwargs, "options": options}
         self._renewer = BlockingRenewer(
-            "postgres", lambda: psycopg.connect(self.url, connect_timeout=5, **self._kwargs)
+            "postgres", lambda: psycopg.connect(self.url, connect_timeout=2, **renew_kwargs)
         )
         self._open = False
 

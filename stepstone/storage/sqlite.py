@@ -110,7 +110,7 @@ class SQLiteStorage:
 
     def _connect_renewer(self) -> Conn:
         conn = self._connect()
-        conn.execute("PRAGMA busy_timeout = 5000")  # the watchdog's thread: wait for another writer, not forever
+        conn.execute("PRAGMA busy_timeout = 1000")  # the watchdog's thread: wait for another writer briefly
         return conn
 
     def _connect_writer(self) -> Conn:

@@ -30,9 +30,9 @@ from stepstone.limits import check_size
 from stepstone.models import Attempt, StepRecord, step_key
 from stepstone.retry import StepConfig, retry_delay_ms, will_retry
 from stepstone.run_state import RunState, WakeReason
-from stepstone.text import error_text, storable
 from stepstone.step_call import AttemptSlot, call_step
 from stepstone.step_threads import Job
+from stepstone.text import error_text, storable
 from stepstone.tracebacks import format_failure
 
 

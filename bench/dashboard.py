@@ -96,7 +96,9 @@ async def fill(url: str, instances: int, steps: int) -> dict[str, int]:
         wf = engine.workflow(WORKFLOW)
         for start in range(0, instances, BATCH):
             size = min(BATCH, instances - start)
-            await wf.create_batch([{"id": f"order-{start + i:06d}", "params": {"n": start + i}} for i in range(size)])
+            await wf.create_batch(
+                {"instances": [{"id": f"order-{start + i:06d}", "params": {"n": start + i}} for i in range(size)]}
+            )
         storage, now = engine.storage, engine.clock.now
         counts = {status: int(instances * share) for status, share in MIX}
         # Lifecycle calls on queued instances, oldest first (claim takes the earliest due, so leave these out).

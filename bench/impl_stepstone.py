@@ -126,7 +126,7 @@ async def _wait_complete(engine: Engine, name: str, n: int, *, timeout: float, e
 async def _create_many(wf: Any, rows: list[dict[str, Any]], *, batch: int = 100, parallel: int = 10) -> None:
     chunks = [rows[i : i + batch] for i in range(0, len(rows), batch)]
     for i in range(0, len(chunks), parallel):
-        await asyncio.gather(*(wf.create_batch(c) for c in chunks[i : i + parallel]))
+        await asyncio.gather(*(wf.create_batch({"instances": c}) for c in chunks[i : i + parallel]))
 
 
 # -- phases ------------------------------------------------------------------------------------------------
@@ -180,7 +180,7 @@ async def phase3(url: str, sizes: dict[str, float]) -> dict[str, Any]:
         await _wait_status(engine, "p3", "complete", singles, every=0.02, timeout=sizes["timeout_s"])
         t0 = time.perf_counter()
         for b in range(batches):
-            await wf.create_batch([{"id": f"b{b}-{i}", "params": {"steps": 1}} for i in range(per)])
+            await wf.create_batch({"instances": [{"id": f"b{b}-{i}", "params": {"steps": 1}} for i in range(per)]})
         batch_s = time.perf_counter() - t0
         await _wait_status(engine, "p3", "complete", singles + batches * per, every=0.02, timeout=sizes["timeout_s"])
         # The same batches from a client-only engine (no worker runs them): the cost of creating alone.
@@ -188,7 +188,7 @@ async def phase3(url: str, sizes: dict[str, float]) -> dict[str, Any]:
             cwf = client.register(StepsW, name="p3client")
             t0 = time.perf_counter()
             for b in range(batches):
-                await cwf.create_batch([{"id": f"b{b}-{i}", "params": {"steps": 1}} for i in range(per)])
+                await cwf.create_batch({"instances": [{"id": f"b{b}-{i}", "params": {"steps": 1}} for i in range(per)]})
             client_batch_s = time.perf_counter() - t0
     return {
         "singles": singles,
@@ -216,7 +216,7 @@ async def _timers(url: str, n: int, sleep_s: float, *, paced: bool, timeout: flo
             chunk = max(1, n // 10)
             for k, i in enumerate(range(0, n, chunk)):
                 await asyncio.sleep(max(0.0, t0 + k * 0.1 - time.perf_counter()))
-                await wf.create_batch(rows[i : i + chunk])
+                await wf.create_batch({"instances": rows[i : i + chunk]})
         else:
             await _create_many(wf, rows)
         created_s = time.perf_counter() - t0

@@ -76,7 +76,7 @@ async def measure(workers: int, instances: int, steps: int) -> float:
                 procs.append(proc)
             rows = [{"id": f"i{i}", "params": {"n": steps}} for i in range(instances)]
             t0 = time.perf_counter()
-            await asyncio.gather(*(wf.create_batch(rows[i : i + 100]) for i in range(0, instances, 100)))
+            await asyncio.gather(*(wf.create_batch({"instances": rows[i : i + 100]}) for i in range(0, instances, 100)))
             while (await client.storage.count_by_status("local", "steps")).get("complete", 0) < instances:
                 await asyncio.sleep(0.01)
             elapsed = time.perf_counter() - t0

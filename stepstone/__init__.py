@@ -5,7 +5,7 @@ Write a :class:`WorkflowEntrypoint` with ``async def run(self, event, step)``; r
 event waits hibernate without holding a process.
 """
 
-from stepstone.binding import InstanceError, InstanceStatus, Workflow, WorkflowInstance
+from stepstone.binding import BatchResult, InstanceError, InstanceStatus, Workflow, WorkflowInstance
 from stepstone.durations import Duration
 from stepstone.engine import Engine
 from stepstone.errors import (
@@ -35,6 +35,7 @@ from stepstone.workflow import WorkflowEntrypoint, WorkflowEvent, WorkflowStepEv
 __version__ = "0.1.0"
 
 __all__ = [
+    "BatchResult",
     "CPUTimeLimitError",
     "Duration",
     "Engine",

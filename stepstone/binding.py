@@ -12,9 +12,10 @@ from __future__ import annotations
 
 import re
 import uuid
+import warnings
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Final, overload
 
 from stepstone import codec
 from stepstone.clock import Clock
@@ -81,6 +82,30 @@ class InstanceStatus:
 
     def __getitem__(self, key: str) -> Any:
         if key not in ("status", "output", "error"):
+            raise KeyError(key)
+        return getattr(self, key)
+
+
+RETENTION_KEYS: Final = ("success_retention", "error_retention", "successRetention", "errorRetention")
+ALREADY_EXISTS: Final = (10405, "workflows.api.error.instance.already_exists")
+DUPLICATE_IN_BATCH: Final = (10415, "workflows.api.error.instance.duplicate_in_batch")
+"""Cloudflare's per-entry ``createBatch`` errors: (code, message), as its local binding reports them."""
+
+
+def _batch_error(index: int, instance_id: str, error: tuple[int, str]) -> dict[str, Any]:
+    return {"index": index, "id": instance_id, "code": error[0], "message": error[1]}
+
+
+@dataclass(frozen=True, slots=True)
+class BatchResult:
+    """What the object form of ``create_batch`` returns: ``created`` (handles, in input order) and ``errors``
+    (``{"index", "id", "code", "message"}`` for each entry not created). ``result["created"]`` works too."""
+
+    created: list[WorkflowInstance]
+    errors: list[dict[str, Any]]
+
+    def __getitem__(self, key: str) -> Any:
+        if key not in ("created", "errors"):
             raise KeyError(key)
         return getattr(self, key)
 
@@ -204,6 +229,12 @@ class Workflow:
         retention = options.get("retention")
         if retention is not None and not isinstance(retention, Mapping):
             raise ValidationError("retention must be a dict with success_retention / error_retention")
+        unknown_retention = sorted(set(retention or {}) - set(RETENTION_KEYS))
+        if unknown_retention:
+            raise ValidationError(
+                f"unknown retention option(s) {unknown_retention}: expected successRetention, errorRetention "
+                "(or success_retention, error_retention)"
+            )
         schedule = options.get("schedule")
         return NewInstance(
             workflow=self.name,
@@ -251,29 +282,125 @@ class Workflow:
             self._rt.observer.instances_created([record], now=new.created_on)
         return WorkflowInstance(self, record.id)
 
+    @overload
+    async def create_batch(
+        self, batch: Mapping[str, Any], *, trigger: TriggerSource = "binding", traceparent: str | None = None
+    ) -> BatchResult: ...
+
+    @overload
     async def create_batch(
         self,
         batch: Sequence[Mapping[str, Any]],
         *,
         trigger: TriggerSource = "binding",
         traceparent: str | None = None,
-    ) -> list[WorkflowInstance]:
-        """Create 1..100 instances at once; ids already in use are skipped and left out of the result.
+    ) -> list[WorkflowInstance]: ...
+
+    async def create_batch(
+        self,
+        batch: Mapping[str, Any] | Sequence[Mapping[str, Any]],
+        *,
+        trigger: TriggerSource = "binding",
+        traceparent: str | None = None,
+    ) -> BatchResult | list[WorkflowInstance]:
+        """Create 1..100 instances at once (Cloudflare's ``createBatch``, changelog 2026-10-08).
+
+        - ``create_batch({"count": n, "params": ..., "retention": ...})``: ``n`` instances with generated ids
+          and the same options;
+        - ``create_batch({"instances": [{"id": ..., "params": ...}, ...]})``: one instance per entry.
+
+        Both return a :class:`BatchResult`: ``created`` (the handles, in input order) and ``errors``, one
+        ``{"index", "id", "code", "message"}`` per entry not created: an id already in use (code 10405) or
+        repeated earlier in the batch (10415). A malformed entry fails the whole call before anything is
+        created (ValidationError naming it).
+
+        The array form ``create_batch([{...}, ...])`` still works and returns the list of created handles, ids
+        in use skipped and left out, but is deprecated as on Cloudflare (a DeprecationWarning).
 
         ``traceparent`` as in :meth:`create`, for every instance of the batch."""
-        if isinstance(batch, Mapping | str | bytes):
-            raise ValidationError("create_batch expects a list of {'id': ..., 'params': ...} dicts")
-        validate_batch_size(len(batch), self.limits)
+        if isinstance(batch, Mapping):
+            entries = self._batch_entries(batch)
+        elif isinstance(batch, str | bytes) or not isinstance(batch, Sequence):
+            raise ValidationError(
+                "create_batch expects {'count': n, 'params': ...} or {'instances': [{'id': ..., 'params': ...}]}, "
+                f"got {type(batch).__name__}"
+            )
+        else:
+            warnings.warn(
+                "create_batch([...]) (the array form) is deprecated, as on Cloudflare: pass "
+                "{'instances': [...]} (or {'count': n, 'params': ...}) to get {'created', 'errors'}",
+                DeprecationWarning,
+                stacklevel=2,
+            )
+            validate_batch_size(len(batch), self.limits)
+            entries = list(batch)
+        result = await self._create_entries(entries, trigger=trigger, traceparent=traceparent)
+        return result if isinstance(batch, Mapping) else result.created
+
+    def _batch_entries(self, batch: Mapping[str, Any]) -> list[Mapping[str, Any]]:
+        """The instance options of an object-form batch, checked (nothing is created on a bad batch)."""
+        limits = self.limits
+        if "instances" in batch:
+            extra = sorted(set(batch) - {"instances"})
+            if extra:
+                raise ValidationError(
+                    f"create_batch: {extra} cannot be given with 'instances' (set them on each instance)"
+                )
+            instances = batch["instances"]
+            if isinstance(instances, Mapping | str | bytes) or not isinstance(instances, Sequence):
+                raise ValidationError(
+                    f"create_batch instances must be a list of {{'id': ..., 'params': ...}}, "
+                    f"got {type(instances).__name__}"
+                )
+            validate_batch_size(len(instances), limits)
+            return list(instances)
+        if "count" not in batch:
+            raise ValidationError(
+                "create_batch expects {'count': n, 'params': ...} or {'instances': [...]}, "
+                f"got keys {sorted(batch)}"
+            )
+        unknown = sorted(set(batch) - {"count", "params", "retention", "locationHint", "location_hint"})
+        if unknown:
+            raise ValidationError(
+                f"create_batch: unknown option(s) {unknown} with 'count': expected params, retention, locationHint"
+            )
+        count = batch["count"]
+        if not isinstance(count, int) or isinstance(count, bool) or count < 1:
+            raise ValidationError(f"create_batch count must be a positive integer, got {count!r}")
+        validate_batch_size(count, limits)
+        shared = {k: v for k, v in batch.items() if k != "count"}
+        return [shared] * count
+
+    async def _create_entries(
+        self, entries: Sequence[object], *, trigger: TriggerSource, traceparent: str | None
+    ) -> BatchResult:
         version = await self._rt.ensure_workflow(self.account, self.name)
         now = self._rt.clock.now()
         parent = _traceparent(traceparent)
-        rows = [self._new(o, version=version, now=now, trigger=trigger, traceparent=parent) for o in batch]
-        records = await self._rt.storage.create_instances(rows, skip_existing=True)
+        rows: list[NewInstance] = []
+        for index, options in enumerate(entries):
+            try:
+                rows.append(self._new(options, version=version, now=now, trigger=trigger, traceparent=parent))
+            except ValidationError as exc:
+                raise type(exc)(f"create_batch instance {index}: {exc}") from None
+        errors: list[dict[str, Any]] = []
+        first: dict[str, int] = {}
+        unique: list[NewInstance] = []
+        for index, row in enumerate(rows):
+            if row.id in first:
+                errors.append(_batch_error(index, row.id, DUPLICATE_IN_BATCH))
+                continue
+            first[row.id] = index
+            unique.append(row)
+        records = await self._rt.storage.create_instances(unique, skip_existing=True)
+        made = {r.id for r in records}
+        errors.extend(_batch_error(first[r.id], r.id, ALREADY_EXISTS) for r in unique if r.id not in made)
+        errors.sort(key=lambda e: int(e["index"]))
         if records:
             self._rt.notify(records[0].pk, "new")
             if self._rt.observer is not None:
                 self._rt.observer.instances_created(records, now=now)
-        return [WorkflowInstance(self, r.id) for r in records]
+        return BatchResult([WorkflowInstance(self, r.id) for r in records], errors)
 
     async def get(self, id: str) -> WorkflowInstance:
         """A handle to an existing instance; raises InstanceNotFoundError."""

@@ -203,7 +203,7 @@ async def fire_schedules(engine: Engine, schedules: list[tuple[str, Cron]], when
             "schedule": {"cron": cron.expression, "scheduled_time": scheduled_ms},
         }
         try:
-            made = await engine.workflow(name).create_batch([options], trigger="cron")
+            made = (await engine.workflow(name).create_batch({"instances": [options]}, trigger="cron")).created
         except StepstoneError as exc:
             log.warning("schedule %r of workflow %s: %s", cron.expression, name, exc)
             continue

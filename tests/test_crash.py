@@ -41,7 +41,7 @@ async def test_sigkill_at_random_moments_loses_nothing(tmp_path: Path) -> None:
     rng = random.Random(7)
     async with Engine(url, worker=False) as client:
         wf = client.register(Crashy, name="crashy")
-        await wf.create_batch([{"id": f"i{n}", "params": {"n": n}} for n in range(INSTANCES)])
+        await wf.create_batch({"instances": [{"id": f"i{n}", "params": {"n": n}} for n in range(INSTANCES)]})
         kills = 0
         for _ in range(6):
             proc = start_worker(url, log)

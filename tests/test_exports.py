@@ -5,6 +5,7 @@ from __future__ import annotations
 import stepstone
 
 EXPECTED = [
+    "BatchResult",
     "CPUTimeLimitError",
     "Duration",
     "Engine",

@@ -37,6 +37,12 @@ class Backend(Protocol):
         """Queue a new instance: ``{id, status, version_id, workflow_id}``."""
         ...
 
+    async def create_batch(self, name: str, batch: Doc) -> Doc:
+        """Queue up to 100 instances: ``batch`` is ``{"count": n, "params": ...}`` or ``{"instances": [{"id",
+        "params"}]}``; answers ``{"created": [{id, status, version_id, workflow_id}], "errors": [{index, id, code,
+        message}]}``."""
+        ...
+
     async def list_instances(
         self, name: str, *, status: str | None, page: int, per_page: int, reverse: bool
     ) -> tuple[list[Doc], int]:
@@ -132,6 +138,17 @@ class LocalBackend:
         inst = await wf.create(id=instance_id, params=params, trigger="api")
         record = await inst.record()
         return {"id": record.id, "status": record.status, "version_id": record.version_id, "workflow_id": name}
+
+    async def create_batch(self, name: str, batch: Doc) -> Doc:
+        wf = await self._workflow(name)
+        result = await wf.create_batch(batch, trigger="api")
+        created = []
+        for inst in result.created:
+            record = await inst.record()
+            created.append(
+                {"id": record.id, "status": record.status, "version_id": record.version_id, "workflow_id": name}
+            )
+        return {"created": created, "errors": result.errors}
 
     async def list_instances(
         self, name: str, *, status: str | None, page: int, per_page: int, reverse: bool

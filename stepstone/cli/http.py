@@ -91,6 +91,15 @@ class HttpBackend:
         result, _ = await self._call("POST", f"/{_q(name)}/instances", json=body)
         return dict(result)
 
+    async def create_batch(self, name: str, batch: Doc) -> Doc:
+        body = dict(batch)
+        if "instances" in body:  # the REST names of the binding's options
+            body["instances"] = [
+                {"instance_id" if k == "id" else k: v for k, v in item.items()} for item in body["instances"]
+            ]
+        result, _ = await self._call("POST", f"/{_q(name)}/instances/batch", json=body)
+        return dict(result)
+
     async def list_instances(
         self, name: str, *, status: str | None, page: int, per_page: int, reverse: bool
     ) -> tuple[list[Doc], int]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 from typing import Any
 
 import click
@@ -136,10 +137,65 @@ def parse_params(text: str | None) -> Any:
         raise click.UsageError(f'Error while parsing instance parameters: "{text}" with {exc}') from None
 
 
+BATCH: int = 100
+"""Instances per request of ``trigger --count`` / ``--params-file`` (Cloudflare's ``createBatch`` maximum)."""
+
+
+def read_params_file(path: Path) -> list[Any]:
+    """``--params-file``: one JSON value per line (JSON Lines), the params of one instance; blank lines skipped."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise click.BadParameter(f"cannot read {path}: {exc}", param_hint="--params-file") from None
+    out = []
+    for number, line in enumerate(text.splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            out.append(json.loads(line))
+        except json.JSONDecodeError as exc:
+            raise click.BadParameter(f"{path} line {number} is not JSON: {exc}", param_hint="--params-file") from None
+    if not out:
+        raise click.BadParameter(f"{path} holds no params (one JSON value per line)", param_hint="--params-file")
+    return out
+
+
+async def trigger_many(backend: Backend, name: str, batches: list[Doc]) -> Doc:
+    """Send the batches in turn; the result of all of them, error indexes counted across the whole input."""
+    created: list[Doc] = []
+    errors: list[Doc] = []
+    offset = 0
+    for batch in batches:
+        result = await backend.create_batch(name, batch)
+        created.extend(result.get("created") or [])
+        errors.extend({**e, "index": int(e.get("index", 0)) + offset} for e in result.get("errors") or [])
+        offset += int(batch["count"]) if "count" in batch else len(batch["instances"])
+    return {"created": created, "errors": errors}
+
+
+def _batches(payload: Any, count: int | None, lines: list[Any] | None) -> list[Doc]:
+    if lines is not None:
+        return [{"instances": [{"params": p} for p in lines[i : i + BATCH]]} for i in range(0, len(lines), BATCH)]
+    assert count is not None
+    return [{"count": min(BATCH, count - i), "params": payload} for i in range(0, count, BATCH)]
+
+
 @workflows.command()
 @click.argument("name")
 @click.argument("params", required=False)
 @click.option("--id", "instance_id", default=None, help="The instance id (default: a random UUIDv4).")
+@click.option(
+    "--count",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Create this many instances with PARAMS (random ids), 100 per request.",
+)
+@click.option(
+    "--params-file",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="Create one instance per line of this JSON Lines file (each line the params of one), 100 per request.",
+)
 @click.option(
     "--wait",
     is_flag=True,
@@ -153,15 +209,31 @@ def trigger(
     name: str,
     params: str | None,
     instance_id: str | None,
+    count: int | None,
+    params_file: Path | None,
     wait: bool,
     poll: float,
     target: Target,
 ) -> None:
-    """Create an instance of a workflow, with PARAMS as JSON (queued for the running dev or worker process)."""
+    """Create an instance of a workflow, with PARAMS as JSON (queued for the running dev or worker process).
+
+    With --count N or --params-file FILE it creates many at once (100 per request); it prints how many were
+    queued and why any were not, and exits 1 if any were not."""
+    if count is not None and params_file is not None:
+        raise click.UsageError("--count and --params-file cannot be used together")
+    batch = count is not None or params_file is not None
+    if batch and (instance_id is not None or wait):
+        raise click.UsageError("--id and --wait name one instance: they cannot be used with --count or --params-file")
+    if params_file is not None and params is not None:
+        raise click.UsageError("PARAMS and --params-file cannot be used together: the file holds the params")
     payload = parse_params(params)
+    lines = read_params_file(params_file) if params_file is not None else None
 
     async def go() -> int:
         async with open_backend(target, need_code=True) as backend:
+            if batch:
+                result = await trigger_many(backend, name, _batches(payload, count, lines))
+                return _report_batch(result, json_output=target.json)
             created = await backend.create_instance(name, instance_id, payload)
             if not wait:
                 if target.json:
@@ -185,3 +257,16 @@ def trigger(
         ctx.exit(130)
     if code:
         ctx.exit(code)
+
+
+def _report_batch(result: Doc, *, json_output: bool) -> int:
+    created, errors = result["created"], result["errors"]
+    if json_output:
+        emit_json(result)
+    else:
+        n = len(created)
+        echo(f"🚀 {n} workflow instance{'' if n == 1 else 's'} queued successfully")
+        for error in errors:
+            warn(f"instance {error.get('index')} ({error.get('id')}) was not created: {error.get('message')}")
+    return 1 if errors else 0
+

@@ -102,17 +102,44 @@ async def create_instance(request: Request) -> Response:
     return ok(create_result(record))
 
 
+def batch_options(body: Any) -> dict[str, Any]:
+    """The binding's ``create_batch`` object form from a batch body: ``{"count": n, "params", "instance_retention",
+    "location_hint"}`` or ``{"instances": [create bodies]}``."""
+    if "instances" in body:
+        only_keys(body, ("instances",), "batch")
+        items = body["instances"]
+        if not isinstance(items, list):
+            raise bad_request('instances must be a JSON array of instances: [{"instance_id": ..., "params": ...}]')
+        return {"instances": [create_options(item) for item in items]}
+    if "count" not in body:
+        raise bad_request('the batch must be {"count": n, "params": ...}, {"instances": [...]} or a JSON array')
+    only_keys(body, ("count", "params", "instance_retention", "location_hint"), "batch")
+    shared = create_options({k: v for k, v in body.items() if k != "count"})
+    return {"count": body["count"], **shared}
+
+
 async def create_batch(request: Request) -> Response:
-    """``POST /instances/batch``: ids already in use are skipped and left out of the result."""
+    """``POST /instances/batch``.
+
+    A JSON array (the deprecated form) answers the created instances, ids already in use skipped and left out;
+    ``{"count": n, ...}`` or ``{"instances": [...]}`` answers ``{"created": [...], "errors": [{"index", "id",
+    "code", "message"}]}``."""
     scope = scope_of(request)
     state = scope.state
     wf = await scope.workflow(request.path_params["workflow_name"])
     body = await read_json(request, state.body_cap, state.body_timeout)
-    if not isinstance(body, list):
-        raise bad_request('the batch must be a JSON array of instances: [{"instance_id": ..., "params": ...}]')
-    handles = await wf.create_batch([create_options(item) for item in body], trigger="api")
-    records = await asyncio.gather(*(h.record() for h in handles))
-    return ok([create_result(r) for r in records])
+    if isinstance(body, list):
+        result = await wf.create_batch({"instances": [create_options(item) for item in body]}, trigger="api")
+    elif isinstance(body, dict):
+        result = await wf.create_batch(batch_options(body), trigger="api")
+    else:
+        raise bad_request(
+            'the batch must be {"count": n, "params": ...}, {"instances": [{"instance_id": ..., "params": ...}]} '
+            "or a JSON array of instances"
+        )
+    records = await asyncio.gather(*(h.record() for h in result.created))
+    created = [create_result(r) for r in records]
+    return ok(created if isinstance(body, list) else {"created": created, "errors": result.errors})
 
 
 def _cursor(offset: int) -> str:

@@ -287,6 +287,45 @@ def _schemas() -> J:
             ["instanceId", "timestamp"],
             {"instanceId": {"type": "string"}, "timestamp": TIME, "success": {"type": "boolean"}},
         ),
+        "BatchCreate": {
+            "oneOf": [
+                _obj(
+                    ["count"],
+                    {
+                        "count": {"type": "integer", "minimum": 1, "maximum": 100},
+                        "params": {"description": "any JSON value, the params of every instance"},
+                        "instance_retention": _obj(
+                            [], {"error_retention": DURATION, "success_retention": DURATION}, extra=False
+                        ),
+                        "location_hint": {"type": "string"},
+                    },
+                    extra=False,
+                ),
+                _obj(
+                    ["instances"],
+                    {"instances": {"type": "array", "minItems": 1, "maxItems": 100, "items": _ref("InstanceCreate")}},
+                    extra=False,
+                ),
+            ]
+        },
+        "BatchCreated": _obj(
+            ["created", "errors"],
+            {
+                "created": {"type": "array", "items": _ref("InstanceCreated")},
+                "errors": {
+                    "type": "array",
+                    "items": _obj(
+                        ["index", "id", "code", "message"],
+                        {
+                            "index": {"type": "integer"},
+                            "id": {"type": "string"},
+                            "code": {"type": "integer", "enum": [10405, 10415]},
+                            "message": {"type": "string"},
+                        },
+                    ),
+                },
+            },
+        ),
         "BatchDelete": _obj(
             ["instances"],
             {"instances": {"type": "array", "minItems": 1, "maxItems": 100, "items": {"type": "string"}}},
@@ -472,10 +511,16 @@ def _paths() -> J:
         },
         wf + "/instances/batch": {
             "post": _op(
-                "Create up to 100 instances; ids in use are skipped",
-                {"type": "array", "items": _ref("InstanceCreated")},
+                "Create up to 100 instances: {count, params} or {instances} answer {created, errors}; the "
+                "deprecated array answers the created instances, ids in use skipped",
+                {"oneOf": [_ref("BatchCreated"), {"type": "array", "items": _ref("InstanceCreated")}]},
                 params=aw,
-                body={"type": "array", "minItems": 1, "maxItems": 100, "items": _ref("InstanceCreate")},
+                body={
+                    "oneOf": [
+                        _ref("BatchCreate"),
+                        {"type": "array", "minItems": 1, "maxItems": 100, "items": _ref("InstanceCreate")},
+                    ]
+                },
             )
         },
         wf + "/instances/batch/delete": {

@@ -94,7 +94,7 @@ async def create_chain(url: str, count: int) -> None:
     """Create ``count`` chain instances i0..i<count-1> from a client process (no worker of its own)."""
     async with Engine(url, worker=False) as client:
         wf = client.register(Chain, name="chain")
-        await wf.create_batch([{"id": f"i{n}", "params": {"n": n}} for n in range(count)])
+        await wf.create_batch({"instances": [{"id": f"i{n}", "params": {"n": n}} for n in range(count)]})
 
 
 def read_log(log: Path) -> list[tuple[float, int, str, str]]:

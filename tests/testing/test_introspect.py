@@ -218,7 +218,7 @@ async def test_introspect_workflow_covers_instances_created_in_the_block_only(en
     before = await wf.create(id="before")
     async with introspect_workflow(wf) as introspector:
         await introspector.modify(lambda m: m.disable_sleeps().mock_step_result("my step", "mocked"))
-        made = await wf.create_batch([{}, {}, {"id": "known"}])
+        made = (await wf.create_batch({"instances": [{}, {}, {"id": "known"}]})).created
         single = await wf.create()
         found = introspector.get()
         assert [i.id for i in found] == [*(m.id for m in made), single.id]

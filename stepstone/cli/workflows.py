@@ -8,6 +8,7 @@ from typing import Any
 
 import click
 
+from stepstone.cli.backend import Backend, Doc
 from stepstone.cli.common import Target, open_backend, run, target_options
 from stepstone.cli.instances import instances
 from stepstone.cli.output import echo, emit_json, info, labelled, local_time, status_label, table, warn
@@ -269,4 +270,3 @@ def _report_batch(result: Doc, *, json_output: bool) -> int:
         for error in errors:
             warn(f"instance {error.get('index')} ({error.get('id')}) was not created: {error.get('message')}")
     return 1 if errors else 0
-

@@ -79,8 +79,11 @@ def test_steps_appear_live_and_restart_from_a_step(server: str, page: Any) -> No
     from playwright.sync_api import expect
 
     create(server, "waiter", "live-1")
+    streams: list[str] = []
+    page.on("request", lambda r: streams.append(r.resource_type) if "fragment=stream" in r.url else None)
     page.goto(f"{server}{UI}/waiter/instances/live-1")
     expect(page.locator(".step-row", has_text="approval-1")).to_be_visible(timeout=30_000)
+    assert "eventsource" in streams, streams  # the page follows the instance's event stream
     # An event sent elsewhere (REST): the page follows without a reload.
     sent = httpx.post(f"{server}{V4}/waiter/instances/live-1/events/approval", json={"ok": 1})
     assert sent.status_code == 200, sent.text
@@ -93,6 +96,30 @@ def test_steps_appear_live_and_restart_from_a_step(server: str, page: Any) -> No
     expect(page.locator("#instance-status")).to_have_text("waiting", timeout=30_000)
     expect(page.locator(".step-row", has_text="secret-1")).to_have_count(0)
     expect(page.locator(".step-row", has_text="prepare-1")).to_contain_text("complete")
+
+
+def test_the_live_channel_relays_the_event_stream(server: str) -> None:
+    """``?fragment=stream``: server-sent ``change`` notices as the instance's events are committed, ending with
+    ``end`` after the terminal event; a finished instance answers 204 (an EventSource does not reconnect)."""
+    create(server, "waiter", "stream-1")
+    url = f"{server}{UI}/waiter/instances/stream-1?fragment=stream"
+    seen: list[str] = []
+    with httpx.stream("GET", url, timeout=60) as answer:
+        assert answer.status_code == 200
+        assert answer.headers["content-type"].startswith("text/event-stream")
+        for line in answer.iter_lines():
+            seen.append(line)
+            if line.startswith("data:") and "wait_started" in line and not any("sent" in s for s in seen):
+                sent = httpx.post(f"{server}{V4}/waiter/instances/stream-1/events/approval", json={"ok": 1})
+                assert sent.status_code == 200, sent.text
+                seen.append("sent")
+            if line == "event: end":
+                break
+    assert seen[0] == ": stepstone live"
+    after = seen[seen.index("sent") :]
+    assert "event: change" in after
+    assert any(line.startswith("data:") and "workflow_completed" in line for line in after), seen
+    assert httpx.get(url).status_code == 204
 
 
 def test_docs_show_the_screenshots() -> None:

@@ -17,6 +17,7 @@ from stepstone.binding import WorkflowInstance
 from stepstone.cron import CronError, parse_cron
 from stepstone.errors import InstanceNotFoundError, ValidationError
 from stepstone.models import DEFAULT_ACCOUNT, FINISHED, STATUSES, InstanceRecord, WorkflowRecord
+from stepstone.server.dashboard.live import change_stream
 from stepstone.server.dashboard.timeline import build_timeline, parse_iso, show_duration, show_time
 from stepstone.server.dashboard.web import View, dashboard_page, error_page, q, sessions_of
 from stepstone.server.envelope import api_error_for, bad_request, log_failure
@@ -254,6 +255,8 @@ async def instance_page(view: View) -> Response:
     """``GET /accounts/{account}/workflows/{name}/instances/{id}``: status, timeline, data, actions."""
     params = view.request.path_params
     handle, record = await view.scope.instance(params["workflow_name"], params["instance_id"])
+    if view.request.query_params.get("fragment") == "stream":  # the live channel (server-sent events)
+        return change_stream(handle, finished=record.status in FINISHED)
     doc = await handle.describe()
     now = view.state.engine.clock.now()
     try:
@@ -276,7 +279,7 @@ async def instance_page(view: View) -> Response:
         finished=record.status in FINISHED,
         token=token,
         now=now,
-        live_stream=bool(getattr(handle, "subscribe", None)),
+        live_stream=True,
         instance_url=f"{view.base}/{q(record.workflow)}/instances/{q(record.id)}",
         title=f"{record.id} ({record.workflow})",
     )

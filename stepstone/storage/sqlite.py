@@ -49,6 +49,7 @@ from stepstone.storage.sqlite_schema import (
     step_to_row,
     workflow_from_row,
 )
+from stepstone.storage.sqlite_wal import preallocate_wal
 from stepstone.storage.sqlite_writer import LoopWriter, Writer
 from stepstone.storage.stream_sql import STREAM_EVENTS, history_event
 
@@ -75,6 +76,9 @@ class SQLiteStorage:
         mode: ``loop`` (the default) runs reads and group commits on the event loop's thread, with no
             thread hand-offs; ``thread`` gives writes a thread of their own and reads a thread pool.
     """
+
+    wal_preallocation = True
+    """Grow the WAL to its checkpoint size when the writer connects (see :mod:`stepstone.storage.sqlite_wal`)."""
 
     def __init__(self, path: str, *, synchronous: str = "FULL", readers: int = 2, mode: str = "loop") -> None:
         if mode not in ("loop", "thread"):
@@ -124,6 +128,8 @@ class SQLiteStorage:
             conn.execute("ROLLBACK")
             conn.close()
             raise
+        if self.wal_preallocation:
+            preallocate_wal(conn, self.path, self._synchronous)
         return conn
 
     def _reader(self) -> Conn:

@@ -24,6 +24,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final
 
+from stepstone.bindings.config import TOP_KEYS as BINDING_KEYS
+from stepstone.bindings.config import BindingsConfig, parse_bindings
 from stepstone.durations import to_millis
 from stepstone.errors import ValidationError
 from stepstone.limits import ID_PATTERN, MAX_STEPS
@@ -54,7 +56,9 @@ _DATABASE_VAR_RE: Final = re.compile(r"(?:^|_)(?:DATABASE|DB|POSTGRES|POSTGRESQL
 
 # Wrangler keys that make sense for a Worker but not here: accepted silently.
 _QUIET_KEYS: Final[frozenset[str]] = frozenset({"$schema", "compatibility_date", "compatibility_flags"})
-_TOP_KEYS: Final[frozenset[str]] = frozenset({"name", "main", "vars", "workflows", "stepstone", "limits"})
+_TOP_KEYS: Final[frozenset[str]] = (
+    frozenset({"name", "main", "vars", "workflows", "stepstone", "limits"}) | BINDING_KEYS
+)
 MAX_CPU_MS: Final[int] = 300_000
 """Cloudflare's highest ``limits.cpu_ms`` (5 minutes)."""
 _WORKFLOW_KEYS: Final[frozenset[str]] = frozenset(
@@ -131,6 +135,8 @@ class ProjectConfig:
     settings: Settings = field(default_factory=Settings)
     warnings: tuple[str, ...] = ()
     """One line per thing ignored (unknown keys)."""
+    bindings: BindingsConfig = field(default_factory=BindingsConfig)
+    """KV, D1, R2, Queues, Workers AI and Vectorize bindings (:mod:`stepstone.bindings.config`)."""
 
     @property
     def root(self) -> Path:
@@ -445,6 +451,11 @@ def parse_config(path: Path, data: Mapping[str, Any], environ: Mapping[str, str]
         if "cpu_ms" in top:
             cpu = c.integer(top["cpu_ms"], "limits.cpu_ms", high=MAX_CPU_MS)
             workflows = tuple(wf if wf.cpu_ms is not None else dataclasses.replace(wf, cpu_ms=cpu) for wf in workflows)
+    bindings = parse_bindings(data, c.fail, lambda line: warnings.append(f"{path.name}: {line}"))
+    taken = {wf.binding for wf in workflows}
+    for name in bindings.names():
+        if name in taken:
+            raise c.fail("bindings", "binding names not used by a workflow", name)
     seen: set[tuple[str, str]] = set()
     for i, wf in enumerate(workflows):
         for key, value in (("name", wf.name), ("binding", wf.binding)):
@@ -457,7 +468,7 @@ def parse_config(path: Path, data: Mapping[str, Any], environ: Mapping[str, str]
         values.update(_settings(c, data["stepstone"], warnings))
         base = Settings(**values)
     settings = apply_env(base, environ)
-    return ProjectConfig(path, name, main, dict(variables), workflows, settings, tuple(warnings))
+    return ProjectConfig(path, name, main, dict(variables), workflows, settings, tuple(warnings), bindings)
 
 
 def load_config(path: Path, environ: Mapping[str, str] | None = None) -> ProjectConfig:

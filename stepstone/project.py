@@ -17,6 +17,7 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
+from stepstone.bindings import build_env_bindings
 from stepstone.config import ConfigError, ProjectConfig, Settings, WorkflowConfig, find_config, load_config
 from stepstone.cron import Cron, cron_instance_id, parse_cron
 from stepstone.engine import Engine
@@ -161,6 +162,9 @@ class Project:
                 )
             else:
                 setattr(engine.env, wf.binding, engine.workflow(wf.name))
+        bound = build_env_bindings(self.config.bindings, storage=engine.storage, root=self.root, clock=engine.clock)
+        for name, binding in bound.items():
+            setattr(engine.env, name, binding)
         return engine
 
 

@@ -24,6 +24,7 @@ COMMANDS: tuple[tuple[str, bool], ...] = (
     ("stepstone.cli.workflows:workflows", False),
     ("stepstone.cli.serve:serve", True),  # the REST server issue
     ("stepstone.cli.db:db", True),  # the PostgreSQL issue: stepstone db migrate|status
+    ("stepstone.cli.d1:d1", False),  # wrangler d1 execute on the project's local D1 files
 )
 
 

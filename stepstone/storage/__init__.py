@@ -6,10 +6,20 @@ import os
 
 from stepstone.errors import ValidationError
 from stepstone.storage.base import ClaimResult, InstancePage, Storage
+from stepstone.storage.bindings_base import BindingStore
 
 DEFAULT_URL = "sqlite:///.stepstone/stepstone.db"
 
-__all__ = ["DEFAULT_URL", "ClaimResult", "InstancePage", "Storage", "open_storage", "storage_for_url"]
+__all__ = [
+    "DEFAULT_URL",
+    "BindingStore",
+    "ClaimResult",
+    "InstancePage",
+    "Storage",
+    "binding_store",
+    "open_storage",
+    "storage_for_url",
+]
 
 
 def storage_for_url(url: str | None = None, *, synchronous: str = "FULL") -> Storage:
@@ -44,3 +54,22 @@ async def open_storage(url: str | None = None, *, synchronous: str = "FULL") -> 
     storage = storage_for_url(url, synchronous=synchronous)
     await storage.open()
     return storage
+
+
+def binding_store(storage: Storage) -> BindingStore:
+    """The KV and Queues tables in ``storage``'s database (the same file or server, tables of their own)."""
+    from stepstone.storage.sqlite import SQLiteStorage
+
+    if isinstance(storage, SQLiteStorage):
+        from stepstone.storage.bindings_sqlite import SQLiteBindingStore
+
+        return SQLiteBindingStore(storage)
+    if type(storage).__name__ == "PostgresStorage":  # no isinstance: the driver is imported only when in use
+        from stepstone.storage.bindings_postgres import PostgresBindingStore
+        from stepstone.storage.postgres import PostgresStorage  # type: ignore[import-not-found,unused-ignore]
+
+        if isinstance(storage, PostgresStorage):
+            return PostgresBindingStore(storage)
+    raise ValidationError(
+        f"the KV and Queues bindings need a sqlite:/// or postgresql:// database, not {type(storage).__name__}"
+    )

@@ -30,6 +30,7 @@ def build_env_bindings(config: BindingsConfig, *, storage: Storage, root: Path, 
     from stepstone.bindings.custom import build_custom
     from stepstone.bindings.d1 import D1Database
     from stepstone.bindings.kv import KVNamespace
+    from stepstone.bindings.queues import Queue
     from stepstone.storage import binding_store
 
     out: dict[str, Any] = {}
@@ -39,6 +40,9 @@ def build_env_bindings(config: BindingsConfig, *, storage: Storage, root: Path, 
         out[kv.binding] = KVNamespace(store, kv.id, clock)
     for d1 in config.d1:
         out[d1.binding] = D1Database(str(d1_path(root, d1.database_name)), name=d1.database_name)
+    for producer in config.producers:
+        assert store is not None
+        out[producer.binding] = Queue(store, producer.queue, clock, delivery_delay=producer.delivery_delay)
     for custom in config.custom:
         out[custom.binding] = build_custom(custom, root)
     return out

@@ -31,6 +31,7 @@ def build_env_bindings(config: BindingsConfig, *, storage: Storage, root: Path, 
     from stepstone.bindings.d1 import D1Database
     from stepstone.bindings.kv import KVNamespace
     from stepstone.bindings.queues import Queue
+    from stepstone.bindings.r2 import R2Bucket
     from stepstone.storage import binding_store
 
     out: dict[str, Any] = {}
@@ -40,6 +41,9 @@ def build_env_bindings(config: BindingsConfig, *, storage: Storage, root: Path, 
         out[kv.binding] = KVNamespace(store, kv.id, clock)
     for d1 in config.d1:
         out[d1.binding] = D1Database(str(d1_path(root, d1.database_name)), name=d1.database_name)
+    for r2 in config.r2:
+        path = (root / r2.path) if r2.path else root / STATE_DIR / "r2" / r2.bucket_name
+        out[r2.binding] = R2Bucket(path.resolve(), name=r2.bucket_name, clock=clock)
     for producer in config.producers:
         assert store is not None
         out[producer.binding] = Queue(store, producer.queue, clock, delivery_delay=producer.delivery_delay)

@@ -21,7 +21,7 @@ import binascii
 import json
 import math
 import re
-from datetime import datetime
+from datetime import datetime, timedelta, timezone
 from typing import Any
 
 from stepstone.errors import SerializationError
@@ -31,6 +31,9 @@ __all__ = ["decode", "encode"]
 
 _BYTES = "$bytes"
 _DATETIME = "$datetime"
+# A UTC offset with microseconds, which datetime.isoformat() writes and Python 3.11's fromisoformat() drops
+# (``+00:00:00.000001`` parses as UTC there).
+_FRACTIONAL_OFFSET = re.compile(r"([+-])(\d\d):(\d\d):(\d\d)\.(\d{6})$")
 _ESCAPE = "$escape"
 _RESERVED = frozenset((_BYTES, _DATETIME, _ESCAPE))
 _ALLOWED = "(allowed: JSON values, bytes, datetime)"
@@ -229,6 +232,16 @@ def encode(value: object, *, what: str) -> str:
     return text
 
 
+def _parse_datetime(text: str) -> datetime:
+    match = _FRACTIONAL_OFFSET.search(text)
+    if match is None:
+        return datetime.fromisoformat(text)
+    sign, hours, minutes, seconds, micros = match.groups()
+    offset = timedelta(hours=int(hours), minutes=int(minutes), seconds=int(seconds), microseconds=int(micros))
+    naive = datetime.fromisoformat(text[: match.start()])
+    return naive.replace(tzinfo=timezone(-offset if sign == "-" else offset))
+
+
 def _restore(value: object) -> object:
     if isinstance(value, list):
         return [_restore(item) for item in value]
@@ -239,7 +252,7 @@ def _restore(value: object) -> object:
         if key == _BYTES and isinstance(inner, str):
             return base64.b64decode(inner.encode("ascii"), validate=True)
         if key == _DATETIME and isinstance(inner, str):
-            return datetime.fromisoformat(inner)
+            return _parse_datetime(inner)
         if key == _ESCAPE and isinstance(inner, dict):
             return {k: _restore(v) for k, v in inner.items()}
         if key in _RESERVED:

@@ -202,3 +202,13 @@ def test_round_trip_property(value: object) -> None:
     text = encode(value, what="v")
     assert _same(decode(text), value)
     assert encode(decode(text), what="v") == text
+
+
+@pytest.mark.parametrize("micros", [1, -1, 3_600_000_001, -3_600_000_001])
+def test_an_offset_with_microseconds_comes_back_whole(micros: int) -> None:
+    # Python 3.11's fromisoformat reads "+00:00:00.000001" as UTC; hypothesis found that loss.
+    value = dt.datetime(2020, 1, 1, tzinfo=dt.timezone(dt.timedelta(microseconds=micros)))
+    back = decode(encode(value, what="v"))
+    assert isinstance(back, dt.datetime)
+    assert back.utcoffset() == value.utcoffset()
+    assert back == value

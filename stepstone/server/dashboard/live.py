@@ -12,12 +12,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 from collections.abc import AsyncIterator
 from typing import Any, Final
 
 from starlette.responses import Response, StreamingResponse
 
 from stepstone.binding import WorkflowInstance
+from stepstone.errors import InstanceNotFoundError
 
 COALESCE_S: Final = 0.05
 """Events closer together than this become one ``change`` notice."""
@@ -25,6 +27,7 @@ KEEPALIVE_S: Final = 15.0
 """A comment line this often while nothing happens, so proxies and the server's idle limits keep the stream."""
 
 _END: Final = object()
+_log = logging.getLogger("stepstone.dashboard")
 
 
 def change_stream(handle: WorkflowInstance, *, finished: bool) -> Response:
@@ -45,6 +48,11 @@ async def _notices(handle: WorkflowInstance) -> AsyncIterator[bytes]:
         try:
             async for event in handle.subscribe():
                 queue.put_nowait(event)
+        except InstanceNotFoundError:
+            pass  # deleted while the page was open: the stream just ends
+        except Exception:
+            # The page falls back to polling; the failure must still be visible to whoever runs the server.
+            _log.exception("the live channel of instance %s stopped", handle.id)
         finally:
             queue.put_nowait(_END)
 

@@ -279,7 +279,6 @@ async def instance_page(view: View) -> Response:
         finished=record.status in FINISHED,
         token=token,
         now=now,
-        live_stream=True,
         instance_url=f"{view.base}/{q(record.workflow)}/instances/{q(record.id)}",
         title=f"{record.id} ({record.workflow})",
     )

@@ -67,47 +67,84 @@ def mark(step: StepRecord) -> Mark:
     return len(step.attempts), ended, step.status in _SETTLED
 
 
+PACKED: Final = "step"
+"""The type of an event row that stands for every event one write of a ``step.do`` adds (see below)."""
+PER_ROW: Final = 16
+"""Event ids per row: a row's events are ``event_id * PER_ROW + j``; a write adding more splits its row."""
+
+
+def mark_code(m: Mark | None) -> int:
+    """A mark as one integer, -1 for none: twice the attempt starts and ends so far, plus one when settled.
+
+    Attempts run one at a time, so the ends trail the starts by at most one and their sum says both.
+    """
+    if m is None:
+        return -1
+    return 2 * (m[0] + m[1]) + int(m[2])
+
+
+def packed_events(since: int, upto: int) -> list[tuple[str, int | None]]:
+    """The events a packed row from mark code ``since`` to ``upto`` stands for, in order: ``(type, attempt)``
+    with attempt 1-based (None for the step's own events); an attempt's end is ``attempt_ended``, which the
+    reader turns into completed or errored from the stored attempt."""
+    events: list[tuple[str, int | None]] = []
+    if since < 0:
+        events.append(("step_started", None))
+        since = 0
+    for position in range(since >> 1, upto >> 1):
+        events.append(("attempt_started" if position % 2 == 0 else "attempt_ended", position // 2 + 1))
+    if upto & 1 and not since & 1:
+        events.append(("step_settled", None))
+    return events
+
+
+def _packed_rows(prev: int, now: int, at: float, key: str, detail: str | None) -> list[NewEvent]:
+    """Rows of at most :data:`PER_ROW` events from mark code ``prev`` to ``now`` (one row but in odd cases)."""
+    if (now >> 1) - (max(prev, 0) >> 1) + 2 < PER_ROW:  # the common case: a few events, one row
+        return [(PACKED, at, key, now, detail, prev)]
+    rows: list[NewEvent] = []
+    while len(packed_events(prev, now)) > PER_ROW:
+        cut = 2 * ((max(prev, 0) >> 1) + PER_ROW - (1 if prev < 0 else 0))  # an unsettled mark PER_ROW events on
+        rows.append((PACKED, at, key, cut, None, prev))
+        prev = cut
+    rows.append((PACKED, at, key, now, detail, prev))
+    return rows
+
+
 def step_events(prev: Mark | None, step: StepRecord) -> tuple[list[NewEvent], Mark]:
-    """The events writing ``step`` adds after ``prev`` (None: the step was never written), and its new mark."""
+    """The event rows writing ``step`` adds after ``prev`` (None: the step was never written), and its new mark.
+
+    A ``step.do`` write adds one packed row: the marks before and after (``since`` and ``attempt``), and in
+    ``detail`` only what the step row cannot tell later, the retry delay of an attempt that just failed. The
+    events it stands for (step started, attempts started and ended, step settled) are read back from the step row
+    when they are delivered (:func:`expand_packed`), whose attempts and times are written once and never change.
+    """
     now = mark(step)
-    events: list[NewEvent] = []
     key = step.key
     if step.kind == "do":
-        if prev is None:
-            events.append(("step_started", step.started_at, key, None, None))
-            prev = (0, 0, False)
-        attempts = step.attempts
-        for i in range(prev[0], now[0]):
-            events.append(("attempt_started", attempts[i].start, key, i + 1, None))
-        for i in range(prev[1], now[1]):
-            att = attempts[i]
-            assert att.end is not None
-            if att.success:
-                events.append(("attempt_completed", att.end, key, i + 1, None))
-                continue
-            error: dict[str, object] = {"name": att.error_name or "Error", "message": att.error_message or ""}
-            if att.traceback:
-                error["traceback"] = att.traceback
-            detail: dict[str, object] = {"error": error}
-            if i == now[0] - 1 and step.status == "retrying" and step.wake_at is not None:
-                detail["retryDelayMs"] = max(0, round((step.wake_at - att.end) * 1000))
-            events.append(("attempt_errored", att.end, key, i + 1, json.dumps(detail, separators=(",", ":"))))
-        if now[2] and not prev[2]:
-            ended = step.ended_at if step.ended_at is not None else step.started_at
-            events.append(("step_completed" if step.status == "success" else "step_errored", ended, key, None, None))
-        return events, now
+        if now == prev:
+            return [], now
+        detail = None
+        if step.status == "retrying" and step.wake_at is not None and now[0] == now[1] and now[1] > (prev or (0, 0))[1]:
+            last = step.attempts[now[1] - 1]
+            if last.end is not None and not last.success:
+                detail = f'{{"retryDelayMs":{max(0, round((step.wake_at - last.end) * 1000))}}}'
+        at = step.ended_at if step.ended_at is not None else step.started_at
+        return _packed_rows(mark_code(prev), mark_code(now), at, key, detail), now
+    events: list[NewEvent] = []
     if step.kind == "sleep":
         if prev is None:
             duration = 0.0 if step.wake_at is None else max(0.0, step.wake_at - step.started_at)
             detail_text = json.dumps({"durationMs": round(duration * 1000)})
-            events.append(("sleep_started", step.started_at, key, None, detail_text))
+            events.append(("sleep_started", step.started_at, key, None, detail_text, None))
         if now[2] and (prev is None or not prev[2]):
             ended = step.ended_at if step.ended_at is not None else step.started_at
-            events.append(("sleep_completed", ended, key, None, None))
+            events.append(("sleep_completed", ended, key, None, None, None))
         return events, now
     if prev is None:
-        events.append(("wait_started", step.started_at, key, None, None))
+        events.append(("wait_started", step.started_at, key, None, None, None))
     if now[2] and (prev is None or not prev[2]):
         ended = step.ended_at if step.ended_at is not None else step.started_at
-        events.append(("wait_completed" if step.status == "success" else "wait_timed_out", ended, key, None, None))
+        kind = "wait_completed" if step.status == "success" else "wait_timed_out"
+        events.append((kind, ended, key, None, None, None))
     return events, now

@@ -152,9 +152,9 @@ class EventRecord:
     consumed_by: str | None = None
 
 
-NewEvent = tuple[str, float, str | None, int | None, str | None]
-"""An instance event a step write adds: ``(type, at, step_key, attempt, detail JSON)`` (see
-:mod:`stepstone.history`)."""
+NewEvent = tuple[str, float, str | None, int | None, str | None, int | None]
+"""An instance event row a step write adds: ``(type, at, step_key, attempt, detail JSON, since)``; a ``step.do``
+write's row packs all its events, from mark ``since`` to mark ``attempt`` (see :mod:`stepstone.history`)."""
 
 
 @dataclass(slots=True)

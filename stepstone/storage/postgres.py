@@ -60,7 +60,7 @@ from stepstone.storage.sqlite_schema import (
     step_to_row,
     workflow_from_row,
 )
-from stepstone.storage.stream_sql import STREAM_EVENTS, history_event
+from stepstone.storage.stream_sql import STREAM_EVENTS, first_row, history_events
 
 T = TypeVar("T")
 log = logging.getLogger("stepstone.storage.postgres")
@@ -487,12 +487,13 @@ class PostgresStorage:
         self, account: str, workflow: str, instance_id: str, *, after: int, limit: int
     ) -> tuple[InstanceRecord, list[HistoryEvent]]:
         """The instance and its events after ``after``, in one statement."""
-        args = (after, limit, account, workflow, instance_id)
+        args = (first_row(after), limit, account, workflow, instance_id)
         rows = await self._run(lambda c: fetch_all(c, _READ_STREAM, *args), single=True)
         if not rows:
             raise InstanceNotFoundError(f"instance {instance_id!r} not found in workflow {workflow!r}")
         inst = instance_from_row(rows[0][:_INSTANCE_WIDTH])
-        return inst, [history_event(r[_INSTANCE_WIDTH:]) for r in rows if r[_INSTANCE_WIDTH] is not None]
+        events = [history_events(r[_INSTANCE_WIDTH:], after) for r in rows if r[_INSTANCE_WIDTH] is not None]
+        return inst, [event for row_events in events for event in row_events]
 
     def stream_waiter(self, pk: int) -> StreamWaiter:
         """Wake-ups when any process commits an event of ``pk`` (the ``instance_events`` trigger's NOTIFY)."""

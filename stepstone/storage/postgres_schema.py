@@ -168,6 +168,11 @@ MIGRATIONS: Final[tuple[str | tuple[str, ...], ...]] = (
         "FOR EACH ROW EXECUTE FUNCTION stepstone_instance_event_notify()",
         *EXISTING_EVENTS,
     ),
+    # version 6: a step.do write adds one packed event row (type 'step') for all the events it tells of, from
+    # mark ``since`` to mark ``attempt`` (stepstone.history); the events are read back from the step row. Existing
+    # rows keep one event each. Event ids become ``event_id * 16 + j`` (a cursor from before is re-read from
+    # its row: nothing is lost, a few events may come twice).
+    "ALTER TABLE instance_events ADD COLUMN since INTEGER",
 )
 SCHEMA_VERSION: Final = len(MIGRATIONS)
 

@@ -395,18 +395,18 @@ STEP_BATCH_UPSERT = (
     + " RETURNING instance_pk, key"
 )
 # The instance events of a round's step writes, from a JSON array of [instance_pk, token, type, at, step_key,
-# attempt, detail]: inserted only for instances whose lease still matches, locking their rows first (in pk order,
+# attempt, detail, since]: inserted only for instances whose lease still matches, locking their rows first (in pk order,
 # as the step statement after it does), so an instance's event ids follow its commit order. A repeat after an
 # unknown commit adds nothing (the unique index on step events).
 EVENTS_INSERT = (
     "WITH v AS MATERIALIZED (SELECT (r->>0)::bigint AS instance_pk, r->>1 AS token, r->>2 AS type, "
-    "(r->>3)::float8 AS at, r->>4 AS step_key, (r->>5)::int AS attempt, r->>6 AS detail, n "
+    "(r->>3)::float8 AS at, r->>4 AS step_key, (r->>5)::int AS attempt, r->>6 AS detail, (r->>7)::int AS since, n "
     "FROM jsonb_array_elements(%s::jsonb) WITH ORDINALITY AS a(r, n)), "
     "fence AS MATERIALIZED (SELECT i.pk, i.lease_token FROM instances i "
     "JOIN (SELECT DISTINCT instance_pk, token FROM v) t ON i.pk = t.instance_pk AND i.lease_token = t.token "
     "ORDER BY i.pk FOR UPDATE OF i) "
-    "INSERT INTO instance_events (instance_pk, type, at, step_key, attempt, detail) "
-    "SELECT v.instance_pk, v.type, v.at, v.step_key, v.attempt, v.detail "
+    "INSERT INTO instance_events (instance_pk, type, at, step_key, attempt, detail, since) "
+    "SELECT v.instance_pk, v.type, v.at, v.step_key, v.attempt, v.detail, v.since "
     "FROM v JOIN fence ON fence.pk = v.instance_pk AND fence.lease_token = v.token ORDER BY v.n "
     "ON CONFLICT DO NOTHING"
 )
@@ -421,16 +421,28 @@ STEP_UPSERT = (
     + " RETURNING instance_pk, key"
 )
 
+# One step write with the one event row it adds (a step.do's packed row), still one statement: the event is
+# inserted only when the fence holds, after the fence locked the row (so the instance's event ids follow its
+# commit order), and a repeat after an unknown commit adds nothing (the unique index on step events).
+STEP_UPSERT_WITH_EVENT = STEP_UPSERT.replace(
+    "FOR UPDATE) ",
+    "FOR UPDATE), ev AS (INSERT INTO instance_events (instance_pk, type, at, step_key, attempt, detail, since) "
+    "SELECT pk, %s::text, %s::float8, %s::text, %s::int, %s::text, %s::int FROM fence ON CONFLICT DO NOTHING) ",
+    1,
+)
+
 
 def _step_unit(steps: dict[tuple[int, str], list[Any]]) -> _Unit:
     entries = list(steps.items())
-    if len(entries) == 1:
-        (pk, _), (token, row, _, _) = entries[0]
-        statement = (STEP_UPSERT, (pk, token, *row))
-    else:
-        statement = (STEP_BATCH_UPSERT, (json.dumps([(pk, token, *row) for (pk, _), (token, row, _, _) in entries]),))
     events = [(pk, token, *e) for (pk, _), (token, _, _, evs) in entries for e in evs]
-    statements = [(EVENTS_INSERT, (json.dumps(events),)), statement] if events else [statement]
+    if len(entries) == 1 and len(events) <= 1:
+        (pk, _), (token, row, _, evs) = entries[0]
+        statement = (STEP_UPSERT_WITH_EVENT, (pk, token, *evs[0], *row)) if evs else (STEP_UPSERT, (pk, token, *row))
+        statements = [statement]
+    else:
+        rows = json.dumps([(pk, token, *row) for (pk, _), (token, row, _, _) in entries])
+        statement = (STEP_BATCH_UPSERT, (rows,))
+        statements = [(EVENTS_INSERT, (json.dumps(events),)), statement] if events else [statement]
 
     def resolve(rows: list[tuple[Any, ...]]) -> None:
         written = set(rows)

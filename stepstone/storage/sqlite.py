@@ -51,7 +51,7 @@ from stepstone.storage.sqlite_schema import (
 )
 from stepstone.storage.sqlite_wal import preallocate_wal
 from stepstone.storage.sqlite_writer import LoopWriter, Writer
-from stepstone.storage.stream_sql import STREAM_EVENTS, history_event
+from stepstone.storage.stream_sql import STREAM_EVENTS, first_row, history_events
 
 T = TypeVar("T")
 Conn = sqlite3.Connection
@@ -62,7 +62,7 @@ _FENCED_STEP_INSERT = (
     "WHERE EXISTS (SELECT 1 FROM instances WHERE pk = ? AND lease_token = ?)"
 )
 _EVENT_INSERT = (
-    "INSERT INTO instance_events (instance_pk, type, at, step_key, attempt, detail) VALUES (?, ?, ?, ?, ?, ?)"
+    "INSERT INTO instance_events (instance_pk, type, at, step_key, attempt, detail, since) VALUES (?, ?, ?, ?, ?, ?, ?)"
 )
 
 
@@ -242,10 +242,10 @@ class SQLiteStorage:
                 if row is None:
                     raise InstanceNotFoundError(f"instance {instance_id!r} not found in workflow {workflow!r}")
                 inst = instance_from_row(row)
-                rows = c.execute(STREAM_EVENTS.replace("%s", "?"), (inst.pk, after, limit)).fetchall()
+                rows = c.execute(STREAM_EVENTS.replace("%s", "?"), (inst.pk, first_row(after), limit)).fetchall()
             finally:
                 c.execute("COMMIT")
-            return inst, [history_event(r) for r in rows]
+            return inst, [event for r in rows for event in history_events(r, after)]
 
         return await self._read(read)
 

@@ -26,8 +26,10 @@ class Traced(WorkflowEntrypoint):
                 raise KeyError("once")
             return 2
 
-        second = await step.do("second", {"retries": {"limit": 1, "delay": 10, "backoff": "constant"}}, flaky)
-        await step.sleep("nap", 20)
+        # Long enough that the retry wait and the sleep are still ahead when the run reaches them, however slow
+        # the machine: each hibernates (inprocess_wait_s=0), which is what makes three runs.
+        second = await step.do("second", {"retries": {"limit": 1, "delay": 300, "backoff": "constant"}}, flaky)
+        await step.sleep("nap", 300)
         return first + second
 
 

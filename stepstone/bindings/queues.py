@@ -344,8 +344,7 @@ class QueueConsumers:
             log.warning("queue %s: the queue handler raised %s: %s", consumer.queue, type(exc).__name__, exc)
         finally:
             renewer.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await renewer
+            await asyncio.wait({renewer})  # not `await renewer`: that would swallow a cancellation of this task
         outcome = await self._store.queue_settle(
             consumer.queue,
             batch.settlements(failed=failed, retry_delay=float(consumer.retry_delay)),

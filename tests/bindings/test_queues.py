@@ -164,3 +164,18 @@ async def test_call_queue_handler_picks_the_arity() -> None:
     await call_queue_handler(Old().queue, batch, "env", "ctx")
     await call_queue_handler(New().queue, batch, "env", "ctx")
     assert seen == [(batch, "env", "ctx"), (batch,)]
+
+
+async def test_stop_returns_right_after_a_batch(store: BindingStore, clock: FakeClock) -> None:
+    import asyncio
+
+    await Queue(store, "jobs", clock).sendBatch([{"body": i} for i in range(3)])
+    handled = asyncio.Event()
+
+    async def deliver(batch: MessageBatch) -> None:
+        handled.set()
+
+    consumers = QueueConsumers(store, [QueueConsumerConfig("jobs", max_batch_timeout=0)], clock, deliver)
+    await consumers.start()
+    await handled.wait()
+    await asyncio.wait_for(consumers.stop(), timeout=30)  # a stop landing as the batch settles once hung here

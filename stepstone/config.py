@@ -26,6 +26,7 @@ from typing import Any, Final
 
 from stepstone.bindings.config import TOP_KEYS as BINDING_KEYS
 from stepstone.bindings.config import BindingsConfig, parse_bindings
+from stepstone.config_worker import parse_crons, read_secrets
 from stepstone.durations import to_millis
 from stepstone.errors import ValidationError
 from stepstone.limits import ID_PATTERN, MAX_STEPS
@@ -55,9 +56,11 @@ _LIBPQ_VARS: Final[frozenset[str]] = frozenset({"PGHOST", "PGHOSTADDR", "PGPORT"
 _DATABASE_VAR_RE: Final = re.compile(r"(?:^|_)(?:DATABASE|DB|POSTGRES|POSTGRESQL|PG)_?(?:URL|URI|DSN)$")
 
 # Wrangler keys that make sense for a Worker but not here: accepted silently.
-_QUIET_KEYS: Final[frozenset[str]] = frozenset({"$schema", "compatibility_date", "compatibility_flags"})
+_QUIET_KEYS: Final[frozenset[str]] = frozenset(
+    {"$schema", "compatibility_date", "compatibility_flags", "observability"}
+)
 _TOP_KEYS: Final[frozenset[str]] = (
-    frozenset({"name", "main", "vars", "workflows", "stepstone", "limits"}) | BINDING_KEYS
+    frozenset({"name", "main", "vars", "workflows", "stepstone", "limits", "triggers", "secrets"}) | BINDING_KEYS
 )
 MAX_CPU_MS: Final[int] = 300_000
 """Cloudflare's highest ``limits.cpu_ms`` (5 minutes)."""
@@ -137,6 +140,13 @@ class ProjectConfig:
     """One line per thing ignored (unknown keys)."""
     bindings: BindingsConfig = field(default_factory=BindingsConfig)
     """KV, D1, R2, Queues, Workers AI and Vectorize bindings (:mod:`stepstone.bindings.config`)."""
+    crons: tuple[str, ...] = ()
+    """``[triggers] crons``: when the Worker's ``scheduled`` handler runs."""
+    secrets: dict[str, str] = field(default_factory=dict)
+    """The ``.dev.vars`` (else ``.env``) values, over ``[vars]`` in ``env``; with ``secrets.required``, only those
+    names, taken from the process environment when the files lack them."""
+    secrets_from: tuple[str, ...] = ()
+    """The files (or ``environment``) the secrets came from, for ``stepstone dev``'s banner."""
 
     @property
     def root(self) -> Path:
@@ -468,7 +478,23 @@ def parse_config(path: Path, data: Mapping[str, Any], environ: Mapping[str, str]
         values.update(_settings(c, data["stepstone"], warnings))
         base = Settings(**values)
     settings = apply_env(base, environ)
-    return ProjectConfig(path, name, main, dict(variables), workflows, settings, tuple(warnings), bindings)
+    crons = parse_crons(data.get("triggers"), c.fail)
+    missing: list[str] = []
+    secrets, secrets_from = read_secrets(path.parent, data.get("secrets"), environ, c.fail, missing)
+    warnings.extend(f"{path.name}: {line}" for line in missing)
+    return ProjectConfig(
+        path,
+        name,
+        main,
+        dict(variables),
+        workflows,
+        settings,
+        tuple(warnings),
+        bindings,
+        crons=crons,
+        secrets=secrets,
+        secrets_from=secrets_from,
+    )
 
 
 def load_config(path: Path, environ: Mapping[str, str] | None = None) -> ProjectConfig:

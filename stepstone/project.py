@@ -1,8 +1,11 @@
 """A project: its configuration, its ``main`` module, and an :class:`~stepstone.engine.Engine` wired to both.
 
-The ``main`` file is imported once per process under a private module name; its workflow classes are matched
-to ``[[workflows]]`` by ``class_name``; ``env`` carries every binding and the ``[vars]``. A workflow with a
-``script_name`` is defined by another project on the same database: only its binding is made here.
+The ``main`` file is imported once per process under a private module name, with ``import workers`` resolving to
+stepstone's runtime module (:mod:`stepstone.workers`) as on Cloudflare; its workflow classes are matched to
+``[[workflows]]`` by ``class_name``; ``env`` carries every binding, the ``[vars]`` and the local secrets
+(:func:`~stepstone.project_env.build_env`). A workflow with a ``script_name`` is defined by another project on the
+same database: only its binding is made here. The project's own workflows are recorded with its ``name`` as their
+script name, as Cloudflare records the Worker that defines them.
 """
 
 from __future__ import annotations
@@ -22,6 +25,8 @@ from stepstone.config import ConfigError, ProjectConfig, Settings, WorkflowConfi
 from stepstone.cron import Cron, cron_instance_id, parse_cron
 from stepstone.engine import Engine
 from stepstone.errors import StepstoneError
+from stepstone.project_env import build_env
+from stepstone.workers.alias import install as install_workers_module
 from stepstone.workflow import WorkflowEntrypoint
 
 log = logging.getLogger("stepstone.project")
@@ -81,6 +86,7 @@ class Project:
         if spec is None or spec.loader is None:
             raise ProjectError(f"{self.config.path.name}: main: cannot import {main}")
         module = importlib.util.module_from_spec(spec)
+        install_workers_module()
         root = str(main.parent)
         if root not in sys.path:
             sys.path.insert(0, root)
@@ -157,14 +163,13 @@ class Project:
                     name=wf.name,
                     binding=wf.binding,
                     class_name=wf.class_name,
+                    script_name=self.config.name,
                     limits=_workflow_limits(wf) or None,
                     concurrency=wf.concurrency,
                 )
             else:
                 setattr(engine.env, wf.binding, engine.workflow(wf.name))
-        bound = build_env_bindings(self.config.bindings, storage=engine.storage, root=self.root, clock=engine.clock)
-        for name, binding in bound.items():
-            setattr(engine.env, name, binding)
+        build_env(self.config, engine)
         return engine
 
 

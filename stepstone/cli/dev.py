@@ -1,5 +1,8 @@
 """``stepstone dev``: the project's worker in a child process, restarted when the code changes; the cron schedules;
-and the REST API on 127.0.0.1:8787 once ``stepstone.server`` exists.
+and the REST API on 127.0.0.1:8787 once ``stepstone.server`` exists. When ``main`` declares a Worker (a ``Default``
+entrypoint), the child also serves its ``fetch`` on a loopback port and every path the API does not own is
+forwarded there, so the Worker answers on the API's port as under ``wrangler dev`` (the dashboard moves to
+``/cdn-cgi/stepstone/``); the child runs the ``scheduled`` handler at ``[triggers] crons`` too.
 
 A port already taken ends ``dev`` at once (exit 1): running on without an API would send ``--local`` commands to
 whatever else listens there. The worker child dies with ``dev``, even on SIGKILL (:mod:`stepstone.cli.lifeline`).
@@ -36,6 +39,7 @@ from stepstone.cli.output import info, warn
 from stepstone.config import ConfigError
 from stepstone.engine import Engine
 from stepstone.project import Project, run_schedules, schedules_of
+from stepstone.runtime import declares_worker
 
 _SKIP_DIRS = {"__pycache__", "node_modules", "venv", "env", "site-packages"}
 
@@ -96,7 +100,9 @@ def _free_port() -> int:
         return port
 
 
-async def _start_api(project: Project, engine: Engine, port: int, metrics_also: list[str]) -> asyncio.Task[None] | None:
+async def _start_api(
+    project: Project, engine: Engine, port: int, metrics_also: list[str], fetch_port: int | None = None
+) -> asyncio.Task[None] | None:
     """Start serving the REST API and return once it listens (the serving task), or None when this install has no
     server.
 
@@ -108,15 +114,16 @@ async def _start_api(project: Project, engine: Engine, port: int, metrics_also: 
         info("  API: not served (stepstone.server is not part of this install)")
         return None
     try:
-        from stepstone.server import TokenRule, serve
+        from stepstone.server import TokenRule, WorkerProxy, serve
     except ImportError as exc:
         info(f"  API: not served ({exc})")
         return None
     host = project.settings.host
     tokens = [TokenRule(**rule) for rule in project.settings.api_tokens] or None
     ready = asyncio.Event()
+    worker = WorkerProxy(f"http://127.0.0.1:{fetch_port}") if fetch_port is not None else None
     task = asyncio.create_task(
-        serve(engine, host=host, port=port, tokens=tokens, ready=ready, metrics_also=metrics_also)
+        serve(engine, host=host, port=port, tokens=tokens, ready=ready, metrics_also=metrics_also, worker=worker)
     )
     waiter = asyncio.create_task(ready.wait())
     await asyncio.wait([task, waiter], return_when=asyncio.FIRST_COMPLETED)
@@ -127,7 +134,11 @@ async def _start_api(project: Project, engine: Engine, port: int, metrics_also: 
             "and `--local` commands would reach it instead of this project: stop it, or pick a free port with "
             "--port N (then pass --port N to --local commands too), or run with --no-api"
         )
-    info(f"  dashboard: http://{host}:{port}/")
+    if worker is not None:
+        info(f"  Worker: http://{host}:{port}/ (every path but the API's)")
+        info(f"  dashboard: http://{host}:{port}/cdn-cgi/stepstone/")
+    else:
+        info(f"  dashboard: http://{host}:{port}/")
     info(f"  API: http://{host}:{port}/client/v4 (and the local explorer API under /cdn-cgi/explorer/api)")
     if metrics_also:
         info(f"  metrics: http://{host}:{port}/metrics")
@@ -151,7 +162,11 @@ async def run_dev(
     db = chosen_database(project.settings, database)
     child_args = ["--config", str(config_path), "--database", db, "--no-schedules", "--poll-interval", "0.2"]
     child_args += ["--parent-pid", str(os.getpid())]  # the child dies with us, even on SIGKILL
-    child_args += ["--log-level", logging[0], "--log-format", logging[1]]
+    child_args += ["--log-level", logging[0], "--log-format", logging[1], "--triggers"]
+    fetch_port: int | None = None
+    if api and declares_worker(project.config.main) and importlib.util.find_spec("uvicorn") is not None:
+        fetch_port = _free_port()  # the child serves the Worker's fetch there; the API forwards to it
+        child_args += ["--fetch-port", str(fetch_port), "--debug-fetch"]
     if lease_seconds is not None:  # else the child reads the project's lease_seconds itself
         child_args += ["--lease-seconds", str(lease_seconds)]
     metrics_also: list[str] = []
@@ -167,6 +182,10 @@ async def run_dev(
         info(f"  env.{wf.binding}: workflow {wf.name} (class {wf.class_name}{extra})")
     for key in project.config.vars:
         info(f"  env.{key}: var")
+    for key in project.config.secrets:
+        info(f"  env.{key}: secret ({', '.join(project.config.secrets_from)})")
+    if project.config.crons:
+        info(f"  [triggers] crons: {', '.join(project.config.crons)} (the Worker's scheduled handler)")
 
     engine = project.engine(worker=False, database=db, register=False)
     tasks: list[asyncio.Task[None]] = []
@@ -174,7 +193,7 @@ async def run_dev(
     async with engine:
         if api:
             # before the worker and the schedules start: a taken port ends dev here, with nothing left running
-            served = await _start_api(project, engine, port, metrics_also)
+            served = await _start_api(project, engine, port, metrics_also, fetch_port)
             if served is not None:
                 tasks.append(served)
         current = {"project": project}

@@ -1,4 +1,6 @@
-"""``stepstone worker``: a worker process and nothing else (plus the project's cron schedules)."""
+"""``stepstone worker``: a worker process (plus the project's cron schedules, the ``scheduled`` handler of its
+``[triggers] crons``, and, with ``--fetch-port``, its Worker's ``fetch`` handler: ``stepstone dev`` runs its
+worker child so)."""
 
 from __future__ import annotations
 
@@ -20,9 +22,11 @@ from stepstone.cli.common import (
     start_logging,
 )
 from stepstone.cli.lifeline import die_with_parent, parent_gone
-from stepstone.cli.output import info
+from stepstone.cli.output import info, warn
+from stepstone.engine import Engine
 from stepstone.observe.logs import install_stdout
 from stepstone.project import Project, run_schedules, schedules_of
+from stepstone.runtime import WorkerRuntime, load_runtime, run_crons, worker_app
 
 
 async def until_signalled() -> None:
@@ -49,6 +53,9 @@ async def run_worker(
     metrics: tuple[str, int] | None = None,
     parent_pid: int | None = None,
     lease_seconds: float | None = None,
+    triggers: bool | None = None,
+    fetch: tuple[str, int] | None = None,
+    debug: bool = False,
 ) -> None:
     """Run the project's workflows until SIGINT/SIGTERM; instances in flight carry on at the next start.
 
@@ -56,6 +63,9 @@ async def run_worker(
         metrics: serve ``GET /metrics`` on this (host, port).
         parent_pid: stop, as on SIGTERM, when this process (``stepstone dev``) exits, however it exits.
         lease_seconds: overrides the project's ``lease_seconds``.
+        triggers: run the Worker's ``scheduled`` handler for ``[triggers] crons`` (default: as ``schedules``).
+        fetch: serve the Worker's ``fetch`` handler on this (host, port).
+        debug: a failing ``fetch`` answers its traceback (``stepstone dev``).
     """
     loop = asyncio.get_running_loop()
     stopping = asyncio.Event()
@@ -73,6 +83,9 @@ async def run_worker(
             parent_pid,
             stopping,
             lease_seconds,
+            schedules if triggers is None else triggers,
+            fetch,
+            debug,
         )
     finally:
         for sig in (signal.SIGINT, signal.SIGTERM):
@@ -90,6 +103,9 @@ async def _run_worker(
     parent_pid: int | None,
     stopping: asyncio.Event,
     lease_seconds: float | None,
+    triggers: bool,
+    fetch: tuple[str, int] | None,
+    debug: bool,
 ) -> None:
     engine = project.engine(
         worker=True,
@@ -125,6 +141,7 @@ async def _run_worker(
                     run_schedules(engine, lambda: crons, on_fire=lambda wf, i: info(f'⌛ cron created "{i}" of {wf}'))
                 )
             )
+        tasks.extend(await _start_worker_handlers(project, engine, triggers=triggers, fetch=fetch, debug=debug))
         try:
             stops: list[asyncio.Task[object]] = [asyncio.create_task(stopping.wait())]
             if parent_pid is not None:
@@ -142,6 +159,47 @@ async def _run_worker(
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
     info(f"⎔ {banner} {owner} stopped")
+
+
+async def _start_worker_handlers(
+    project: Project, engine: Engine, *, triggers: bool, fetch: tuple[str, int] | None, debug: bool
+) -> list[asyncio.Task[None]]:
+    """The tasks serving the Worker's handlers: ``fetch`` on its port, ``scheduled`` at its crons."""
+    config = project.config
+    if fetch is None and not (triggers and config.crons):
+        return []
+    runtime = load_runtime(project, engine)
+    tasks: list[asyncio.Task[None]] = []
+    if triggers and config.crons:
+        if runtime.has_handler("scheduled"):
+            info(f"  scheduled: {runtime.name}.scheduled at {', '.join(config.crons)}")
+            tasks.append(
+                asyncio.create_task(
+                    run_crons(runtime, config.crons, engine.clock, on_fire=lambda c: info(f'⌛ scheduled "{c}" ran'))
+                )
+            )
+        else:
+            warn(f"[triggers] crons are set but {runtime.name} has no scheduled handler: they do nothing")
+    if fetch is not None:
+        tasks.append(await _serve_fetch(runtime, fetch, debug=debug))
+    return tasks
+
+
+async def _serve_fetch(runtime: WorkerRuntime, where: tuple[str, int], *, debug: bool) -> asyncio.Task[None]:
+    try:
+        from stepstone.server import serve_app
+    except ImportError as exc:
+        raise click.ClickException(f"--fetch-port needs stepstone[server] (Starlette, uvicorn): {exc}") from None
+    ready = asyncio.Event()
+    server = asyncio.create_task(serve_app(worker_app(runtime, debug=debug), host=where[0], port=where[1], ready=ready))
+    started = asyncio.create_task(ready.wait())
+    await asyncio.wait([server, started], return_when=asyncio.FIRST_COMPLETED)
+    started.cancel()
+    if server.done():
+        raise click.ClickException(f"cannot serve the Worker's fetch on {where[0]}:{where[1]}: {server.exception()}")
+    handled = ", ".join(runtime.handlers()) or "no handlers"
+    info(f"  fetch: {runtime.name} ({handled}) on http://{where[0]}:{where[1]}")
+    return server
 
 
 @click.command()
@@ -168,6 +226,19 @@ async def _run_worker(
 @click.option(
     "--metrics-host", default="127.0.0.1", show_default=True, help="Address the --metrics-port server listens on."
 )
+@click.option(
+    "--fetch-port",
+    type=click.IntRange(0, 65535),
+    default=None,
+    help="Serve the Worker's fetch handler (Default.fetch in main) on this port (needs stepstone[server]).",
+)
+@click.option("--fetch-host", default="127.0.0.1", show_default=True, help="Address the --fetch-port server uses.")
+@click.option(
+    "--triggers/--no-triggers",
+    default=None,
+    help="Run the Worker's scheduled handler at the [triggers] crons (default: as --schedules).",
+)
+@click.option("--debug-fetch", is_flag=True, hidden=True, help="A failing fetch answers its traceback (dev).")
 @click.option("--parent-pid", type=int, default=None, hidden=True, help="Exit when this process exits (dev).")
 @log_options
 def worker(
@@ -179,6 +250,10 @@ def worker(
     poll_interval: float,
     metrics_port: int | None,
     metrics_host: str,
+    fetch_port: int | None,
+    fetch_host: str,
+    triggers: bool | None,
+    debug_fetch: bool,
     parent_pid: int | None,
     log_level: str | None,
     log_format: str | None,
@@ -199,5 +274,8 @@ def worker(
             metrics=None if metrics_port is None else (metrics_host, metrics_port),
             parent_pid=parent_pid,
             lease_seconds=lease_seconds,
+            triggers=triggers,
+            fetch=None if fetch_port is None else (fetch_host, fetch_port),
+            debug=debug_fetch,
         )
     )

@@ -23,6 +23,7 @@ except ImportError as exc:  # pragma: no cover - depends on the environment
 from stepstone.server.app import create_app
 from stepstone.server.auth import InsecureServerError, TokenRule
 from stepstone.server.connections import ConnectionLimits
-from stepstone.server.run import serve
+from stepstone.server.run import serve, serve_app
+from stepstone.server.worker_proxy import WorkerProxy
 
-__all__ = ["ConnectionLimits", "InsecureServerError", "TokenRule", "create_app", "serve"]
+__all__ = ["ConnectionLimits", "InsecureServerError", "TokenRule", "WorkerProxy", "create_app", "serve", "serve_app"]

@@ -5,14 +5,15 @@ from __future__ import annotations
 import functools
 import importlib.util
 import logging
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, MutableMapping, Sequence
+from typing import Any
 
 import httpx
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
-from starlette.routing import Route
+from starlette.responses import JSONResponse, RedirectResponse, Response
+from starlette.routing import BaseRoute, Mount, Route
 
 from stepstone import __version__
 from stepstone.engine import Engine
@@ -39,6 +40,14 @@ from stepstone.server.state import Handler, ServerState, state_of
 log = logging.getLogger("stepstone.server")
 
 V4 = "/client/v4/accounts/{account_id}/workflows"
+DASHBOARD_PREFIX = "/cdn-cgi/stepstone"
+"""Where the dashboard also lives, and the only place it lives beside a Worker (which owns every path the API does
+not). ``/cdn-cgi/`` is the prefix Cloudflare keeps for itself: no Worker ever serves it there either."""
+
+ASGIApp = Callable[
+    [MutableMapping[str, Any], Callable[[], Awaitable[MutableMapping[str, Any]]], Callable[[Any], Awaitable[None]]],
+    Awaitable[None],
+]
 
 
 def _authorize(request: Request, *, account: str | None, any_account: bool = False) -> frozenset[str]:
@@ -195,6 +204,10 @@ async def _unexpected(request: Request, exc: Exception) -> Response:
     return error_response(error)
 
 
+async def _to_dashboard(request: Request) -> Response:
+    return RedirectResponse(DASHBOARD_PREFIX + "/", status_code=307)
+
+
 def create_app(
     engine: Engine,
     *,
@@ -202,9 +215,15 @@ def create_app(
     loopback_only: bool,
     metrics_also: Sequence[str] = (),
     limits: ConnectionLimits | None = None,
+    worker: ASGIApp | None = None,
 ) -> Starlette:
     """The REST API and the dashboard over an engine (started by the caller), and ``/metrics`` when prometheus-client
     is installed.
+
+    With ``worker`` (the project's Worker: :func:`stepstone.runtime.worker_app`, or ``stepstone dev``'s proxy to
+    its worker child), every request no route of the API matches goes to it, as on Cloudflare where the Worker
+    owns the hostname: Cloudflare's own paths (``/client/v4/...``, ``/cdn-cgi/...``) keep theirs, and so do
+    ``/health``, ``/openapi.json`` and ``/metrics``; the dashboard is then at ``/cdn-cgi/stepstone/`` only.
 
     Args:
         engine: the engine whose database the API serves; it needs no worker (``Engine(..., worker=False)``).
@@ -212,6 +231,7 @@ def create_app(
         loopback_only: whether the server listens only on loopback addresses.
         metrics_also: ``/metrics`` URLs of other processes merged into ours (``stepstone dev``'s worker).
         limits: the body deadline (the other limits apply in :func:`~stepstone.server.serve`'s uvicorn).
+        worker: the ASGI application serving every other path.
 
     Raises:
         InsecureServerError: no tokens while not ``loopback_only``.
@@ -219,11 +239,19 @@ def create_app(
     auth = Authenticator(tokens, loopback_only=loopback_only)
     if importlib.util.find_spec("prometheus_client") is not None:
         engine.enable_metrics()
+    dashboard: list[BaseRoute] = [
+        Route(DASHBOARD_PREFIX, _to_dashboard, methods=["GET"]),
+        Mount(DASHBOARD_PREFIX, routes=dashboard_routes()),
+    ]
+    if worker is None:
+        dashboard.extend(dashboard_routes())
     app = Starlette(
-        routes=[*_routes(), *dashboard_routes()],
+        routes=[*_routes(), *dashboard],
         exception_handlers={HTTPException: _http_error, Exception: _unexpected},
     )
     app.router.redirect_slashes = False
+    if worker is not None:
+        app.router.default = worker
     app.state.dashboard = Sessions(auth)
     app.state.stepstone = ServerState(
         engine=engine,

@@ -12,7 +12,7 @@ import uvicorn
 
 from stepstone.engine import Engine
 from stepstone.errors import ValidationError
-from stepstone.server.app import create_app
+from stepstone.server.app import ASGIApp, create_app
 from stepstone.server.auth import TokenRule, is_loopback_host
 from stepstone.server.connections import ConnectionLimits, guarded_protocol
 
@@ -64,6 +64,7 @@ async def serve(
     ready: asyncio.Event | None = None,
     metrics_also: Sequence[str] = (),
     limits: ConnectionLimits | None = None,
+    worker: ASGIApp | None = None,
 ) -> None:
     """Serve the REST API until cancelled; the engine must be started by the caller.
 
@@ -75,6 +76,7 @@ async def serve(
         ready: set once the server accepts connections.
         metrics_also: ``/metrics`` URLs of other processes merged into this server's ``/metrics``.
         limits: request deadlines and the connection cap (:class:`ConnectionLimits`' defaults when None).
+        worker: serves every path the API does not (the project's Worker, :func:`~stepstone.server.create_app`).
 
     Raises:
         InsecureServerError: a non-loopback ``host`` with no ``tokens``.
@@ -82,7 +84,9 @@ async def serve(
     """
     loopback = is_loopback_host(host)
     limits = limits or ConnectionLimits()
-    app = create_app(engine, tokens=tokens, loopback_only=loopback, metrics_also=metrics_also, limits=limits)
+    app = create_app(
+        engine, tokens=tokens, loopback_only=loopback, metrics_also=metrics_also, limits=limits, worker=worker
+    )
     sock = _bind(host, port)
     bound = sock.getsockname()
     where = f"http://{'[' + bound[0] + ']' if ':' in bound[0] else bound[0]}:{bound[1]}"
@@ -90,6 +94,33 @@ async def serve(
         log.info("REST API on %s (%d API token(s) configured)", where, len(tokens))
     else:
         log.warning("REST API on %s: no API tokens configured, accepting any token from loopback only", where)
+    await _serve_socket(app, sock, ready, limits)
+
+
+async def serve_app(
+    app: ASGIApp,
+    *,
+    host: str = "127.0.0.1",
+    port: int = 0,
+    ready: asyncio.Event | None = None,
+    limits: ConnectionLimits | None = None,
+) -> None:
+    """Serve any ASGI application (the Worker's ``fetch`` in ``stepstone worker --fetch-port``) until cancelled,
+    with the API's connection limits.
+
+    Raises:
+        ValidationError: the address cannot be listened on.
+    """
+    limits = limits or ConnectionLimits()
+    sock = _bind(host, port)
+    bound = sock.getsockname()
+    log.info("the Worker's fetch handler on http://%s:%s", bound[0], bound[1])
+    await _serve_socket(app, sock, ready, limits)
+
+
+async def _serve_socket(
+    app: ASGIApp, sock: socket.socket, ready: asyncio.Event | None, limits: ConnectionLimits
+) -> None:
     config = uvicorn.Config(
         app,
         lifespan="off",

@@ -22,7 +22,17 @@ from stepstone.errors import InstanceNotFoundError, InvalidStateError, Stepstone
 from stepstone.server.body import read_body
 from stepstone.server.dashboard.pages import filter_query, instance_filters
 from stepstone.server.dashboard.session import COOKIE
-from stepstone.server.dashboard.web import FORM_CAP, TEMPLATES, View, back, dashboard_page, error_page, q, sessions_of
+from stepstone.server.dashboard.web import (
+    FORM_CAP,
+    TEMPLATES,
+    View,
+    back,
+    dashboard_page,
+    error_page,
+    q,
+    root_of,
+    sessions_of,
+)
 from stepstone.server.envelope import ApiError, api_error_for, bad_request, log_failure
 from stepstone.server.state import state_of
 
@@ -158,21 +168,22 @@ async def instance_post(view: View) -> Response:
     return back(page, notice=notice)
 
 
-def _safe_next(target: str) -> str:
+def _safe_next(target: str, root: str) -> str:
     """Only a path on this server (never ``//elsewhere``) may follow a login."""
-    return target if target.startswith("/") and not target.startswith("//") else "/"
+    return target if target.startswith("/") and not target.startswith("//") else root + "/"
 
 
 async def login_page(request: Request) -> Response:
     """``GET /login`` shows the token form; ``POST /login`` checks the token and sets the cookie."""
     sessions = sessions_of(request)
-    nxt = _safe_next(request.query_params.get("next", "/"))
+    root = root_of(request)
+    nxt = _safe_next(request.query_params.get("next", root + "/"), root)
     message = request.query_params.get("why", "")[:300]
     status = 200
     if request.method == "POST":
         raw = await read_body(request, FORM_CAP, state_of(request).body_timeout)
         form = dict(parse_qsl(raw.decode("utf-8", "replace"), keep_blank_values=True))
-        nxt = _safe_next(form.get("next", "/"))
+        nxt = _safe_next(form.get("next", root + "/"), root)
         try:
             origin = request.headers.get("origin")
             if origin and origin != f"{request.url.scheme}://{request.headers.get('host', '')}":
@@ -193,9 +204,9 @@ async def login_page(request: Request) -> Response:
             )
             return response
     if sessions.open:
-        return RedirectResponse("/", status_code=303)
+        return RedirectResponse(root + "/", status_code=303)
     html = TEMPLATES.get_template("login.html").render(
-        message=message, next=nxt, account=None, path="/login", title="Log in"
+        message=message, next=nxt, account=None, path=root + "/login", title="Log in", root=root
     )
     return HTMLResponse(html, status_code=status)
 
@@ -209,6 +220,6 @@ async def logout(request: Request) -> Response:
     except ApiError as exc:
         log_failure(log, request, exc, exc)
         return error_page(request, exc.status, exc.message)
-    response = RedirectResponse("/login?" + urlencode({"why": "logged out"}), status_code=303)
+    response = RedirectResponse(root_of(request) + "/login?" + urlencode({"why": "logged out"}), status_code=303)
     response.delete_cookie(COOKIE, path="/")
     return response

@@ -19,7 +19,7 @@ from stepstone.errors import InstanceNotFoundError, ValidationError
 from stepstone.models import DEFAULT_ACCOUNT, FINISHED, STATUSES, InstanceRecord, WorkflowRecord
 from stepstone.server.dashboard.live import change_stream
 from stepstone.server.dashboard.timeline import build_timeline, parse_iso, show_duration, show_time
-from stepstone.server.dashboard.web import View, dashboard_page, error_page, q, sessions_of
+from stepstone.server.dashboard.web import View, dashboard_page, error_page, q, root_of, sessions_of
 from stepstone.server.envelope import api_error_for, bad_request, log_failure
 from stepstone.server.state import state_of
 
@@ -298,7 +298,7 @@ async def root_page(request: Request) -> Response:
     except Exception as exc:
         error = api_error_for(exc)
         if error.status == 401 and not sessions.open:
-            return RedirectResponse("/login", status_code=303)
+            return RedirectResponse(root_of(request) + "/login", status_code=303)
         log_failure(log, request, exc, error)
         return error_page(request, error.status, error.message)
     named = sorted(a for a in accounts if a != "*")
@@ -306,6 +306,6 @@ async def root_page(request: Request) -> Response:
         known = {w.account for w in await state_of(request).engine.list_workflows(every_account=True)}
         named = sorted({*named, DEFAULT_ACCOUNT, *known})
     if len(named) == 1:
-        return RedirectResponse(f"/accounts/{q(named[0])}/workflows", status_code=303)
+        return RedirectResponse(f"{root_of(request)}/accounts/{q(named[0])}/workflows", status_code=303)
     view = View(request, state_of(request), sessions, "", accounts)
     return view.render("accounts.html", accounts=named, title="Accounts")

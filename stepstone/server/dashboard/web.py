@@ -49,6 +49,12 @@ def _environment() -> Environment:
 TEMPLATES = _environment()
 
 
+def root_of(request: Request) -> str:
+    """Where the dashboard is mounted: '' at the server's root, ``/cdn-cgi/stepstone`` beside a Worker (which owns
+    the other paths), plus any ``root_path`` the server runs under. Every link and redirect starts with it."""
+    return str(request.scope.get("root_path", "")).rstrip("/")
+
+
 def sessions_of(request: Request) -> Sessions:
     """The dashboard's sessions, kept beside the server state."""
     sessions: Sessions = request.app.state.dashboard
@@ -71,15 +77,21 @@ class View:
         return self.state.scope(self.account)
 
     @property
+    def root(self) -> str:
+        """The dashboard's mount point (:func:`root_of`)."""
+        return root_of(self.request)
+
+    @property
     def base(self) -> str:
         """The account's workflows page, the prefix of every page under it."""
-        return f"/accounts/{q(self.account)}/workflows"
+        return f"{self.root}/accounts/{q(self.account)}/workflows"
 
     def render(self, template: str, status: int = 200, **context: Any) -> HTMLResponse:
         """A template rendered with what every page needs (account, CSRF token, notices)."""
         html = TEMPLATES.get_template(template).render(
             account=self.account,
             base=self.base,
+            root=self.root,
             csrf=self.sessions.csrf(self.request),
             logged_in=not self.sessions.open,
             notice=self.request.query_params.get("notice", "")[:500],
@@ -114,7 +126,9 @@ def error_page(request: Request, status: int, message: str) -> Response:
     """A plain HTML error page (htmx fragment requests get the text alone)."""
     if request.headers.get("hx-request"):
         return HTMLResponse(f'<p class="flash error" role="alert">{_escape(message)}</p>', status_code=status)
-    html = TEMPLATES.get_template("error.html").render(status=status, message=message, account=None, path="")
+    html = TEMPLATES.get_template("error.html").render(
+        status=status, message=message, account=None, path="", root=root_of(request)
+    )
     return HTMLResponse(html, status_code=status)
 
 
@@ -142,7 +156,7 @@ def dashboard_page(handler: Handler) -> Callable[[Request], Awaitable[Response]]
         except Exception as exc:
             error = api_error_for(exc)
             if error.status == 401 and not sessions.open:  # not logged in yet: the login form, nothing to log
-                target = "/login?" + urlencode({"next": request.url.path, "why": error.message})
+                target = root_of(request) + "/login?" + urlencode({"next": request.url.path, "why": error.message})
                 if request.headers.get("hx-request"):
                     return Response(status_code=204, headers={"HX-Redirect": target})
                 return RedirectResponse(target, status_code=303)

@@ -154,6 +154,7 @@ async def run_dev(
     poll: float,
     logging: tuple[str, str] = ("info", "text"),
     lease_seconds: float | None = None,
+    test_scheduled: bool = False,
 ) -> None:
     """Supervise the worker child, fire the schedules and serve the API until SIGINT/SIGTERM."""
     from stepstone.cli.worker import until_signalled
@@ -167,6 +168,8 @@ async def run_dev(
     if api and declares_worker(project.config.main) and importlib.util.find_spec("uvicorn") is not None:
         fetch_port = _free_port()  # the child serves the Worker's fetch there; the API forwards to it
         child_args += ["--fetch-port", str(fetch_port), "--debug-fetch"]
+        if test_scheduled:
+            child_args.append("--test-scheduled")
     if lease_seconds is not None:  # else the child reads the project's lease_seconds itself
         child_args += ["--lease-seconds", str(lease_seconds)]
     metrics_also: list[str] = []
@@ -255,6 +258,11 @@ async def run_dev(
 @click.option("--no-api", is_flag=True, help="Do not serve the REST API.")
 @lease_option
 @click.option(
+    "--test-scheduled",
+    is_flag=True,
+    help="GET /__scheduled?cron=... runs the Worker's scheduled handler (as wrangler dev --test-scheduled).",
+)
+@click.option(
     "--watch-interval",
     type=click.FloatRange(min=0.05),
     default=0.3,
@@ -268,6 +276,7 @@ def dev(
     port: int | None,
     no_api: bool,
     lease_seconds: float | None,
+    test_scheduled: bool,
     watch_interval: float,
     log_level: str | None,
     log_format: str | None,
@@ -284,5 +293,6 @@ def dev(
             poll=watch_interval,
             logging=chosen,
             lease_seconds=lease_seconds,
+            test_scheduled=test_scheduled,
         )
     )

@@ -56,6 +56,7 @@ async def run_worker(
     triggers: bool | None = None,
     fetch: tuple[str, int] | None = None,
     debug: bool = False,
+    test_scheduled: bool = False,
 ) -> None:
     """Run the project's workflows until SIGINT/SIGTERM; instances in flight carry on at the next start.
 
@@ -66,6 +67,7 @@ async def run_worker(
         triggers: run the Worker's ``scheduled`` handler for ``[triggers] crons`` (default: as ``schedules``).
         fetch: serve the Worker's ``fetch`` handler on this (host, port).
         debug: a failing ``fetch`` answers its traceback (``stepstone dev``).
+        test_scheduled: ``GET /__scheduled?cron=...`` on the fetch port runs ``scheduled``.
     """
     loop = asyncio.get_running_loop()
     stopping = asyncio.Event()
@@ -85,7 +87,7 @@ async def run_worker(
             lease_seconds,
             schedules if triggers is None else triggers,
             fetch,
-            debug,
+            (debug, test_scheduled),
         )
     finally:
         for sig in (signal.SIGINT, signal.SIGTERM):
@@ -105,7 +107,7 @@ async def _run_worker(
     lease_seconds: float | None,
     triggers: bool,
     fetch: tuple[str, int] | None,
-    debug: bool,
+    flags: tuple[bool, bool],
 ) -> None:
     engine = project.engine(
         worker=True,
@@ -141,7 +143,7 @@ async def _run_worker(
                     run_schedules(engine, lambda: crons, on_fire=lambda wf, i: info(f'⌛ cron created "{i}" of {wf}'))
                 )
             )
-        tasks.extend(await _start_worker_handlers(project, engine, triggers=triggers, fetch=fetch, debug=debug))
+        tasks.extend(await _start_worker_handlers(project, engine, triggers=triggers, fetch=fetch, flags=flags))
         try:
             stops: list[asyncio.Task[object]] = [asyncio.create_task(stopping.wait())]
             if parent_pid is not None:
@@ -162,7 +164,7 @@ async def _run_worker(
 
 
 async def _start_worker_handlers(
-    project: Project, engine: Engine, *, triggers: bool, fetch: tuple[str, int] | None, debug: bool
+    project: Project, engine: Engine, *, triggers: bool, fetch: tuple[str, int] | None, flags: tuple[bool, bool]
 ) -> list[asyncio.Task[None]]:
     """The tasks serving the Worker's handlers: ``fetch`` on its port, ``scheduled`` at its crons."""
     config = project.config
@@ -181,17 +183,23 @@ async def _start_worker_handlers(
         else:
             warn(f"[triggers] crons are set but {runtime.name} has no scheduled handler: they do nothing")
     if fetch is not None:
-        tasks.append(await _serve_fetch(runtime, fetch, debug=debug))
+        tasks.append(await _serve_fetch(runtime, fetch, debug=flags[0], test_scheduled=flags[1]))
     return tasks
 
 
-async def _serve_fetch(runtime: WorkerRuntime, where: tuple[str, int], *, debug: bool) -> asyncio.Task[None]:
+async def _serve_fetch(
+    runtime: WorkerRuntime, where: tuple[str, int], *, debug: bool, test_scheduled: bool
+) -> asyncio.Task[None]:
     try:
         from stepstone.server import serve_app
     except ImportError as exc:
         raise click.ClickException(f"--fetch-port needs stepstone[server] (Starlette, uvicorn): {exc}") from None
     ready = asyncio.Event()
-    server = asyncio.create_task(serve_app(worker_app(runtime, debug=debug), host=where[0], port=where[1], ready=ready))
+    server = asyncio.create_task(
+        serve_app(
+            worker_app(runtime, debug=debug, test_scheduled=test_scheduled), host=where[0], port=where[1], ready=ready
+        )
+    )
     started = asyncio.create_task(ready.wait())
     await asyncio.wait([server, started], return_when=asyncio.FIRST_COMPLETED)
     started.cancel()
@@ -239,6 +247,9 @@ async def _serve_fetch(runtime: WorkerRuntime, where: tuple[str, int], *, debug:
     help="Run the Worker's scheduled handler at the [triggers] crons (default: as --schedules).",
 )
 @click.option("--debug-fetch", is_flag=True, hidden=True, help="A failing fetch answers its traceback (dev).")
+@click.option(
+    "--test-scheduled", is_flag=True, help="GET /__scheduled?cron=... on the --fetch-port runs the scheduled handler."
+)
 @click.option("--parent-pid", type=int, default=None, hidden=True, help="Exit when this process exits (dev).")
 @log_options
 def worker(
@@ -254,6 +265,7 @@ def worker(
     fetch_host: str,
     triggers: bool | None,
     debug_fetch: bool,
+    test_scheduled: bool,
     parent_pid: int | None,
     log_level: str | None,
     log_format: str | None,
@@ -277,5 +289,6 @@ def worker(
             triggers=triggers,
             fetch=None if fetch_port is None else (fetch_host, fetch_port),
             debug=debug_fetch,
+            test_scheduled=test_scheduled,
         )
     )

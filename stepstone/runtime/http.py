@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import http.client
 import logging
+import time
 import traceback
 from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping
 from typing import Any
@@ -68,13 +69,29 @@ async def _body(receive: Receive, limit: int) -> AsyncIterator[bytes]:
             return
 
 
-def worker_app(runtime: WorkerRuntime, *, debug: bool = False, max_body: int = MAX_BODY_BYTES) -> ASGIApp:
-    """The ASGI application serving ``runtime``'s ``fetch`` (or its ASGI ``Default``)."""
+TEST_SCHEDULED_PATHS = ("/__scheduled", "/cdn-cgi/handler/scheduled")
+"""Where ``wrangler dev --test-scheduled`` runs the ``scheduled`` handler on request (``?cron=...&time=ms``)."""
+
+
+def worker_app(
+    runtime: WorkerRuntime, *, debug: bool = False, max_body: int = MAX_BODY_BYTES, test_scheduled: bool = False
+) -> ASGIApp:
+    """The ASGI application serving ``runtime``'s ``fetch`` (or its ASGI ``Default``).
+
+    Args:
+        debug: a raising handler answers its traceback.
+        max_body: the largest request body, in bytes.
+        test_scheduled: ``GET /__scheduled?cron=...`` runs the ``scheduled`` handler, as under
+            ``wrangler dev --test-scheduled``.
+    """
     background: set[asyncio.Task[None]] = set()
 
     async def app(scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "lifespan":
             await _lifespan(receive, send)
+            return
+        if test_scheduled and scope["type"] == "http" and scope.get("path") in TEST_SCHEDULED_PATHS:
+            await _send(await _run_scheduled(runtime, scope), send)
             return
         if runtime.asgi_app is not None:
             await runtime.asgi_app({**scope, "env": runtime.env}, receive, send)
@@ -108,6 +125,27 @@ def worker_app(runtime: WorkerRuntime, *, debug: bool = False, max_body: int = M
             task.add_done_callback(background.discard)
 
     return app
+
+
+async def _run_scheduled(runtime: WorkerRuntime, scope: Scope) -> Response:
+    from urllib.parse import parse_qs
+
+    from stepstone.runtime.scheduled import ScheduledController
+
+    query = parse_qs(scope.get("query_string", b"").decode("latin-1"))
+    cron = query.get("cron", [""])[0]
+    raw_time = query.get("time", [""])[0]
+    if raw_time and not raw_time.isdigit():
+        return Response(f"time must be milliseconds since the epoch, got {raw_time!r}", status=400)
+    when = int(raw_time) if raw_time else int(time.time() * 1000)
+    if not runtime.has_handler("scheduled"):
+        return Response(f"{runtime.name} has no scheduled handler", status=404)
+    try:
+        await runtime.scheduled(ScheduledController(when, cron))
+    except Exception as exc:
+        log.error("scheduled(%r) raised %s: %s", cron, type(exc).__name__, exc, exc_info=exc)
+        return Response(f"the scheduled handler raised {type(exc).__name__}: {exc}", status=500)
+    return Response("Ran scheduled event")
 
 
 async def _send(response: Response, send: Send) -> None:

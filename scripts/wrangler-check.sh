@@ -2,7 +2,8 @@
 # Drive the real wrangler CLI (from npm) against stepstone, unmodified:
 #   1. REST mode: CLOUDFLARE_API_BASE_URL=http://127.0.0.1:$PORT/client/v4 (the v4 API), and
 #   2. --local --port $PORT (the local explorer API under /cdn-cgi/[local/]explorer/api),
-# over `stepstone dev` running the starter project from `stepstone init` in a temporary directory.
+# over `stepstone dev` running the starter project from `stepstone init` in a temporary directory; then
+#   3. `wrangler deploy --dry-run` of that project's stepstone.toml (compatibility_date and python_workers).
 #
 #   scripts/wrangler-check.sh                 # wrangler 4.86.0 (runs on node 20)
 #   WRANGLER_VERSION=4.164.0 scripts/wrangler-check.sh    # newer wranglers need node >= 22
@@ -94,6 +95,10 @@ run workflows instances terminate "$wf" local-2 --local --port "$port"
 run workflows instances restart "$wf" local-2 --local --port "$port"
 run workflows delete "$wf" --local --port "$port"
 run workflows list --local --port "$port"
+
+echo
+echo "== the project itself: wrangler reads stepstone init's file as a Python Worker's configuration"
+run deploy --dry-run --config project/stepstone.toml --outdir dry-run
 
 echo
 if [ "$failures" -ne 0 ]; then

@@ -11,9 +11,12 @@ from stepstone.cli.output import echo
 from stepstone.config import CONFIG_FILES
 
 CONFIG = """\
-# stepstone reads wrangler's keys: name, main, [vars], [[workflows]].
+# stepstone reads wrangler's keys: name, main, [vars], [[workflows]] (and wrangler reads this file too:
+# wrangler deploy --config stepstone.toml; the two compatibility keys are what it needs for a Python Worker).
 name = "{name}"
 main = "src/entry.py"
+compatibility_date = "2026-05-08"
+compatibility_flags = ["python_workers", "python_workflows"]
 
 [vars]
 GREETING = "Hello"

@@ -7,7 +7,8 @@
   register workflows on it.
 - ``project``: the ``stepstone.toml`` / ``wrangler.toml`` / ``wrangler.jsonc`` of the test's directory (or the
   nearest parent), loaded as ``stepstone dev`` loads it (its ``main`` imported, every workflow registered and
-  bound, ``[vars]`` set) on a TestEngine on that database: ``project.env.MY_WORKFLOW``.
+  bound, ``[vars]`` set) on a TestEngine on that database: ``project.env.MY_WORKFLOW``; ``await
+  project.fetch("/path")`` and ``await project.scheduled(cron)`` call the Worker's handlers in process.
 
 The async fixtures need pytest-asyncio (part of ``stepstone[test]``); without it they fail with that advice.
 """
@@ -26,7 +27,9 @@ import pytest
 
 from stepstone.config import ProjectConfig
 from stepstone.project import Project
+from stepstone.runtime import ScheduledController, WorkerRuntime, load_runtime
 from stepstone.testing import TestEngine, TimeSkippingClock
+from stepstone.workers import Response
 
 MARKER = "stepstone_postgres"
 POSTGRES_ENV = "STEPSTONE_TEST_POSTGRES"
@@ -54,6 +57,7 @@ class TestProject:
     def __init__(self, project: Project, engine: TestEngine) -> None:
         self.project = project
         self.engine = engine
+        self._worker: WorkerRuntime | None = None
 
     @property
     def config(self) -> ProjectConfig:
@@ -74,6 +78,31 @@ class TestProject:
     def clock(self) -> Any:
         """The engine's clock (a :class:`~stepstone.testing.TimeSkippingClock`)."""
         return self.engine.clock
+
+    def worker(self) -> WorkerRuntime:
+        """The project's Worker (its ``Default`` entrypoint) over this ``env``."""
+        if self._worker is None:
+            self._worker = load_runtime(self.project, self.engine)
+        return self._worker
+
+    async def fetch(self, url: str, **options: Any) -> Response:
+        """Call the Worker's ``fetch`` with ``Request(url, **options)`` in this process, as Cloudflare's vitest
+        ``SELF.fetch`` does; a path is taken relative to ``http://localhost/``. ``ctx.wait_until`` work is awaited
+        before this returns."""
+        from stepstone.workers import Context, Request
+
+        if url.startswith("/"):
+            url = "http://localhost" + url
+        ctx = Context()
+        response = await self.worker().fetch(Request(url, **options), ctx)
+        await ctx.drain()
+        return response
+
+    async def scheduled(self, cron: str = "", *, scheduled_time: int | None = None) -> None:
+        """Run the Worker's ``scheduled`` handler once, as a firing of ``cron`` (at ``scheduled_time`` ms, default
+        the engine clock's now)."""
+        when = int(self.engine.clock.now() * 1000) if scheduled_time is None else scheduled_time
+        await self.worker().scheduled(ScheduledController(when, cron))
 
 
 def _postgres_database() -> Iterator[str]:

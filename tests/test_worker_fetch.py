@@ -272,3 +272,16 @@ def test_declares_worker_reads_main_without_importing_it(tmp_path: Path) -> None
         main.write_text("raise SystemExit('never imported')\n" + source)
         assert declares_worker(main) is expected, source
     assert declares_worker(tmp_path / "missing.py") is False
+
+
+async def test_the_project_fixture_calls_the_worker_in_process(shop: TestProject) -> None:
+    made = await shop.fetch("/orders", method="POST", body='{"items": [{"price": 2}]}')
+    assert made.status == 201
+    status = await wait_for_status(await shop.env.ORDERS.get((await made.json())["id"]))
+    assert status.output == {"total": 2}
+    later = await shop.fetch("/later")
+    assert later.status == 202
+    await shop.env.ORDERS.get("from-wait-until")  # wait_until work is done when fetch returns
+    await shop.scheduled("*/5 * * * *", scheduled_time=1786000000000)
+    cron = await wait_for_status(await shop.env.ORDERS.get("cron-1786000000000"))
+    assert cron.output == {"total": 1}

@@ -86,3 +86,53 @@ def test_dev_serves_cloudflares_workflows_example_on_the_api_port(dev: tuple[Pat
         lambda: (r := httpx.get(base + "/", timeout=30)).text.startswith("Now use") and r, 60, "the new code"
     )
     assert after.status_code == 200
+
+
+SERVE_PY = """
+from workers import Response, WorkerEntrypoint
+
+
+class Default(WorkerEntrypoint):
+    async def fetch(self, request):
+        if request.url.endswith("/boom"):
+            raise ValueError("no")
+        return Response.json({"hello": self.env.WHO, "url": request.url})
+"""
+
+
+@pytest.mark.parametrize("api_only", [False, True])
+def test_serve_answers_with_the_workers_fetch_unless_api_only(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, api_only: bool
+) -> None:
+    (tmp_path / "entry.py").write_text(SERVE_PY)
+    (tmp_path / "wrangler.toml").write_text('name = "svc"\nmain = "entry.py"\n[vars]\nWHO = "world"\n')
+    monkeypatch.delenv("STEPSTONE_DATABASE_URL", raising=False)
+    port = free_port()
+    base = f"http://127.0.0.1:{port}"
+    args = ["--api-only"] if api_only else []
+    with (tmp_path / "serve.log").open("w") as log:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "stepstone.cli", "serve", "--port", str(port), *args],
+            cwd=tmp_path,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+        try:
+            wait_for(lambda: (r := get(base + "/health")) is not None and r.status_code == 200, 60, "serve")
+            home = httpx.get(base + "/", timeout=30, follow_redirects=True)
+            if api_only:
+                assert "stepstone" in home.text and home.headers["content-type"].startswith("text/html")
+            else:
+                assert home.json() == {"hello": "world", "url": base + "/"}
+                boom = httpx.get(base + "/boom", timeout=30)
+                assert boom.status_code == 500 and "ValueError" not in boom.text
+                dashboard = httpx.get(base + "/cdn-cgi/stepstone/", timeout=30, follow_redirects=True)
+                assert dashboard.status_code == 200 and "/cdn-cgi/stepstone/dashboard/static/" in dashboard.text
+        finally:
+            proc.send_signal(signal.SIGINT)
+            try:
+                proc.wait(30)
+            finally:
+                if proc.poll() is None:
+                    proc.kill()
+                    proc.wait()

@@ -58,7 +58,8 @@ async def run_serve(
         await asyncio.wait([server, stop, started], return_when=asyncio.FIRST_COMPLETED)
         if started.done() and not server.done():
             where = f"http://{host}:{port}"
-            info(f"⎔ stepstone API on {where}/client/v4, dashboard on {where}/ (database {engine.storage.url})")
+            board = f"{where}/cdn-cgi/stepstone/" if worker is not None else f"{where}/"
+            info(f"⎔ stepstone API on {where}/client/v4, dashboard on {board} (database {engine.storage.url})")
             await asyncio.wait([server, stop], return_when=asyncio.FIRST_COMPLETED)
         for task in (stop, started):
             task.cancel()

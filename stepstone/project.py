@@ -20,7 +20,6 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
-from stepstone.bindings import build_env_bindings
 from stepstone.config import ConfigError, ProjectConfig, Settings, WorkflowConfig, find_config, load_config
 from stepstone.cron import Cron, cron_instance_id, parse_cron
 from stepstone.engine import Engine

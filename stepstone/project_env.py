@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from stepstone.bindings import build_env_bindings
 from stepstone.config import ConfigError, ProjectConfig
 from stepstone.engine import Engine
 from stepstone.workers.entrypoints import set_process_env
@@ -37,7 +38,7 @@ def build_env(config: ProjectConfig, engine: Engine) -> Any:
         owners[name] = "a secret"
 
     # -- bindings (stepstone.bindings) --
-    bound: dict[str, object] = {}
+    bound = build_env_bindings(config.bindings, storage=engine.storage, root=config.root, clock=engine.clock)
     for name, value in bound.items():
         if name in owners:
             raise ConfigError(f"{config.path.name}: binding {name!r} is already the name of {owners[name]}")

@@ -7,10 +7,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import signal
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import click
 
+from stepstone.bindings.queues import QueueConsumers
 from stepstone.cli.common import (
     chosen_database,
     config_option,
@@ -27,6 +29,7 @@ from stepstone.engine import Engine
 from stepstone.observe.logs import install_stdout
 from stepstone.project import Project, run_schedules, schedules_of
 from stepstone.runtime import WorkerRuntime, load_runtime, run_crons, worker_app
+from stepstone.storage import binding_store
 
 
 async def until_signalled() -> None:
@@ -168,23 +171,51 @@ async def _start_worker_handlers(
 ) -> list[asyncio.Task[None]]:
     """The tasks serving the Worker's handlers: ``fetch`` on its port, ``scheduled`` at its crons."""
     config = project.config
-    if fetch is None and not (triggers and config.crons):
+    consumers = config.bindings.consumers
+    if fetch is None and not (triggers and config.crons) and not consumers:
         return []
     runtime = load_runtime(project, engine)
     tasks: list[asyncio.Task[None]] = []
+    store = binding_store(engine.storage)
     if triggers and config.crons:
         if runtime.has_handler("scheduled"):
+
+            async def claim(key: str, expires_at: float) -> bool:  # one process runs each firing
+                return await store.claim_once(key, now=engine.clock.now(), expires_at=expires_at)
+
             info(f"  scheduled: {runtime.name}.scheduled at {', '.join(config.crons)}")
             tasks.append(
                 asyncio.create_task(
-                    run_crons(runtime, config.crons, engine.clock, on_fire=lambda c: info(f'⌛ scheduled "{c}" ran'))
+                    run_crons(
+                        runtime,
+                        config.crons,
+                        engine.clock,
+                        claim=claim,
+                        on_fire=lambda c: info(f'⌛ scheduled "{c}" ran'),
+                    )
                 )
             )
         else:
             warn(f"[triggers] crons are set but {runtime.name} has no scheduled handler: they do nothing")
+    if consumers:
+        if runtime.has_handler("queue"):
+            queues = QueueConsumers(store, consumers, engine.clock, runtime.queue)
+            await queues.start()
+            info(f"  queue: {runtime.name}.queue consumes {', '.join(c.queue for c in consumers)}")
+            tasks.append(asyncio.create_task(_until_cancelled(queues.stop)))
+        else:
+            warn(f"[[queues.consumers]] are set but {runtime.name} has no queue handler: nothing consumes them")
     if fetch is not None:
         tasks.append(await _serve_fetch(runtime, fetch, debug=flags[0], test_scheduled=flags[1]))
     return tasks
+
+
+async def _until_cancelled(stop: Callable[[], Awaitable[None]]) -> None:
+    """Wait until cancelled, then ``stop()`` (a task owning something started elsewhere)."""
+    try:
+        await asyncio.Event().wait()
+    finally:
+        await stop()
 
 
 async def _serve_fetch(

@@ -37,7 +37,8 @@ def dev_example(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Cal
         )
         procs.append((proc, log))
         base = f"http://127.0.0.1:{port}"
-        wait_for(lambda: _answers(base + "/"), 60, f"{name}'s Worker")
+        wait_for(lambda: _answers(base + "/health"), 60, f"{name}'s API")
+        wait_for(lambda: "ready:" in (tmp_path / f"{name}.log").read_text(), 60, f"{name}'s worker")
         return base
 
     yield start
@@ -103,3 +104,19 @@ def test_worker_cron_starts_a_cleanup_at_each_firing(dev_example: Callable[..., 
     )
     assert done.json()["result"]["output"] == {"deleted": 3, "before": "2026-07-07T07:06:40+00:00"}
     assert httpx.get(base + "/__scheduled", params={"time": "soon"}, timeout=30).status_code == 400
+
+
+def test_worker_queue_consumer_creates_an_instance_per_message(dev_example: Callable[..., str]) -> None:
+    base = dev_example("worker-queue")
+    sent = httpx.post(base + "/jobs", json=[{"name": "resize"}, {"name": "thumbnail"}, {"name": "crop"}], timeout=30)
+    assert (sent.status_code, sent.json()) == (202, {"queued": 3})
+    v4 = base + "/client/v4/accounts/local/workflows/job-workflow/instances"
+
+    def finished() -> list[Any] | None:
+        rows = httpx.get(v4, params={"status": "complete"}, timeout=30).json()["result"]
+        return rows if len(rows) == 3 else None
+
+    rows = wait_for(finished, 90, "an instance per message")
+    assert all(r["id"].startswith("job-") for r in rows)
+    outputs = sorted(httpx.get(f"{v4}/{r['id']}", timeout=30).json()["result"]["output"]["job"] for r in rows)
+    assert outputs == ["crop", "resize", "thumbnail"]

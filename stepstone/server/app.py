@@ -12,8 +12,8 @@ import httpx
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
-from starlette.responses import JSONResponse, RedirectResponse, Response
-from starlette.routing import BaseRoute, Mount, Route
+from starlette.responses import JSONResponse, Response
+from starlette.routing import BaseRoute, Route
 
 from stepstone import __version__
 from stepstone.engine import Engine
@@ -23,7 +23,7 @@ from stepstone.server import workflows as wf
 from stepstone.server.auth import Authenticator, TokenRule
 from stepstone.server.body import MARGIN
 from stepstone.server.connections import ConnectionLimits
-from stepstone.server.dashboard import Sessions, dashboard_routes
+from stepstone.server.dashboard import Sessions, dashboard_routes, mounted_routes
 from stepstone.server.envelope import (
     BAD_METHOD,
     NO_ROUTE,
@@ -204,10 +204,6 @@ async def _unexpected(request: Request, exc: Exception) -> Response:
     return error_response(error)
 
 
-async def _to_dashboard(request: Request) -> Response:
-    return RedirectResponse(DASHBOARD_PREFIX + "/", status_code=307)
-
-
 def create_app(
     engine: Engine,
     *,
@@ -239,10 +235,7 @@ def create_app(
     auth = Authenticator(tokens, loopback_only=loopback_only)
     if importlib.util.find_spec("prometheus_client") is not None:
         engine.enable_metrics()
-    dashboard: list[BaseRoute] = [
-        Route(DASHBOARD_PREFIX, _to_dashboard, methods=["GET"]),
-        Mount(DASHBOARD_PREFIX, routes=dashboard_routes()),
-    ]
+    dashboard: list[BaseRoute] = mounted_routes(DASHBOARD_PREFIX)
     if worker is None:
         dashboard.extend(dashboard_routes())
     app = Starlette(

@@ -30,6 +30,12 @@ ACCOUNT = "/accounts/{account_id}"
 WORKFLOW = ACCOUNT + "/workflows/{workflow_name}"
 
 
+def mounted_routes(prefix: str) -> list[BaseRoute]:
+    """The dashboard under ``prefix`` (every link and redirect then starts with it), ``prefix`` itself redirecting
+    to ``prefix/``."""
+    return [Route(prefix, pages.to_mount_root, methods=["GET"]), Mount(prefix, routes=dashboard_routes())]
+
+
 def dashboard_routes() -> list[BaseRoute]:
     """The dashboard's routes, to mount beside the REST API's."""
     return [

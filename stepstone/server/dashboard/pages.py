@@ -309,3 +309,8 @@ async def root_page(request: Request) -> Response:
         return RedirectResponse(f"{root_of(request)}/accounts/{q(named[0])}/workflows", status_code=303)
     view = View(request, state_of(request), sessions, "", accounts)
     return view.render("accounts.html", accounts=named, title="Accounts")
+
+
+async def to_mount_root(request: Request) -> Response:
+    """``GET /cdn-cgi/stepstone`` (a mount point without its slash): to the dashboard's root page."""
+    return RedirectResponse(request.url.path.rstrip("/") + "/", status_code=307)

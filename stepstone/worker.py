@@ -103,6 +103,7 @@ class Worker:
         self._stopping = False
         self._tasks: list[asyncio.Task[Any]] = []
         self._last_purge = 0.0
+        self._purge: asyncio.Task[None] | None = None
         self._parked = 0
         self._checks: set[asyncio.Task[None]] = set()
         self._waiting = False
@@ -146,7 +147,11 @@ class Worker:
             task.cancel()
         for _, task in list(self.running.values()):
             task.cancel()
+        if self._purge is not None:
+            self._purge.cancel()
         pending: list[asyncio.Task[Any]] = [t for _, t in self.running.values()] + self._tasks
+        if self._purge is not None:
+            pending.append(self._purge)
         for task in pending:
             with contextlib.suppress(BaseException):
                 await task
@@ -207,6 +212,12 @@ class Worker:
         # Instances waiting in process for a short timer do not count, as waiting instances don't.
         return len(self.running) - self._parked
 
+    async def _purge_expired(self, now: float) -> None:
+        try:
+            await self.storage.purge_expired(now=now)
+        except StorageError as exc:
+            log.warning("retention purge failed (%s); next try in %.0fs", exc, self.purge_interval)
+
     async def _claim_loop(self) -> None:
         backoff = 0.05
         while not self._stopping:
@@ -223,9 +234,10 @@ class Worker:
                     limit=free,
                     workflows=list(defs),
                 )
-                if now - self._last_purge >= self.purge_interval:
+                if now - self._last_purge >= self.purge_interval and (self._purge is None or self._purge.done()):
+                    # in the background: a purge of many instances never holds up claims
                     self._last_purge = now
-                    await self.storage.purge_expired(now=now)
+                    self._purge = asyncio.create_task(self._purge_expired(now), name="stepstone-purge")
                 backoff = 0.05
             except StorageError as exc:
                 log.warning("claim failed (%s); retrying in %.2fs", exc, backoff)

@@ -437,6 +437,27 @@ async def test_delete_and_retention(db_url: str) -> None:
         await wf.create(id="done")  # the id is free again after its retention
 
 
+async def test_the_worker_purges_expired_instances_beside_its_claims(db_url: str) -> None:
+    """The worker's retention purge runs as a task of its own, one small batch at a time: instances created
+    meanwhile are claimed and run, and every expired one goes."""
+    clock = FakeClock()
+    async with Engine(db_url, clock=clock, purge_interval=3600, **FAKE_CLOCK_ENGINE_OPTIONS) as engine:
+        engine.storage.purge_batch = 1  # type: ignore[attr-defined]
+        engine.storage.purge_budget_s = 0.0  # type: ignore[attr-defined]
+        wf = engine.register(Counting, name="counting", limits={"success_retention": "1 day"})
+        for i in range(5):
+            await wait_for_status(await wf.create(id=f"old{i}"), "complete")
+        clock.advance(2 * 86400)
+        fresh = await wf.create(id="fresh")  # wakes the worker: it claims, and starts the purge
+        await wait_for_status(fresh, "complete")
+        for _ in range(1000):
+            if (await engine.storage.count_by_status("local", "counting")) == {"complete": 1}:
+                break
+            await asyncio.sleep(0.01)
+        assert (await engine.storage.count_by_status("local", "counting")) == {"complete": 1}
+        assert (await wf.get("fresh")).id == "fresh"
+
+
 async def test_describe_document_shape(db_url: str) -> None:
     async with Engine(db_url) as engine:
         inst = await engine.register(Flaky, name="flaky").create(id="shape")

@@ -114,6 +114,42 @@ async def test_list_instances_pages_and_filters(db: Storage) -> None:
     assert (await db.list_instances(A, WF, status="running")).total == 0
 
 
+async def test_every_page_matches_the_ordered_list_also_past_the_middle(db: Storage) -> None:
+    """Pages past the middle are read from the other end: the same rows, in the same order."""
+    for n in range(7):
+        await create(db, f"i{n}", at=T0 + n // 2)  # ties on created_on: pk orders them
+    for newest_first in (True, False):
+        everything = (await db.list_instances(A, WF, limit=100, newest_first=newest_first)).items
+        assert len(everything) == 7
+        for limit in (1, 2, 3, 5):
+            for offset in range(9):
+                page = await db.list_instances(A, WF, limit=limit, offset=offset, newest_first=newest_first)
+                assert page.total == 7
+                assert [r.id for r in page.items] == [r.id for r in everything[offset : offset + limit]]
+
+
+async def test_purge_works_in_batches_until_every_expired_instance_is_gone(db: Storage) -> None:
+    db.purge_batch = 2  # type: ignore[attr-defined]
+    await create(db, *(f"i{n}" for n in range(5)), "kept")
+    for c in await claim(db):
+        await db.put_step(c.lease, step("s", 1), durable=True)
+        retention = 60_000 if c.instance.id == "kept" else 1000
+        await db.finish(
+            c.lease,
+            now=T0 + 2,
+            status="complete",
+            output="1",
+            error_name=None,
+            error_message=None,
+            retention_ms=retention,
+        )
+    assert await db.purge_expired(now=T0 + 10) == 5
+    assert [r.id for r in (await db.list_instances(A, WF)).items] == ["kept"]
+    kept = await db.get_instance(A, WF, "kept")
+    assert kept is not None and len((await db.load_history(kept.pk))[0]) == 1
+    assert await db.purge_expired(now=T0 + 10) == 0
+
+
 async def test_expired_instance_id_can_be_reused(db: Storage) -> None:
     await create(db, "a")
     (c,) = await claim(db)

@@ -42,6 +42,18 @@ class InstancePage:
     total: int
 
 
+def page_window(total: int, limit: int, offset: int, newest_first: bool) -> tuple[bool, int, int, bool]:
+    """How to read rows ``offset`` … ``offset + limit`` of ``total``: ``(newest_first, limit, offset, reverse)``.
+
+    A page past the middle is read in the opposite order from the other end (then ``reverse`` the rows), so the
+    database skips at most half the rows: the last page of a million costs what the first does.
+    """
+    if offset <= total // 2 or offset >= total:
+        return newest_first, limit, offset, False
+    n = min(limit, total - offset)
+    return not newest_first, n, total - offset - n, True
+
+
 @dataclass(slots=True)
 class ClaimResult:
     """Instances claimed, and when the next not-yet-due instance becomes runnable."""

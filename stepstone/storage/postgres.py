@@ -45,7 +45,7 @@ from stepstone.models import (
     WorkflowRecord,
 )
 from stepstone.storage import postgres_control as control
-from stepstone.storage.base import ClaimResult, InstancePage, redact_url
+from stepstone.storage.base import ClaimResult, InstancePage, page_window, redact_url
 from stepstone.storage.bell import Bell, StreamWaiter
 from stepstone.storage.blocking_renew import BlockingRenewer
 from stepstone.storage.postgres_control import RELEASE, fetch_all, fetch_maybe, fetch_one
@@ -152,6 +152,9 @@ class PostgresStorage:
         max_size: connections the pool opens at most.
         retry_for: how long to keep retrying while the server is unreachable before raising StorageError.
     """
+
+    purge_batch = 1000
+    """Instances the retention purge deletes per transaction."""
 
     def __init__(
         self,
@@ -459,19 +462,22 @@ class PostgresStorage:
                 where.append(clause)
                 params.append(value)
         cond = " AND ".join(where)
-        order = "DESC" if newest_first else "ASC"
 
         async def read(c: Conn) -> InstancePage:
-            total = (await fetch_one(c, f"SELECT COUNT(*) FROM instances WHERE {cond}", *params))[0]
+            total = int((await fetch_one(c, f"SELECT COUNT(*) FROM instances WHERE {cond}", *params))[0])
+            desc, n, skip, reverse = page_window(total, limit, offset, newest_first)
+            order = "DESC" if desc else "ASC"
             rows = await fetch_all(
                 c,
                 f"SELECT {INSTANCE_COLUMNS} FROM instances WHERE {cond} "
                 f"ORDER BY created_on {order}, pk {order} LIMIT %s OFFSET %s",
                 *params,
-                limit,
-                offset,
+                n,
+                skip,
             )
-            return InstancePage([instance_from_row(r) for r in rows], int(total))
+            if reverse:
+                rows.reverse()
+            return InstancePage([instance_from_row(r) for r in rows], total)
 
         return await self._run(read)
 
@@ -720,8 +726,13 @@ class PostgresStorage:
         return await self._run(lambda c: control.delete_instances(c, self.channel, account, workflow, ids))
 
     async def purge_expired(self, *, now: float) -> int:
-        """Delete instances past their retention."""
-        return await self._run(lambda c: control.purge_expired(c, now=now))
+        """Delete instances past their retention, in transactions of at most :attr:`purge_batch` instances."""
+        total = 0
+        while True:
+            n = await self._run(lambda c: control.purge_expired(c, now=now, limit=self.purge_batch))
+            total += n
+            if n < self.purge_batch:
+                return total
 
     @property
     def commit_stats(self) -> tuple[int, int]:

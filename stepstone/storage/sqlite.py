@@ -77,6 +77,11 @@ class SQLiteStorage:
             thread hand-offs; ``thread`` gives writes a thread of their own and reads a thread pool.
     """
 
+    purge_batch = 100
+    """Instances the retention purge deletes per statement."""
+    purge_budget_s = 0.005
+    """Time the retention purge may hold the writer per write before other writes commit."""
+
     wal_preallocation = True
     """Grow the WAL to its checkpoint size when the writer connects (see :mod:`stepstone.storage.sqlite_wal`)."""
 
@@ -710,8 +715,20 @@ class SQLiteStorage:
         return await self._write(lambda c: control.delete_instances(c, self._signal, account, workflow, ids))
 
     async def purge_expired(self, *, now: float) -> int:
-        """Delete instances past their retention."""
-        return await self._write(lambda c: control.purge_expired(c, now=now))
+        """Delete instances past their retention, and signals every watcher has read.
+
+        One write takes at most :attr:`purge_budget_s` (in deletes of :attr:`purge_batch` instances), then
+        the writer commits it with whatever else is queued before the next: a purge of a million instances
+        never holds the writer (in ``loop`` mode, the event loop) for long.
+        """
+        total, more = 0, True
+        while more:
+            n, more = await self._write(
+                lambda c: control.purge_expired(c, now=now, limit=self.purge_batch, budget_s=self.purge_budget_s)
+            )
+            total += n
+        await self._write(lambda c: control.purge_signals(c, now=now))
+        return total
 
     @property
     def commit_stats(self) -> tuple[int, int]:

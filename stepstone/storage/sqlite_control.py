@@ -15,7 +15,7 @@ from typing import Any
 
 from stepstone.errors import FencedError, InstanceNotFoundError, InvalidStateError
 from stepstone.models import FINISHED, Claim, EventRecord, InstanceRecord, Lease, StepRef
-from stepstone.storage.base import ClaimResult, InstancePage, concurrency_limit
+from stepstone.storage.base import ClaimResult, InstancePage, concurrency_limit, page_window
 from stepstone.storage.sqlite_schema import INSTANCE_COLUMNS, instance_from_row
 from stepstone.storage.stream_sql import RESTART_FORGETS
 
@@ -162,14 +162,31 @@ def delete_instances(conn: Conn, signal: Signal, account: str, workflow: str, id
     return found
 
 
-def purge_expired(conn: Conn, *, now: float) -> int:
-    """Delete instances past their retention, and signals every watcher has read."""
-    pks = [r[0] for r in conn.execute("SELECT pk FROM instances WHERE expires_at <= ?", (now,))]
-    delete_pks(conn, pks)
+def purge_expired(conn: Conn, *, now: float, limit: int, budget_s: float = 0.0) -> tuple[int, bool]:
+    """Delete instances past their retention, the earliest expired first, ``limit`` at a time until none is
+    left or ``budget_s`` seconds went by; how many, and whether expired ones are left."""
+    deadline = time.perf_counter() + budget_s
+    total = 0
+    while True:
+        pks = [
+            r[0]
+            for r in conn.execute(
+                "SELECT pk FROM instances WHERE expires_at <= ? ORDER BY expires_at LIMIT ?", (now, limit)
+            )
+        ]
+        delete_pks(conn, pks)
+        total += len(pks)
+        if len(pks) < limit:
+            return total, False
+        if time.perf_counter() >= deadline:
+            return total, True
+
+
+def purge_signals(conn: Conn, *, now: float) -> None:
+    """Delete signals every watcher has read."""
     # Signals are read within milliseconds by live watchers; keep a minute for slow ones.
     conn.execute("DELETE FROM signals WHERE seq < (SELECT COALESCE(MAX(seq), 0) FROM signals) - 10000")
     conn.execute("DELETE FROM signals WHERE at < ? AND seq < (SELECT MAX(seq) FROM signals)", (now - 60,))
-    return len(pks)
 
 
 def claim(
@@ -240,13 +257,16 @@ def list_instances(
             where.append(clause)
             params.append(value)
     cond = " AND ".join(where)
-    order = "DESC" if newest_first else "ASC"
     total = conn.execute(f"SELECT COUNT(*) FROM instances WHERE {cond}", params).fetchone()[0]
+    desc, limit, offset, reverse = page_window(total, limit, offset, newest_first)
+    order = "DESC" if desc else "ASC"
     rows = conn.execute(
         f"SELECT {INSTANCE_COLUMNS} FROM instances WHERE {cond} "
         f"ORDER BY created_on {order}, pk {order} LIMIT ? OFFSET ?",
         [*params, limit, offset],
     ).fetchall()
+    if reverse:
+        rows.reverse()
     return InstancePage([instance_from_row(r) for r in rows], total)
 
 
@@ -329,9 +349,11 @@ def set_paused(conn: Conn, pk: int, now: float) -> None:
 
 
 def delete_pks(conn: Conn, pks: Sequence[int]) -> None:
-    """Delete instances with their steps and events."""
-    for pk in pks:
-        conn.execute("DELETE FROM steps WHERE instance_pk = ?", (pk,))
-        conn.execute("DELETE FROM events WHERE instance_pk = ?", (pk,))
-        conn.execute("DELETE FROM instance_events WHERE instance_pk = ?", (pk,))
-        conn.execute("DELETE FROM instances WHERE pk = ?", (pk,))
+    """Delete instances with their steps and events (one statement per table per 500 instances)."""
+    for i in range(0, len(pks), 500):
+        chunk = list(pks[i : i + 500])
+        marks = ", ".join("?" * len(chunk))
+        conn.execute(f"DELETE FROM steps WHERE instance_pk IN ({marks})", chunk)
+        conn.execute(f"DELETE FROM events WHERE instance_pk IN ({marks})", chunk)
+        conn.execute(f"DELETE FROM instance_events WHERE instance_pk IN ({marks})", chunk)
+        conn.execute(f"DELETE FROM instances WHERE pk IN ({marks})", chunk)

@@ -157,6 +157,18 @@ async def _create(wf: Any, rows: list[dict[str, Any]], batch: int = 100) -> floa
     return time.perf_counter() - t0
 
 
+async def _wait_after(inst: Any, timeout: float) -> None:
+    """Until the history instance's last step ran; raises if the instance ended another way."""
+    deadline = time.perf_counter() + timeout
+    while not AFTER:
+        if time.perf_counter() > deadline:
+            raise TimeoutError(f"waiting for {inst.id}")
+        status = await inst.status()
+        if status.status in ("errored", "terminated"):
+            raise RuntimeError(f"instance {inst.id} {status.status}: {status.error}")
+        await asyncio.sleep(0.25)
+
+
 def _all_woke(ids: list[str]) -> bool:
     return all(x in WOKE for x in ids)
 
@@ -227,7 +239,8 @@ async def history(url: str, sizes: dict[str, Any]) -> dict[str, Any]:
     nap_s = float(sizes["hist_nap_s"])
     points = []
     async with Engine(url, concurrency=10) as engine:
-        wf = engine.register(History, name="hist")
+        # up to 25,000 steps, the configurable maximum (the default limit is 10,000)
+        wf = engine.register(History, name="hist", limits={"steps": max(10_000, *map(int, sizes["hist_lengths"]))})
         for length in sizes["hist_lengths"]:
             n = int(length) - 2  # + the sleep and the step after it: ``length`` steps in all
             STAMPS.clear()
@@ -235,7 +248,7 @@ async def history(url: str, sizes: dict[str, Any]) -> dict[str, Any]:
             AFTER.clear()
             iid = f"len{length}"
             inst = await wf.create(id=iid, params={"n": n, "ms": nap_s * 1000})
-            await _until(lambda: bool(AFTER), sizes["timeout_s"], f"the {length}-step instance")
+            await _wait_after(inst, sizes["timeout_s"])
             gaps = [b - a for a, b in pairwise(STAMPS)]
             edge = max(10, len(gaps) // 10)
             start, end = summary_ms(gaps[:edge]), summary_ms(gaps[-edge:])
@@ -359,10 +372,10 @@ async def result_size(url: str, sizes: dict[str, Any]) -> dict[str, Any]:
     total = int(sizes["size_total_mb"])
     points = []
     async with Engine(url, concurrency=10) as engine:
-        wf = engine.register(Big, name="big")
+        wf = engine.register(Big, name="big", limits={"steps": 25_000})
         for size in sizes["size_bytes"]:
             size = int(size)
-            k = max(4, (total << 20) // size)
+            k = max(4, min(5000, (total << 20) // size))
             disk = await asyncio.to_thread(disk_write_mb_s, total)
             STAMPS.clear()
             inst = await wf.create(id=f"s{size}", params={"size": size, "k": k})

@@ -71,6 +71,10 @@ class InstanceError:
     def __getitem__(self, key: str) -> str:
         return {"name": self.name, "message": self.message}[key]
 
+    def __stepstone_stored__(self) -> dict[str, str]:
+        """What a step that returns it stores: ``{"name", "message"}``."""
+        return {"name": self.name, "message": self.message}
+
 
 @dataclass(frozen=True, slots=True)
 class InstanceStatus:
@@ -84,6 +88,10 @@ class InstanceStatus:
         if key not in ("status", "output", "error"):
             raise KeyError(key)
         return getattr(self, key)
+
+    def __stepstone_stored__(self) -> dict[str, Any]:
+        """What a step that returns it stores: ``{"status", "output", "error"}``."""
+        return {"status": self.status, "output": self.output, "error": self.error}
 
 
 RETENTION_KEYS: Final = ("success_retention", "error_retention", "successRetention", "errorRetention")
@@ -450,6 +458,11 @@ class WorkflowInstance:
 
     def __repr__(self) -> str:
         return f"WorkflowInstance({self.workflow.name!r}, {self.id!r})"
+
+    def __stepstone_stored__(self) -> dict[str, str]:
+        """What a step that returns this handle stores, and returns (live and replayed): ``{"id": ...}``, as a
+        JavaScript step returning an instance stores its ``id``."""
+        return {"id": self.id}
 
     async def record(self) -> InstanceRecord:
         """The raw instance record; raises InstanceNotFoundError."""

@@ -4,7 +4,9 @@
 user dict whose only key is ``$bytes``, ``$datetime`` or ``$escape`` is stored as ``{"$escape": {...}}`` so
 it decodes unchanged. Tuples become lists; dict keys must be strings; NaN and infinities are refused.
 Subclasses of str, int and float are stored as their base type, and an aware datetime comes back with a
-fixed-offset timezone (the same instant and offset).
+fixed-offset timezone (the same instant and offset). An object whose class defines ``__stepstone_stored__()``
+is stored as what that returns (a ``WorkflowInstance`` a step returns is stored as ``{"id": ...}``) and comes
+back as that plain value.
 
 Text must be valid Unicode: a lone surrogate (``"\ud800"``, which JSON and Python allow but UTF-8 cannot
 encode) in any string or key is refused here, with its path, so no backend ever sees it (the rule is
@@ -39,6 +41,8 @@ _RESERVED = frozenset((_BYTES, _DATETIME, _ESCAPE))
 _ALLOWED = "(allowed: JSON values, bytes, datetime)"
 _IDENT_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 _SCALARS = frozenset((str, int, bool, type(None)))
+STORED_FORM = "__stepstone_stored__"
+"""The method a class defines to say how its objects are stored (returns a storable value)."""
 
 _dumps = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode
 _loads = json.loads
@@ -136,6 +140,9 @@ def _rebuild(value: object, active: set[int]) -> object:
             out = items
         active.discard(ident)
         return out
+    stored = getattr(type(value), STORED_FORM, None)
+    if stored is not None:
+        return _rebuild(stored(value), active)
     raise _Unstorable(_kind(value))
 
 

@@ -2,7 +2,8 @@
 
 Cloudflare's step config is ``{"retries": {"limit", "delay", "backoff"}, "timeout", "sensitive"}``;
 :func:`resolve_step_config` checks it and merges it over the defaults (limit 5, delay 10 seconds,
-exponential backoff, timeout 10 minutes). ``retries.limit`` counts retries, not attempts.
+exponential backoff, timeout 10 minutes). ``retries.limit`` counts retries, not attempts; infinity
+(``math.inf``, or the string ``"Infinity"`` as JavaScript's ``Infinity`` arrives in JSON) retries without end.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from stepstone.errors import LimitExceededError, ValidationError
 __all__ = [
     "BACKOFFS",
     "DYNAMIC_DELAY",
+    "INFINITY",
     "Backoff",
     "DelayFunction",
     "RetryConfig",
@@ -36,6 +38,10 @@ DelayFunction: TypeAlias = Callable[[object, BaseException], Duration | Awaitabl
 
 DYNAMIC_DELAY = "[dynamic]"
 """The marker stored (and shown by REST) in place of a delay function."""
+
+INFINITY = "Infinity"
+"""How an unbounded ``retries.limit`` is written in a config dict (JSON has no infinity): the seed's and
+JavaScript's spelling; ``math.inf`` is accepted too."""
 
 _BACKOFF_BY_NAME: dict[object, Backoff] = {b: b for b in BACKOFFS}
 _DEFAULT_TIMEOUT_MS = 600_000.0
@@ -55,8 +61,9 @@ def _is_number(value: object) -> bool:
 class RetryConfig:
     """How a failing step is retried."""
 
-    limit: int = 5
-    """Retries after the first attempt (not total attempts): 0 means one attempt. Default 5."""
+    limit: int | float = 5
+    """Retries after the first attempt (not total attempts): 0 means one attempt, ``math.inf`` retries without
+    end. Default 5."""
     delay_ms: float = 10_000.0
     """Base delay before a retry, in milliseconds. Default 10 000 (10 seconds, as Cloudflare documents)."""
     backoff: Backoff = "exponential"
@@ -65,8 +72,8 @@ class RetryConfig:
     """A function giving the base delay per failed attempt, used instead of ``delay_ms``. Default None."""
 
     def __post_init__(self) -> None:
-        if not _is_int(self.limit) or self.limit < 0:
-            raise ValidationError(f"retries.limit {self.limit!r} is invalid: expected an integer >= 0")
+        if not (_is_int(self.limit) and self.limit >= 0) and self.limit != math.inf:
+            raise ValidationError(f"retries.limit {self.limit!r} is invalid: expected an integer >= 0 or infinity")
         delay = self.delay_ms
         if not _is_number(delay) or not math.isfinite(delay) or delay < 0:
             raise ValidationError(f"retries.delay {delay!r} ms is invalid: expected a finite number >= 0")
@@ -107,12 +114,13 @@ class StepConfig:
 
         Returns:
             ``{"retries": {"limit", "delay", "backoff"}, "timeout"}`` plus ``"sensitive": "output"`` when
-            sensitive; ``delay`` is ``"[dynamic]"`` when a delay function is set.
+            sensitive; ``delay`` is ``"[dynamic]"`` when a delay function is set, ``limit`` is ``"Infinity"``
+            when unbounded.
         """
         r = self.retries
         delay: object = DYNAMIC_DELAY if r.delay_fn is not None else _ms_number(r.delay_ms)
         out: dict[str, object] = {
-            "retries": {"limit": r.limit, "delay": delay, "backoff": r.backoff},
+            "retries": {"limit": INFINITY if r.limit == math.inf else r.limit, "delay": delay, "backoff": r.backoff},
             "timeout": _ms_number(self.timeout_ms),
         }
         if self.sensitive:
@@ -146,11 +154,7 @@ def _from_mapping(config: Mapping[str, object], *, prefix: str, dynamic_marker: 
         if not isinstance(raw, Mapping):
             raise ValidationError(f"{prefix}: retries {raw!r} is invalid: expected a dict")
         _reject_unknown(raw, _RETRY_KEYS, prefix, " in retries")
-        limit = raw.get("limit", defaults.limit)
-        if isinstance(limit, float) and limit.is_integer():
-            limit = int(limit)
-        if not isinstance(limit, int) or isinstance(limit, bool) or limit < 0:
-            raise ValidationError(f"{prefix}: retries.limit {limit!r} is invalid: expected an integer >= 0")
+        limit = _limit(raw.get("limit", defaults.limit), prefix)
         delay = raw.get("delay", defaults.delay_ms)
         delay_ms, delay_fn = defaults.delay_ms, None
         if dynamic_marker and delay == DYNAMIC_DELAY:
@@ -178,6 +182,18 @@ def _from_mapping(config: Mapping[str, object], *, prefix: str, dynamic_marker: 
     return StepConfig(retries=retries, timeout_ms=timeout_ms, sensitive=sensitive == "output")
 
 
+def _limit(value: object, prefix: str) -> int | float:
+    if value == INFINITY or (isinstance(value, float) and value == math.inf):
+        return math.inf
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)
+    if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+        raise ValidationError(
+            f'{prefix}: retries.limit {value!r} is invalid: expected an integer >= 0, or float("inf") / "Infinity"'
+        )
+    return value
+
+
 def _duration(value: object, prefix: str, key: str) -> float:
     if isinstance(value, bool) or not isinstance(value, int | float | str | datetime.timedelta):
         raise ValidationError(f"{prefix}: {key} {value!r} is invalid: expected a duration")
@@ -200,14 +216,14 @@ def resolve_step_config(
         config: None (the defaults), a :class:`StepConfig`, or Cloudflare's dict shape
             ``{"retries": {"limit", "delay", "backoff"}, "timeout", "sensitive": "output"}``.
         step_name: the step's name, for error messages.
-        max_retries: the largest ``retries.limit`` allowed.
+        max_retries: the largest finite ``retries.limit`` allowed (infinity, asked for explicitly, is allowed).
 
     Returns:
         The resolved config.
 
     Raises:
         ValidationError: the config is malformed (unknown key, bad duration, zero timeout, ...).
-        LimitExceededError: ``retries.limit`` is above ``max_retries``.
+        LimitExceededError: a finite ``retries.limit`` is above ``max_retries``.
     """
     if config is None:
         resolved = StepConfig()
@@ -219,7 +235,7 @@ def resolve_step_config(
         raise ValidationError(
             f'step config for "{step_name}" is invalid: expected a dict or StepConfig, got {type(config).__name__}'
         )
-    if resolved.retries.limit > max_retries:
+    if resolved.retries.limit != math.inf and resolved.retries.limit > max_retries:
         raise LimitExceededError(
             f'step "{step_name}": retries.limit {resolved.retries.limit} exceeds the limit of '
             f"{max_retries} retries per step"

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Awaitable, Callable, Mapping
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any, overload
 
 from stepstone import codec
@@ -190,13 +190,16 @@ class WorkflowStep:
     def wait_for_event(
         self,
         name: str,
-        event_type: str | None = None,
+        event_type: str | Mapping[str, object] | None = None,
         /,
-        timeout: Duration = "24 hours",
+        timeout: Duration | None = None,
         *,
         type: str | None = None,
     ) -> Awaitable[WorkflowStepEvent]:
-        """Wait for an event of ``event_type`` sent to this instance, at most ``timeout``.
+        """Wait for an event of ``event_type`` sent to this instance, at most ``timeout`` (default 24 hours).
+
+        Forms: ``wait_for_event(name, "approval", timeout="1 hour")``, ``wait_for_event(name, type=...)`` and
+        Cloudflare's options dict ``wait_for_event(name, {"type": "approval", "timeout": "1 hour"})``.
 
         Raises:
             WorkflowTimeoutError: no event arrived in time (durable: replays raise it again).
@@ -204,12 +207,29 @@ class WorkflowStep:
         state = self._state
         state.check_open()
         validate_step_name(name, state.limits)
+        if isinstance(event_type, Mapping):
+            if type is not None or timeout is not None:
+                raise ValidationError(f'wait_for_event "{name}": give the options dict or type=/timeout=, not both')
+            unknown = sorted(str(k) for k in event_type if k not in ("type", "timeout"))
+            if unknown:
+                hint = " (the event type is 'type')" if "event" in unknown else ""
+                raise ValidationError(
+                    f'wait_for_event "{name}": unknown option {unknown[0]!r}{hint}: expected type, timeout'
+                )
+            options = event_type
+            event_type = None
+            type = options.get("type")  # type: ignore[assignment]  # validated below
+            timeout = options.get("timeout")  # type: ignore[assignment]
         if event_type is not None and type is not None and event_type != type:
             raise ValidationError(f'wait_for_event "{name}": event type given twice ({event_type!r}, {type!r})')
         kind = event_type if event_type is not None else type
         if kind is None:
             raise ValidationError(f'wait_for_event "{name}": an event type is required')
         validate_event_type(kind, state.limits)
+        if timeout is None:
+            timeout = "24 hours"
+        if isinstance(timeout, bool) or not isinstance(timeout, int | float | str | timedelta):
+            raise ValidationError(f'wait_for_event "{name}": timeout {timeout!r} is invalid: expected a duration')
         ms = to_millis(timeout, what=f'wait_for_event "{name}" timeout')
         validate_event_timeout_ms(ms, state.limits, name=name)
         count = state.next_count("waitForEvent-" + name)

@@ -260,6 +260,10 @@ VALID_BODY: dict[tuple[str, str], Any] = {
         "from": {"name": "echo", "count": 1, "type": "do"},
     },
     ("POST", "/workflows/{workflow_name}/instances/{instance_id}/events/{event_type}"): {"k": ["v", {"w": "x"}]},
+    ("POST", "/workflows/{workflow_name}/instances/{instance_id}/events"): {
+        "type": "go",
+        "payload": {"k": ["v", {"w": "x"}]},
+    },
     ("PATCH", "explorer/workflows/{workflow_name}/instances/{instance_id}/status"): {
         "action": "restart",
         "from": {"name": "echo"},

@@ -160,6 +160,8 @@ def _v4_routes() -> list[tuple[str, str, Handler]]:
         ("GET", one, inst.get_instance),
         ("GET", one + "/step", inst.get_step),
         ("PATCH", one + "/status", inst.patch_status),
+        ("GET", one + "/status", inst.get_status),
+        ("POST", one + "/events", inst.post_event_object),
         ("POST", one + "/events/{event_type}", inst.post_event),
         ("GET", one + "/subscribe", stream.subscribe),
     ]

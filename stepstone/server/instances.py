@@ -61,7 +61,14 @@ def decode_params(value: Any) -> Any:
 def create_options(body: Any, *, id_key: str = "instance_id") -> dict[str, Any]:
     """The binding's ``create`` options from a create body (``id_key`` is ``id`` in the explorer API)."""
     body = json_object(body, "an instance to create")
-    only_keys(body, (id_key, "params", "instance_retention", "location_hint"), "create instance")
+    keys: tuple[str, ...] = (id_key, "params", "instance_retention", "location_hint")
+    if id_key != "id":  # the seed's (and the explorer's) ``id`` is an alias of ``instance_id``
+        if body.get("id") is not None and body.get(id_key) is not None and body["id"] != body[id_key]:
+            raise bad_request(f"id and {id_key} name different instances: give one of them")
+        if body.get(id_key) is None and "id" in body:
+            body = {**{k: v for k, v in body.items() if k != "id"}, id_key: body["id"]}
+        keys = (*keys, "id")
+    only_keys(body, keys, "create instance")
     options: dict[str, Any] = {"params": decode_params(body.get("params", {}))}
     if body.get(id_key) is not None:
         options["id"] = body[id_key]
@@ -287,6 +294,30 @@ async def send_event(scope: Scope, request: Request) -> dict[str, Any]:
 async def post_event(request: Request) -> Response:
     """``POST /instances/{id}/events/{event_type}``."""
     return ok(await send_event(scope_of(request), request))
+
+
+async def post_event_object(request: Request) -> Response:
+    """``POST /instances/{id}/events`` with ``{"type": ..., "payload": ...}``: the seed's form, an alias of
+    ``POST /instances/{id}/events/{type}`` with the payload as the body."""
+    scope = scope_of(request)
+    state = scope.state
+    handle, _ = await scope.instance(request.path_params["workflow_name"], request.path_params["instance_id"])
+    body = json_object(await read_json(request, state.body_cap, state.body_timeout), "the event")
+    only_keys(body, ("type", "payload"), "send event")
+    if not isinstance(body.get("type"), str):
+        raise bad_request('the event needs a "type": {"type": "approval", "payload": {...}}')
+    await handle.send_event(body["type"], body.get("payload"))
+    return ok({"instanceId": handle.id, "timestamp": iso(state.engine.clock.now())})
+
+
+async def get_status(request: Request) -> Response:
+    """``GET /instances/{id}/status``: the seed's call, what the binding's ``status()`` gives: ``{"status",
+    "output", "error"}`` (``error`` is ``{"name", "message"}`` or null)."""
+    handle, _ = await scope_of(request).instance(
+        request.path_params["workflow_name"], request.path_params["instance_id"]
+    )
+    doc = await handle.describe(simple=True)
+    return ok({"status": doc["status"], "output": doc["output"], "error": doc["error"]})
 
 
 async def batch_delete(request: Request) -> Response:

@@ -186,6 +186,13 @@ def _schemas() -> J:
             [],
             {
                 "instance_id": {"type": "string", "pattern": ID_PATTERN, "minLength": 1, "maxLength": 100},
+                "id": {
+                    "type": "string",
+                    "pattern": ID_PATTERN,
+                    "minLength": 1,
+                    "maxLength": 100,
+                    "description": "stepstone: an alias of instance_id (the seed's form)",
+                },
                 "params": {"description": "any JSON value; a string holding JSON is decoded (the SDK's form)"},
                 "instance_retention": _obj(
                     [], {"error_retention": DURATION, "success_retention": DURATION}, extra=False
@@ -282,6 +289,17 @@ def _schemas() -> J:
         ),
         "StatusChanged": _obj(
             ["status", "timestamp"], {"status": STATUS, "timestamp": TIME, "success": {"type": "boolean"}}
+        ),
+        "InstanceStatusResult": _obj(
+            ["status", "output", "error"], {"status": STATUS, "output": {}, "error": NAME_MESSAGE_OR_NULL}
+        ),
+        "EventObject": _obj(
+            ["type"],
+            {
+                "type": {"type": "string", "pattern": ID_PATTERN, "minLength": 1, "maxLength": 100},
+                "payload": {"description": "any JSON value"},
+            },
+            extra=False,
         ),
         "EventSent": _obj(
             ["instanceId", "timestamp"],
@@ -565,6 +583,19 @@ def _paths() -> J:
         one + "/status": {
             "patch": _op(
                 "Pause, resume, terminate or restart", _ref("StatusChanged"), params=awi, body=_ref("StatusChange")
+            ),
+            "get": _op(
+                "stepstone: the instance's status, output and error (the seed's call)",
+                _ref("InstanceStatusResult"),
+                params=awi,
+            ),
+        },
+        one + "/events": {
+            "post": _op(
+                "stepstone: send an event given as {type, payload} (the seed's call)",
+                _ref("EventSent"),
+                params=awi,
+                body=_ref("EventObject"),
             )
         },
         one + "/events/{event_type}": {

@@ -10,6 +10,7 @@ every storage call it makes names that account, so a handle can never reach anot
 
 from __future__ import annotations
 
+import contextlib
 import re
 import uuid
 import warnings
@@ -21,7 +22,7 @@ from stepstone import codec
 from stepstone.clock import Clock
 from stepstone.details import instance_details
 from stepstone.durations import Duration, to_millis
-from stepstone.errors import InstanceNotFoundError, ValidationError
+from stepstone.errors import InstanceNotFoundError, InvalidStateError, ValidationError
 from stepstone.limits import (
     Limits,
     check_size,
@@ -32,7 +33,9 @@ from stepstone.limits import (
 )
 from stepstone.models import (
     DEFAULT_ACCOUNT,
+    FINISHED,
     InstanceRecord,
+    LinkedInstance,
     NewInstance,
     StepRecord,
     StepRef,
@@ -448,6 +451,47 @@ class Workflow:
         return found
 
 
+class Children:
+    """Starts the child instances of ``step.run_workflow`` for the runs of an engine (its ``ChildHost``)."""
+
+    def __init__(self, runtime: Runtime) -> None:
+        self._rt = runtime
+
+    async def start_child(
+        self,
+        account: str,
+        workflow: str,
+        instance_id: str,
+        params: Any,
+        *,
+        parent_pk: int,
+        terminate_with_parent: bool,
+    ) -> InstanceRecord:
+        """Create the child linked to its parent unless it exists (then leave it as it is); its record now."""
+        wf = Workflow(self._rt, workflow, account=account)
+        version = await self._rt.ensure_workflow(account, workflow)
+        now = self._rt.clock.now()
+        new = wf._new({"id": instance_id, "params": params}, version=version, now=now, trigger="binding")
+        new.parent_pk, new.terminate_with_parent = parent_pk, terminate_with_parent
+        created = await self._rt.storage.create_instances([new], skip_existing=True)
+        if created:
+            self._rt.notify(created[0].pk, "new")
+            if self._rt.observer is not None:
+                self._rt.observer.instances_created(created, now=now)
+        record = await self._rt.storage.get_instance(account, workflow, new.id)
+        if record is None:
+            raise InstanceNotFoundError(f"child instance {new.id!r} of workflow {workflow!r} was deleted at once")
+        return record
+
+    async def get_child(self, account: str, workflow: str, instance_id: str) -> InstanceRecord | None:
+        """The child's record now, or None."""
+        return await self._rt.storage.get_instance(account, workflow, instance_id)
+
+
+def _linked(instance: LinkedInstance) -> dict[str, Any]:
+    return {"workflow": instance.workflow, "id": instance.id, "status": instance.status}
+
+
 class WorkflowInstance:
     """A handle to one instance."""
 
@@ -519,7 +563,27 @@ class WorkflowInstance:
         self._rt.notify(rec.pk, "resume")
 
     async def terminate(self) -> None:
-        """Stop the instance now; raises InvalidStateError if it already finished."""
+        """Stop the instance now; raises InvalidStateError if it already finished.
+
+        Its unfinished children started with ``terminate_with_parent`` (``step.run_workflow``'s default) are
+        terminated too, and theirs."""
+        await self._terminate()
+        record = await self.record()
+        await self._terminate_children(record.pk, depth=0)
+
+    async def _terminate_children(self, pk: int, *, depth: int) -> None:
+        if depth > 100:  # a chain this deep is a cycle no API can make; stop rather than loop
+            return
+        links = await self._rt.storage.instance_links(pk)
+        for child in links.children:
+            if not child.terminate_with_parent or child.status in FINISHED:
+                continue
+            handle = WorkflowInstance(Workflow(self._rt, child.workflow, account=self.workflow.account), child.id)
+            with contextlib.suppress(InvalidStateError, InstanceNotFoundError):  # it finished or went meanwhile
+                await handle._terminate()
+            await handle._terminate_children(child.pk, depth=depth + 1)
+
+    async def _terminate(self) -> None:
         limits = self.workflow.limits
         now = self._rt.clock.now()
         rec = await self._rt.storage.terminate(
@@ -584,10 +648,17 @@ class WorkflowInstance:
         return steps
 
     async def describe(self, *, order: str = "asc", simple: bool = False) -> dict[str, Any]:
-        """Cloudflare's instance details document: status, params, output, error and every step."""
+        """Cloudflare's instance details document: status, params, output, error and every step; plus
+        stepstone's ``parent`` and ``children`` (``{"workflow", "id", "status"}``) when it has any."""
         rec = await self.record()
         steps, _ = await self._rt.storage.load_history(rec.pk)
-        return instance_details(rec, steps, order=order, simple=simple)
+        doc = instance_details(rec, steps, order=order, simple=simple)
+        links = await self._rt.storage.instance_links(rec.pk)
+        if links.parent is not None:
+            doc["parent"] = _linked(links.parent)
+        if links.children:
+            doc["children"] = [_linked(c) for c in links.children]
+        return doc
 
     async def delete(self) -> None:
         """Delete the instance and all its state; a running instance stops."""

@@ -93,11 +93,12 @@ def step_entry(step: StepRecord) -> dict[str, Any]:
             "type": "waitForEvent",
             "start": iso(step.started_at),
             "end": iso(step.ended_at),
-            "finished": step.status in ("success", "timeout"),
+            "finished": step.status in ("success", "timeout", "error"),
             "timeout_at": iso(step.wake_at) if step.status == "waiting" else None,
             "error": error,
             "output": _decode(step.result) if step.status == "success" else None,
             "event_type": step.event_type,
+            **_child(step),
         }
     config = json.loads(step.config) if step.config else {}
     sensitive = config.get("sensitive") == "output"
@@ -124,6 +125,14 @@ def step_entry(step: StepRecord) -> dict[str, Any]:
         "retries_at": iso(step.wake_at) if step.status == "retrying" else None,
         "error": _step_error(step) if step.status == "error" else None,
     }
+
+
+def _child(step: StepRecord) -> dict[str, Any]:
+    """A ``run_workflow`` wait's child, ``{"child": {"workflow", "id"}}`` (stepstone's field), else nothing."""
+    if not step.config:
+        return {}
+    child = json.loads(step.config).get("child")
+    return {"child": child} if isinstance(child, dict) else {}
 
 
 def _step_error(step: StepRecord) -> dict[str, str] | None:

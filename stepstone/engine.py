@@ -11,7 +11,7 @@ from collections.abc import Mapping
 from types import SimpleNamespace, TracebackType
 from typing import TYPE_CHECKING, Any
 
-from stepstone.binding import Account, Runtime, Workflow
+from stepstone.binding import Account, Children, Runtime, Workflow
 from stepstone.clock import Clock, SystemClock
 from stepstone.errors import ValidationError, WorkflowNotFoundError
 from stepstone.executor import WorkflowDef
@@ -144,7 +144,7 @@ class Engine:
                 name,
                 limits.cpu_ms,
             )
-        self._defs[name] = WorkflowDef(name, cls, limits, binding, self.env_for)
+        self._defs[name] = WorkflowDef(name, cls, limits, binding, self.env_for, Children(self._runtime))
         self._meta[name] = (class_name or cls.__name__, script_name, concurrency)
         self._versions.pop(name, None)
         wf = self.workflow(name)

@@ -14,7 +14,7 @@ from stepstone.clock import Clock
 from stepstone.errors import FencedError, SerializationError, StepstoneError
 from stepstone.limits import Limits, check_size
 from stepstone.models import Claim
-from stepstone.run_state import Abort, LeaseWindow, RunHooks, RunState, Suspend, TestHooks, current_run
+from stepstone.run_state import Abort, ChildHost, LeaseWindow, RunHooks, RunState, Suspend, TestHooks, current_run
 from stepstone.step import WorkflowStep
 from stepstone.step_threads import StepThreads
 from stepstone.storage.base import Storage
@@ -36,6 +36,8 @@ class WorkflowDef:
     binding: str | None = None
     env: Callable[[str], Any] = field(default=lambda account: None)
     """The ``env`` of an instance of the given account."""
+    children: ChildHost | None = None
+    """Starts the child instances of ``step.run_workflow``."""
 
 
 class Execution:
@@ -123,6 +125,8 @@ class Execution:
             lease_window=self.lease_window,
             test_hooks=self.test_hooks,
             threads=self.threads,
+            account=inst.account,
+            children=self.definition.children,
         )
         self.state = state
         current_run.set(state)  # this task (and the run task it starts) belongs to this instance

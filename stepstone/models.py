@@ -22,6 +22,10 @@ STATUSES: Final[tuple[Status, ...]] = (
 )
 FINISHED: Final[frozenset[str]] = frozenset({"complete", "errored", "terminated"})
 
+CHILD_EVENT: Final = "stepstone/child/"
+"""The type of the event that tells a parent its child finished (``step.run_workflow``): this prefix and the
+child's pk. No event a user sends can have it (a ``/`` is not allowed in an event type)."""
+
 DEFAULT_ACCOUNT: Final = "local"
 """The account of everything made without naming one: the Python API, the CLI, ``stepstone dev``'s project
 workflows, the explorer API, and every row a database held before accounts partitioned it."""
@@ -65,6 +69,29 @@ class NewInstance:
     """The W3C ``traceparent`` of the caller (OpenTelemetry): the instance's spans join that trace."""
     account: str = DEFAULT_ACCOUNT
     """The account of the instance's workflow."""
+    parent_pk: int | None = None
+    """The instance that started this one with ``step.run_workflow`` (linked in the same transaction)."""
+    terminate_with_parent: bool = False
+    """Whether terminating that parent terminates this child."""
+
+
+@dataclass(slots=True)
+class LinkedInstance:
+    """An instance's parent or one of its children (``step.run_workflow``)."""
+
+    pk: int
+    workflow: str
+    id: str
+    status: Status
+    terminate_with_parent: bool
+
+
+@dataclass(slots=True)
+class InstanceLinks:
+    """The instance that started an instance, and the instances it started, oldest first."""
+
+    parent: LinkedInstance | None = None
+    children: list[LinkedInstance] = field(default_factory=list)
 
 
 @dataclass(slots=True)

@@ -21,7 +21,16 @@ from stepstone.clock import Clock
 from stepstone.errors import FencedError, WorkflowFatalError
 from stepstone.history import Mark, mark, step_events
 from stepstone.limits import Limits
-from stepstone.models import EventRecord, Lease, NewEvent, StepKind, StepRecord, step_key
+from stepstone.models import (
+    DEFAULT_ACCOUNT,
+    EventRecord,
+    InstanceRecord,
+    Lease,
+    NewEvent,
+    StepKind,
+    StepRecord,
+    step_key,
+)
 from stepstone.step_threads import StepThreads
 from stepstone.storage.base import Storage
 
@@ -66,6 +75,27 @@ class RunHooks(Protocol):
 
     def attempt(self, state: RunState, step: StepRecord, attempt: int, aw: Awaitable[Any]) -> Awaitable[Any]:
         """Wrap one live attempt of a ``step.do`` (a trace span around it); return ``aw`` to add nothing."""
+
+
+class ChildHost(Protocol):
+    """How a run starts and looks up child instances (``step.run_workflow``): the engine passes one in."""
+
+    async def start_child(
+        self,
+        account: str,
+        workflow: str,
+        instance_id: str,
+        params: Any,
+        *,
+        parent_pk: int,
+        terminate_with_parent: bool,
+    ) -> InstanceRecord:
+        """Create the child linked to ``parent_pk`` unless it exists; return its record as it is now."""
+        ...
+
+    async def get_child(self, account: str, workflow: str, instance_id: str) -> InstanceRecord | None:
+        """A child's record as it is now, or None (deleted)."""
+        ...
 
 
 class TestHooks(Protocol):
@@ -155,6 +185,10 @@ class RunState:
     """How long the worker knows the lease holds; None (a run without a worker) checks nothing."""
     test_hooks: TestHooks | None = None
     """The test engine's modifications; None in every production engine."""
+    account: str = DEFAULT_ACCOUNT
+    """The instance's account (its children are created in it)."""
+    children: ChildHost | None = None
+    """Starts child instances; None where no engine runs the instance (``run_workflow`` is then an error)."""
     replaying: bool = False
     """True from the start of a run that has history, while every step called so far was served from it; the
     first step call that is not settled there (new, or pending: a retry, a sleep or wait not yet over) ends the

@@ -18,12 +18,14 @@ from stepstone.errors import ValidationError, WorkflowTimeoutError
 from stepstone.limits import (
     validate_event_timeout_ms,
     validate_event_type,
+    validate_instance_id,
     validate_sleep_ms,
     validate_step_name,
 )
 from stepstone.models import StepRecord, step_key
 from stepstone.retry import StepConfig, resolve_step_config
 from stepstone.run_state import RunState, WakeReason
+from stepstone.step_child import run_child
 from stepstone.step_do import StepCallable, run_do
 from stepstone.workflow import WorkflowStepEvent
 
@@ -234,6 +236,69 @@ class WorkflowStep:
         validate_event_timeout_ms(ms, state.limits, name=name)
         count = state.next_count("waitForEvent-" + name)
         return self._wait(name, count, kind, ms)
+
+    # -- step.run_workflow -------------------------------------------------------------------------------
+    def run_workflow(
+        self,
+        workflow: str,
+        params: Any = None,
+        *,
+        id: str | None = None,
+        config: Mapping[str, object] | None = None,
+    ) -> Awaitable[Any]:
+        """Start an instance of ``workflow`` (of this instance's account) and hibernate until it finishes.
+
+        The child is created once (``id``, or ``<this id>-<workflow>-<n>``, the same on every replay) and linked
+        to this instance; this instance holds no coroutine while it runs. Returns the child's output.
+
+        Args:
+            workflow: the child workflow's name (registered with a worker on this database).
+            params: the child's params.
+            id: the child's instance id; by default derived from this instance's id and the call.
+            config: ``{"timeout": duration}`` (default: wait as long as it takes) and
+                ``{"terminate_with_parent": bool}`` (default True: terminating this instance terminates the child).
+
+        Raises:
+            NonRetryableError: the child errored (with its error's name and message), was terminated or deleted
+                (``ChildWorkflowError``), or the id is an instance this one did not start.
+            WorkflowTimeoutError: ``timeout`` passed first (the child keeps running).
+        """
+        state = self._state
+        state.check_open()
+        validate_step_name(workflow, state.limits, what="run_workflow workflow name")
+        if not isinstance(workflow, str) or not workflow:
+            raise ValidationError(f"run_workflow: the workflow name must be a non-empty string, got {workflow!r}")
+        if id is not None:
+            validate_instance_id(id, state.limits)
+        options = dict(config or {})
+        unknown = sorted(str(k) for k in options if k not in ("timeout", "terminate_with_parent"))
+        if unknown:
+            raise ValidationError(
+                f'run_workflow "{workflow}": unknown config key {unknown[0]!r}: expected timeout, terminate_with_parent'
+            )
+        cascade = options.get("terminate_with_parent", True)
+        if not isinstance(cascade, bool):
+            raise ValidationError(f'run_workflow "{workflow}": terminate_with_parent {cascade!r} must be True or False')
+        timeout_ms: float | None = None
+        raw = options.get("timeout")
+        if raw is not None:
+            if isinstance(raw, bool) or not isinstance(raw, int | float | str | timedelta):
+                raise ValidationError(f'run_workflow "{workflow}": timeout {raw!r} is invalid: expected a duration')
+            timeout_ms = to_millis(raw, what=f'run_workflow "{workflow}" timeout')
+            if timeout_ms <= 0:
+                raise ValidationError(f'run_workflow "{workflow}": timeout {raw!r} must be above zero')
+        codec.encode(params, what=f'params of the child of run_workflow "{workflow}"')
+        count = state.next_count("waitForEvent-" + workflow)
+        return run_child(
+            state,
+            workflow,
+            count,
+            workflow=workflow,
+            params={} if params is None else params,
+            instance_id=id,
+            timeout_ms=timeout_ms,
+            terminate_with_parent=cascade,
+        )
 
     async def _wait(self, name: str, count: int, event_type: str, ms: float) -> WorkflowStepEvent:
         state = self._state

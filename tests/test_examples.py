@@ -171,3 +171,32 @@ def test_image_pipeline(run_example: Callable[[str], Path]) -> None:
         time.sleep(0.05)
     assert doc["output"]["published"] is True
     assert (root / "bucket" / "public" / "gradient.png").read_bytes() == (root / "bucket" / "gradient.png").read_bytes()
+
+
+def test_child_workflows(run_example: Callable[[str], Path]) -> None:
+    run_example("child-workflows")
+    lines = [{"warehouse": "berlin", "item": "mug"}, {"warehouse": "lyon", "item": "tea"}]
+    lines.append({"warehouse": "berlin", "item": "pot"})
+    doc = sc("workflows", "trigger", "order", json.dumps({"lines": lines}), "--id", "o-1", "--wait")
+    assert doc["status"] == "complete", doc
+    assert doc["output"] == {
+        "summary": "2 of 2 shipments on their way",
+        "shipments": [
+            {"warehouse": "berlin", "tracking": "BER-o-1-2"},
+            {"warehouse": "lyon", "tracking": "LYO-o-1-1"},
+        ],
+    }
+    described = sc("workflows", "instances", "describe", "order", "o-1")
+    assert [c["id"] for c in described["children"]] == ["o-1-shipment-1", "o-1-shipment-2"]
+    child = sc("workflows", "instances", "describe", "shipment", "o-1-shipment-1")
+    assert child["parent"] == {"workflow": "order", "id": "o-1", "status": "complete"}
+    lost = sc("workflows", "trigger", "order", '{"lines": [{"warehouse": "atlantis", "item": "pearl"}]}', "--wait")
+    assert lost["output"]["shipments"] == [
+        {
+            "warehouse": "atlantis",
+            "failed": 'UnknownWarehouse: child instance "'
+            + lost["output"]["shipments"][0]["failed"].split('"')[1]
+            + '" of workflow "shipment" errored: no warehouse called atlantis',
+        }
+    ]
+    assert lost["output"]["summary"] == "0 of 1 shipments on their way"

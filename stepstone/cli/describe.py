@@ -96,6 +96,12 @@ def render_step(step: dict[str, Any], *, step_output: bool, limit: int) -> str:
             pairs.append(("Output", _output(step["output"], limit)))
     elif kind == "sleep":
         pairs.append(("Finished", _yes_no(step.get("finished"))))
+    elif kind == "waitForEvent" and step.get("child"):
+        child = step["child"]
+        pairs.append(("Child", f"{child.get('workflow')} {child.get('id')}"))
+        pairs.append(("Finished", _yes_no(step.get("finished"))))
+        if step_output and step.get("output") is not None:
+            pairs.append(("Output", _output(step["output"], limit)))
     elif kind == "waitForEvent":
         pairs.append(("Event Type", step.get("event_type") or ""))
         pairs.append(("Finished", _yes_no(step.get("finished"))))
@@ -148,6 +154,11 @@ def render_instance(doc: dict[str, Any], name: str, *, step_output: bool = True,
         pairs.append(
             ("Schedule", f"{schedule.get('cron')} at {local_time((schedule.get('scheduled_time') or 0) / 1000)}")
         )
+    if doc.get("parent"):
+        parent = doc["parent"]
+        pairs.append(("Parent", f"{parent.get('workflow')} {parent.get('id')} ({parent.get('status')})"))
+    for child in doc.get("children") or []:
+        pairs.append(("Child", f"{child.get('workflow')} {child.get('id')} ({child.get('status')})"))
     if doc.get("error"):
         pairs.append(("Error", _error(doc["error"])))
     if step_output and doc.get("output") is not None:

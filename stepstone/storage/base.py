@@ -20,6 +20,7 @@ from stepstone.models import (
     Claim,
     EventRecord,
     HistoryEvent,
+    InstanceLinks,
     InstanceRecord,
     Lease,
     LeaseState,
@@ -129,7 +130,7 @@ class Storage(Protocol):
     # -- instances ------------------------------------------------------------------------------------
     async def create_instances(self, rows: Sequence[NewInstance], *, skip_existing: bool) -> list[InstanceRecord]:
         """Insert instances (each in its ``account``), runnable now. An existing id raises InstanceExistsError,
-        or is skipped."""
+        or is skipped. A row with a ``parent_pk`` is linked to that parent in the same transaction."""
         ...
 
     async def get_instance(self, account: str, workflow: str, instance_id: str) -> InstanceRecord | None:
@@ -149,6 +150,10 @@ class Storage(Protocol):
         created_before: float | None = None,
     ) -> InstancePage:
         """A page of the account's workflow's instances, by creation time."""
+        ...
+
+    async def instance_links(self, pk: int) -> InstanceLinks:
+        """The instance's parent and children (``step.run_workflow``), each with its status now."""
         ...
 
     async def load_history(self, pk: int) -> tuple[list[StepRecord], list[EventRecord]]:

@@ -32,9 +32,11 @@ from stepstone.errors import (
     StorageError,
 )
 from stepstone.models import (
+    CHILD_EVENT,
     Claim,
     EventRecord,
     HistoryEvent,
+    InstanceLinks,
     InstanceRecord,
     Lease,
     LeaseState,
@@ -53,9 +55,12 @@ from stepstone.storage.postgres_schema import migrate
 from stepstone.storage.postgres_writer import EVENTS_INSERT, Conn, GroupWriter, StepWrite, Transactor, Write
 from stepstone.storage.sqlite_schema import (
     INSTANCE_COLUMNS,
+    LINK_INSERT,
+    LINK_QUERIES,
     STEP_COLUMNS,
     WORKFLOW_COLUMNS,
     instance_from_row,
+    linked_from_row,
     step_from_row,
     step_to_row,
     workflow_from_row,
@@ -134,6 +139,8 @@ _SUSPEND = (
     "wait_types = CASE WHEN status = 'waitingForPause' THEN wait_types ELSE %s END, "
     f"{RELEASE}, modified_on = %s WHERE pk = %s AND lease_token = %s RETURNING status"
 )
+_WAKE_PARENT = "SELECT pg_notify(%s, parent_pk::text || ':new') FROM instance_links WHERE child_pk = %s"
+"""Tell the workers that a child's parent may be runnable (its finish trigger woke it)."""
 _FINISH = (
     "UPDATE instances SET status = %s, output = %s, error_name = %s, error_message = %s, error_traceback = %s, "
     "ended_on = %s, modified_on = %s, runnable_at = NULL, waiting_for = NULL, wait_types = NULL, "
@@ -413,6 +420,11 @@ class PostgresStorage:
                     continue
                 created.append(instance_from_row(row))
                 touched.add((new.account, new.workflow))
+                if new.parent_pk is not None:
+                    await conn.execute(
+                        LINK_INSERT.replace("?", "%s"),
+                        (created[-1].pk, new.parent_pk, int(new.terminate_with_parent)),
+                    )
             for account, name in sorted(touched):
                 await conn.execute(
                     "UPDATE workflows SET triggered_on = %s WHERE account = %s AND name = %s",
@@ -424,6 +436,16 @@ class PostgresStorage:
 
         # A repeat after an unknown commit would report our own instances as existing.
         return await self._run(op, idempotent=skip_existing)
+
+    async def instance_links(self, pk: int) -> InstanceLinks:
+        """The instance's parent and children."""
+
+        async def read(c: Conn) -> InstanceLinks:
+            parent = await fetch_maybe(c, LINK_QUERIES[0].replace("?", "%s"), pk)
+            children = await fetch_all(c, LINK_QUERIES[1].replace("?", "%s"), pk)
+            return InstanceLinks(linked_from_row(parent) if parent else None, [linked_from_row(r) for r in children])
+
+        return await self._run(read)
 
     async def get_instance(self, account: str, workflow: str, instance_id: str) -> InstanceRecord | None:
         """One instance of the account's workflow, or None."""
@@ -654,7 +676,12 @@ class PostgresStorage:
         # before the lock was granted (send_event locks the row first too): no event falls in between.
         lock = ("SELECT 1 FROM instances WHERE pk = %s FOR UPDATE", (lease.pk,))
         params = (now, types, now, wake_at, waiting_for, joined, now, lease.pk, lease.token)
-        result: str = await self._writer.run(Write(lease.pk, [lock, (_SUSPEND, params)], _fenced_value(lease)))
+        statements = [lock, (_SUSPEND, params)]
+        if any(t.startswith(CHILD_EVENT) for t in types):
+            # A child's finish trigger buffers its event under this lock (after its own row's), so either it
+            # sees this instance waiting or the next statement sees its event: a wake-up is never lost.
+            statements.insert(1, ("SELECT pg_advisory_xact_lock(-%s::bigint)", (lease.pk,)))
+        result: str = await self._writer.run(Write(lease.pk, statements, _fenced_value(lease)))
         return result
 
     async def pause_drained(self, lease: Lease, *, now: float) -> None:
@@ -680,7 +707,8 @@ class PostgresStorage:
         """End the instance."""
         expires = now + retention_ms / 1000
         params = (status, output, error_name, error_message, error_traceback, now, now, expires, lease.pk, lease.token)
-        await self._writer.run(Write(lease.pk, [(_FINISH, params)], _fenced_value(lease)))
+        wake = (_WAKE_PARENT, (self.channel, lease.pk))  # a child's parent: its trigger made it runnable
+        await self._writer.run(Write(lease.pk, [wake, (_FINISH, params)], _fenced_value(lease)))
 
     # -- lifecycle control ----------------------------------------------------------------------------
     async def pause(self, account: str, workflow: str, instance_id: str, *, now: float) -> InstanceRecord:

@@ -74,6 +74,10 @@ async def terminate(
         (now, now, now, now + retention_ms / 1000, pk),
     )
     await notify(conn, channel, pk, "abort")
+    # a child's parent: the finish trigger made it runnable
+    await conn.execute(
+        "SELECT pg_notify(%s, parent_pk::text || ':new') FROM instance_links WHERE child_pk = %s", (channel, pk)
+    )
     return await _get(conn, pk)
 
 

@@ -11,7 +11,14 @@ from typing import Final
 from psycopg import AsyncConnection, sql
 
 from stepstone.errors import SchemaVersionError
-from stepstone.storage.sqlite_schema import EXISTING_EVENTS, TAKEOVER, migration_statements, status_event
+from stepstone.models import CHILD_EVENT
+from stepstone.storage.sqlite_schema import (
+    EXISTING_EVENTS,
+    FINISHED_SQL,
+    TAKEOVER,
+    migration_statements,
+    status_event,
+)
 
 MIGRATIONS: Final[tuple[str | tuple[str, ...], ...]] = (
     # version 1
@@ -173,6 +180,56 @@ MIGRATIONS: Final[tuple[str | tuple[str, ...], ...]] = (
     # rows keep one event each. Event ids become ``event_id * 16 + j`` (a cursor from before is re-read from
     # its row: nothing is lost, a few events may come twice).
     "ALTER TABLE instance_events ADD COLUMN since INTEGER",
+    # version 7: child workflows (``step.run_workflow``), as SQLite's version 8: the child finishing or being
+    # deleted buffers the parent's event and wakes it in the same transaction (the storage notifies workers).
+    (
+        """CREATE TABLE instance_links (
+            child_pk BIGINT PRIMARY KEY,
+            parent_pk BIGINT NOT NULL,
+            terminate_with_parent INTEGER NOT NULL DEFAULT 0
+        )""",
+        "CREATE INDEX instance_links_by_parent ON instance_links (parent_pk)",
+        f"""CREATE FUNCTION stepstone_child_wake() RETURNS trigger LANGUAGE plpgsql AS $$
+        DECLARE
+            v_child BIGINT;
+            v_status TEXT;
+            v_kind TEXT;
+            v_at DOUBLE PRECISION;
+        BEGIN
+            IF TG_OP = 'DELETE' THEN
+                v_child := OLD.pk;
+                v_status := 'deleted';
+                v_at := OLD.modified_on;
+                DELETE FROM instance_links WHERE parent_pk = OLD.pk;
+                IF OLD.status IN {FINISHED_SQL} THEN
+                    DELETE FROM instance_links WHERE instance_links.child_pk = OLD.pk;
+                    RETURN NULL;
+                END IF;
+            ELSE
+                v_child := NEW.pk;
+                v_status := NEW.status;
+                v_at := NEW.modified_on;
+            END IF;
+            v_kind := '{CHILD_EVENT}' || v_child;
+            -- the parent's suspend takes this lock too: one of the two sees the other's commit (no lost wake-up)
+            PERFORM pg_advisory_xact_lock(-l.parent_pk) FROM instance_links l WHERE l.child_pk = v_child;
+            INSERT INTO events (instance_pk, type, payload, received_at)
+                SELECT l.parent_pk, v_kind, '{{"status":"' || v_status || '"}}', v_at
+                FROM instance_links l JOIN instances p ON p.pk = l.parent_pk WHERE l.child_pk = v_child;
+            UPDATE instances SET runnable_at = v_at
+                WHERE pk IN (SELECT l.parent_pk FROM instance_links l WHERE l.child_pk = v_child)
+                AND status = 'waiting' AND strpos(wait_types, ',' || v_kind || ',') > 0;
+            IF TG_OP = 'DELETE' THEN
+                DELETE FROM instance_links WHERE instance_links.child_pk = OLD.pk;
+            END IF;
+            RETURN NULL;
+        END $$""",
+        "CREATE TRIGGER instance_links_child_finished AFTER UPDATE OF status ON instances FOR EACH ROW "
+        f"WHEN (NEW.status IN {FINISHED_SQL} AND OLD.status NOT IN {FINISHED_SQL}) "
+        "EXECUTE FUNCTION stepstone_child_wake()",
+        "CREATE TRIGGER instance_links_deleted AFTER DELETE ON instances FOR EACH ROW "
+        "EXECUTE FUNCTION stepstone_child_wake()",
+    ),
 )
 SCHEMA_VERSION: Final = len(MIGRATIONS)
 

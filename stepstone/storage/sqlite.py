@@ -25,6 +25,7 @@ from stepstone.errors import (
 from stepstone.models import (
     EventRecord,
     HistoryEvent,
+    InstanceLinks,
     InstanceRecord,
     Lease,
     LeaseState,
@@ -40,10 +41,13 @@ from stepstone.storage.bell import Bell, StreamWaiter
 from stepstone.storage.blocking_renew import BlockingRenewer
 from stepstone.storage.sqlite_schema import (
     INSTANCE_COLUMNS,
+    LINK_INSERT,
+    LINK_QUERIES,
     STEP_COLUMNS,
     WORKFLOW_COLUMNS,
     event_from_row,
     instance_from_row,
+    linked_from_row,
     migrate,
     step_from_row,
     step_to_row,
@@ -425,6 +429,8 @@ class SQLiteStorage:
                     continue
                 created.append(instance_from_row(row))
                 self._touched.append(created[-1].pk)
+                if new.parent_pk is not None:
+                    conn.execute(LINK_INSERT, (created[-1].pk, new.parent_pk, int(new.terminate_with_parent)))
                 touched.add((new.account, new.workflow))
             if created:
                 self._signal(conn, 0, "new", rows[0].created_on)
@@ -436,6 +442,16 @@ class SQLiteStorage:
             return created
 
         return await self._write(op)
+
+    async def instance_links(self, pk: int) -> InstanceLinks:
+        """The instance's parent and children."""
+
+        def read(c: Conn) -> InstanceLinks:
+            parent = c.execute(LINK_QUERIES[0], (pk,)).fetchone()
+            children = c.execute(LINK_QUERIES[1], (pk,)).fetchall()
+            return InstanceLinks(linked_from_row(parent) if parent else None, [linked_from_row(r) for r in children])
+
+        return await self._read(read)
 
     async def get_instance(self, account: str, workflow: str, instance_id: str) -> InstanceRecord | None:
         """One instance of the account's workflow, or None."""

@@ -7,7 +7,15 @@ import sqlite3
 from typing import Any, Final, cast
 
 from stepstone.errors import SchemaVersionError
-from stepstone.models import Attempt, EventRecord, InstanceRecord, StepRecord, WorkflowRecord
+from stepstone.models import (
+    CHILD_EVENT,
+    Attempt,
+    EventRecord,
+    InstanceRecord,
+    LinkedInstance,
+    StepRecord,
+    WorkflowRecord,
+)
 
 
 def status_event(column: str) -> str:
@@ -33,6 +41,24 @@ EXISTING_EVENTS: Final = (
     + status_event("status")
     + ", modified_on FROM instances WHERE status != 'queued'",
 )
+
+FINISHED_SQL: Final = "('complete', 'errored', 'terminated')"
+
+
+def child_wake(child: str, status: str, cond: str = "") -> str:
+    """The trigger statements (SQLite) that tell the parent of instance ``child`` (``new`` or ``old``) its child
+    reached ``status`` (SQL): buffer the event, make the parent runnable if it waits for it, signal the workers."""
+    kind = f"'{CHILD_EVENT}' || {child}.pk"
+    link = f"FROM instance_links WHERE child_pk = {child}.pk {cond}"
+    return f"""
+            INSERT INTO events (instance_pk, type, payload, received_at)
+                SELECT l.parent_pk, {kind}, '{{"status":"' || {status} || '"}}', {child}.modified_on
+                FROM instance_links l JOIN instances p ON p.pk = l.parent_pk WHERE l.child_pk = {child}.pk {cond};
+            UPDATE instances SET runnable_at = {child}.modified_on
+                WHERE pk IN (SELECT parent_pk {link}) AND status = 'waiting'
+                AND instr(wait_types, ',' || {kind} || ',') > 0;
+            INSERT INTO signals (instance_pk, kind, at) SELECT parent_pk, 'new', {child}.modified_on {link};"""
+
 
 MIGRATIONS: Final[tuple[str | tuple[str, ...], ...]] = (
     # version 1
@@ -237,6 +263,25 @@ MIGRATIONS: Final[tuple[str | tuple[str, ...], ...]] = (
     # rows keep one event each. Event ids become ``event_id * 16 + j`` (a cursor from before is re-read from
     # its row: nothing is lost, a few events may come twice).
     "ALTER TABLE instance_events ADD COLUMN since INTEGER",
+    # version 8: child workflows (``step.run_workflow``). A link row ties a child to the parent that started it;
+    # the child finishing (any path: a run, a terminate) or being deleted buffers an event of the type
+    # CHILD_EVENT || child pk for the parent, and wakes it if it waits for that type, in the same transaction.
+    (
+        """CREATE TABLE instance_links (
+            child_pk INTEGER PRIMARY KEY,
+            parent_pk INTEGER NOT NULL,
+            terminate_with_parent INTEGER NOT NULL DEFAULT 0
+        )""",
+        "CREATE INDEX instance_links_by_parent ON instance_links (parent_pk)",
+        f"""CREATE TRIGGER instance_links_child_finished AFTER UPDATE OF status ON instances
+        WHEN new.status IN {FINISHED_SQL} AND old.status NOT IN {FINISHED_SQL}
+        BEGIN{child_wake("new", "new.status")}
+        END""",
+        f"""CREATE TRIGGER instance_links_deleted AFTER DELETE ON instances
+        BEGIN{child_wake("old", "'deleted'", f"AND old.status NOT IN {FINISHED_SQL}")}
+            DELETE FROM instance_links WHERE child_pk = old.pk OR parent_pk = old.pk;
+        END""",
+    ),
 )
 SCHEMA_VERSION: Final = len(MIGRATIONS)
 
@@ -280,6 +325,21 @@ def migration_statements(migration: str | tuple[str, ...]) -> list[str]:
     is split on ``;``."""
     parts = list(migration) if isinstance(migration, tuple) else migration.split(";")
     return [p for p in parts if p.strip()]
+
+
+LINK_QUERIES: Final = (
+    "SELECT p.pk, p.workflow, p.id, p.status, l.terminate_with_parent FROM instance_links l "
+    "JOIN instances p ON p.pk = l.parent_pk WHERE l.child_pk = ?",
+    "SELECT c.pk, c.workflow, c.id, c.status, l.terminate_with_parent FROM instance_links l "
+    "JOIN instances c ON c.pk = l.child_pk WHERE l.parent_pk = ? ORDER BY c.created_on, c.pk",
+)
+"""An instance's parent, and its children (both backends; ``?`` becomes ``%s`` on PostgreSQL)."""
+LINK_INSERT: Final = "INSERT INTO instance_links (child_pk, parent_pk, terminate_with_parent) VALUES (?, ?, ?)"
+
+
+def linked_from_row(row: tuple[Any, ...]) -> LinkedInstance:
+    """Map a row of :data:`LINK_QUERIES`."""
+    return LinkedInstance(int(row[0]), row[1], row[2], row[3], bool(row[4]))
 
 
 def instance_from_row(row: sqlite3.Row | tuple[Any, ...]) -> InstanceRecord:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import datetime
 import math
+import random
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Literal, TypeAlias
@@ -21,9 +22,12 @@ __all__ = [
     "BACKOFFS",
     "DYNAMIC_DELAY",
     "INFINITY",
+    "PREDICATE",
     "Backoff",
     "DelayFunction",
     "RetryConfig",
+    "RetryIf",
+    "RetryPredicate",
     "StepConfig",
     "resolve_step_config",
     "retry_delay_ms",
@@ -32,6 +36,11 @@ __all__ = [
 
 Backoff: TypeAlias = Literal["constant", "linear", "exponential"]
 BACKOFFS: tuple[Backoff, ...] = ("constant", "linear", "exponential")
+
+RetryPredicate: TypeAlias = Callable[[BaseException], bool]
+"""``retry_if`` as a function: called with the attempt's error, True to retry it."""
+RetryIf: TypeAlias = RetryPredicate | tuple[type[BaseException], ...]
+"""``retry_if``: a predicate, or the exception classes worth retrying."""
 
 DelayFunction: TypeAlias = Callable[[object, BaseException], Duration | Awaitable[Duration]]
 """A dynamic retry delay: called with the step context and the error, returns a duration (maybe awaitable)."""
@@ -46,7 +55,9 @@ JavaScript's spelling; ``math.inf`` is accepted too."""
 _BACKOFF_BY_NAME: dict[object, Backoff] = {b: b for b in BACKOFFS}
 _DEFAULT_TIMEOUT_MS = 600_000.0
 _CONFIG_KEYS = ("retries", "timeout", "sensitive")
-_RETRY_KEYS = ("limit", "delay", "backoff")
+_RETRY_KEYS = ("limit", "delay", "backoff", "jitter", "max_delay", "retry_if")
+PREDICATE = "[predicate]"
+"""The marker stored (and shown) in place of a ``retry_if`` function."""
 
 
 def _is_int(value: object) -> bool:
@@ -70,6 +81,14 @@ class RetryConfig:
     """How the delay grows: constant, linear or exponential. Default exponential."""
     delay_fn: DelayFunction | None = None
     """A function giving the base delay per failed attempt, used instead of ``delay_ms``. Default None."""
+    jitter: float = 0.0
+    """stepstone: the share of each delay drawn at random: the delay is ``d * (1 - jitter * u)``, ``u`` uniform in
+    [0, 1); 1.0 is full jitter (uniform in [0, d)). Default 0 (none, as on Cloudflare)."""
+    max_delay_ms: float | None = None
+    """stepstone: the cap on each delay (before jitter), in milliseconds. Default None (no cap, as on Cloudflare)."""
+    retry_if: RetryIf | None = None
+    """stepstone: which errors are retried: a predicate ``(error) -> bool`` or a tuple of exception classes; any
+    other error fails the step at once. Default None (every error but a NonRetryableError, as on Cloudflare)."""
 
     def __post_init__(self) -> None:
         if not (_is_int(self.limit) and self.limit >= 0) and self.limit != math.inf:
@@ -83,6 +102,37 @@ class RetryConfig:
             )
         if self.delay_fn is not None and not callable(self.delay_fn):
             raise ValidationError(f"retries.delay_fn {self.delay_fn!r} is invalid: expected a callable")
+        j = self.jitter
+        if not _is_number(j) or not 0 <= j <= 1:
+            raise ValidationError(f'retries.jitter {j!r} is invalid: expected a fraction from 0 to 1 (or True, "full")')
+        cap = self.max_delay_ms
+        if cap is not None and (not _is_number(cap) or not math.isfinite(cap) or cap < 0):
+            raise ValidationError(f"retries.max_delay {cap!r} ms is invalid: expected a finite duration >= 0")
+        if self.retry_if is not None and not _retry_if_ok(self.retry_if):
+            raise ValidationError(
+                f"retries.retry_if {self.retry_if!r} is invalid: expected a function (error) -> bool or a tuple of "
+                "exception classes"
+            )
+
+    def retries_error(self, exc: BaseException) -> bool:
+        """Whether ``retry_if`` lets ``exc`` be retried (always, without one). A predicate that raises says no."""
+        rule = self.retry_if
+        if rule is None:
+            return True
+        if isinstance(rule, tuple):
+            return isinstance(exc, rule)
+        try:
+            return bool(rule(exc))
+        except Exception:
+            return False
+
+
+def _retry_if_ok(value: object) -> bool:
+    if isinstance(value, type) and issubclass(value, BaseException):
+        return False  # normalised to a tuple by the dict form; a RetryConfig takes a tuple
+    if isinstance(value, tuple):
+        return bool(value) and all(isinstance(t, type) and issubclass(t, BaseException) for t in value)
+    return callable(value)
 
 
 def _ms_number(ms: float) -> int | float:
@@ -119,10 +169,20 @@ class StepConfig:
         """
         r = self.retries
         delay: object = DYNAMIC_DELAY if r.delay_fn is not None else _ms_number(r.delay_ms)
-        out: dict[str, object] = {
-            "retries": {"limit": INFINITY if r.limit == math.inf else r.limit, "delay": delay, "backoff": r.backoff},
-            "timeout": _ms_number(self.timeout_ms),
+        retries: dict[str, object] = {
+            "limit": INFINITY if r.limit == math.inf else r.limit,
+            "delay": delay,
+            "backoff": r.backoff,
         }
+        if r.jitter:
+            retries["jitter"] = _ms_number(r.jitter)
+        if r.max_delay_ms is not None:
+            retries["max_delay"] = _ms_number(r.max_delay_ms)
+        if isinstance(r.retry_if, tuple):
+            retries["retry_if"] = [f"{t.__module__}.{t.__qualname__}" for t in r.retry_if]
+        elif r.retry_if is not None:
+            retries["retry_if"] = PREDICATE
+        out: dict[str, object] = {"retries": retries, "timeout": _ms_number(self.timeout_ms)}
         if self.sensitive:
             out["sensitive"] = "output"
         return out
@@ -169,7 +229,19 @@ def _from_mapping(config: Mapping[str, object], *, prefix: str, dynamic_marker: 
             raise ValidationError(
                 f"{prefix}: retries.backoff {raw_backoff!r} is invalid: expected constant, linear or exponential"
             )
-        retries = RetryConfig(limit=limit, delay_ms=delay_ms, backoff=backoff, delay_fn=delay_fn)
+        jitter = _jitter(raw.get("jitter", 0), prefix)
+        raw_cap = raw.get("max_delay")
+        max_delay_ms = None if raw_cap is None else _duration(raw_cap, prefix, "retries.max_delay")
+        retry_if = _retry_if(raw.get("retry_if"), prefix, stored=dynamic_marker)
+        retries = RetryConfig(
+            limit=limit,
+            delay_ms=delay_ms,
+            backoff=backoff,
+            delay_fn=delay_fn,
+            jitter=jitter,
+            max_delay_ms=max_delay_ms,
+            retry_if=retry_if,
+        )
     timeout_ms = _DEFAULT_TIMEOUT_MS
     raw_timeout = config.get("timeout")
     if raw_timeout is not None:
@@ -192,6 +264,39 @@ def _limit(value: object, prefix: str) -> int | float:
             f'{prefix}: retries.limit {value!r} is invalid: expected an integer >= 0, or float("inf") / "Infinity"'
         )
     return value
+
+
+def _jitter(value: object, prefix: str) -> float:
+    if value is True or value == "full":
+        return 1.0
+    if value is False or value is None:
+        return 0.0
+    if not _is_number(value) or not 0 <= value <= 1:  # type: ignore[operator]
+        raise ValidationError(
+            f'{prefix}: retries.jitter {value!r} is invalid: expected True, "full" or a fraction from 0 to 1'
+        )
+    return float(value)  # type: ignore[arg-type]
+
+
+def _retry_if(value: object, prefix: str, *, stored: bool) -> RetryIf | None:
+    if value is None:
+        return None
+    if stored:  # a stored config names its classes or the predicate marker; neither can be rebuilt here
+        return None
+    if isinstance(value, type) and issubclass(value, BaseException):
+        return (value,)
+    if (
+        isinstance(value, list | tuple)
+        and value
+        and all(isinstance(t, type) and issubclass(t, BaseException) for t in value)
+    ):
+        return tuple(value)
+    if callable(value) and not isinstance(value, type):
+        return value
+    raise ValidationError(
+        f"{prefix}: retries.retry_if {value!r} is invalid: expected a function (error) -> bool, an exception class "
+        "or a tuple of exception classes"
+    )
 
 
 def _duration(value: object, prefix: str, key: str) -> float:
@@ -243,16 +348,24 @@ def resolve_step_config(
     return resolved
 
 
-def retry_delay_ms(retries: RetryConfig, failed_attempt: int, base_ms: float | None = None) -> float:
+def retry_delay_ms(
+    retries: RetryConfig,
+    failed_attempt: int,
+    base_ms: float | None = None,
+    *,
+    rand: Callable[[], float] = random.random,
+) -> float:
     """The delay before the retry that follows a failed attempt.
 
-    constant: ``base``; linear: ``base * n``; exponential: ``base * 2 ** (n - 1)``. No jitter and no cap;
-    an exponential delay too large for a float is ``math.inf``.
+    constant: ``base``; linear: ``base * n``; exponential: ``base * 2 ** (n - 1)`` (Cloudflare's; an exponential
+    delay too large for a float is ``math.inf``). Then stepstone's ``max_delay`` caps it and ``jitter`` draws
+    ``d * (1 - jitter * rand())``; without them (the default) there is neither, as on Cloudflare.
 
     Args:
         retries: the retry policy.
         failed_attempt: the 1-based number of the attempt that failed.
         base_ms: the base delay (from a delay function); ``retries.delay_ms`` when None.
+        rand: uniform in [0, 1), for the jitter.
 
     Returns:
         The delay in milliseconds.
@@ -262,7 +375,15 @@ def retry_delay_ms(retries: RetryConfig, failed_attempt: int, base_ms: float | N
     """
     if not _is_int(failed_attempt) or failed_attempt < 1:
         raise ValidationError(f"failed attempt {failed_attempt!r} is invalid: expected an integer >= 1")
-    base = retries.delay_ms if base_ms is None else base_ms
+    delay = _backoff_ms(retries, failed_attempt, retries.delay_ms if base_ms is None else base_ms)
+    if retries.max_delay_ms is not None:
+        delay = min(delay, retries.max_delay_ms)
+    if retries.jitter and math.isfinite(delay):
+        delay *= 1 - retries.jitter * rand()
+    return delay
+
+
+def _backoff_ms(retries: RetryConfig, failed_attempt: int, base: float) -> float:
     if retries.backoff == "constant":
         return float(base)
     if retries.backoff == "linear":

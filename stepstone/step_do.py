@@ -197,7 +197,7 @@ async def run_do(
             return codec.decode(rec.result or "null")
         if rec.status == "error":
             raise rebuild_error(rec)
-        if rec.config and config.retries.delay_fn is None:
+        if rec.config and config.retries.delay_fn is None and config.retries.retry_if is None:
             config = StepConfig.from_dict(json.loads(rec.config))
         last = rec.attempts[-1] if rec.attempts else None
         if last is not None and last.end is None:
@@ -298,6 +298,7 @@ async def run_do(
                     is_non_retryable(exc)
                     or isinstance(exc, LimitExceededError | ValidationError)
                     or not will_retry(config.retries, attempt_no)
+                    or not config.retries.retries_error(exc)
                 )
                 if not final:
                     try:

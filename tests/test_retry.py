@@ -105,8 +105,8 @@ def test_resolve_dynamic_delay() -> None:
     [
         ({"retry": {}}, r"unknown key 'retry': allowed keys are retries, timeout, sensitive"),
         (
-            {"retries": {"limit": 1, "jitter": True}},
-            r"unknown key 'jitter' in retries: allowed keys are limit",
+            {"retries": {"limit": 1, "factor": 3}},
+            r"unknown key 'factor' in retries: allowed keys are limit, delay, backoff, jitter, max_delay, retry_if",
         ),
         ({"retries": 3}, r"retries 3 is invalid: expected a dict"),
         ({"retries": {"limit": -1}}, r"retries.limit -1 is invalid: expected an integer >= 0"),

@@ -75,8 +75,8 @@ async def test_the_parent_hibernates_until_the_child_finishes_and_gets_its_outpu
     for n in (1, 2):
         child = await _child(engine, f"a1-resize-{n}")
         await wait_for_event_wait(child, "go")
-        status = await album.status()
-        assert status.status == "waiting"  # hibernating: no coroutine holds the parent
+        # hibernating (no coroutine holds the parent) once it has suspended, which may come after the child waits
+        await wait_for_status(album, "waiting")
         await child.send_event("go", {})
     assert (await wait_for_status(album, "complete")).output == ["resized k1", "resized k2"]
     assert RUNS == {"a1-resize-1": 1, "a1-resize-2": 1}

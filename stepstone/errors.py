@@ -19,6 +19,7 @@ The tree::
         ├── WorkflowFatalError                the instance cannot go on (step limit, bad value)
         ├── StepFailedError                   a replayed step failure whose class cannot be rebuilt
         └── StorageError                      the database failed or refused
+            ├── StorageUnavailableError       it cannot take writes now (disk full, I/O error, unreachable)
             ├── FencedError                   this worker lost the instance's lease
             └── SchemaVersionError            the database schema is not the one this code expects
 
@@ -108,6 +109,11 @@ class StepFailedError(StepstoneError):
 
 class StorageError(StepstoneError):
     """The database failed or refused an operation."""
+
+
+class StorageUnavailableError(StorageError):
+    """The database cannot take the write now, for a reason that can pass: its disk is full, an I/O error, the
+    server is unreachable or PostgreSQL gave up reconnecting. A run's writes are retried while its lease holds."""
 
 
 class FencedError(StorageError):

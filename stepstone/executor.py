@@ -4,17 +4,28 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
 from stepstone import codec
 from stepstone.clock import Clock
-from stepstone.errors import FencedError, SerializationError, StepstoneError
+from stepstone.errors import FencedError, SerializationError, StepstoneError, StorageUnavailableError
 from stepstone.limits import Limits, check_size
 from stepstone.models import Claim
-from stepstone.run_state import Abort, ChildHost, LeaseWindow, RunHooks, RunState, Suspend, TestHooks, current_run
+from stepstone.run_state import (
+    Abort,
+    ChildHost,
+    GaveUp,
+    LeaseWindow,
+    RunHooks,
+    RunState,
+    Suspend,
+    TestHooks,
+    current_run,
+    retry_unavailable,
+)
 from stepstone.step import WorkflowStep
 from stepstone.step_threads import StepThreads
 from stepstone.storage.base import Storage
@@ -109,7 +120,18 @@ class Execution:
         """Run the instance; returns what became of it (complete, errored, waiting, paused, aborted)."""
         inst = self.claim.instance
         limits = self.definition.limits
-        steps, events = await self.storage.load_history(inst.pk)
+        try:
+            steps, events = await self.storage.load_history(inst.pk)
+        except StorageUnavailableError as exc:
+            try:
+                steps, events = await retry_unavailable(
+                    lambda: self.storage.load_history(inst.pk),
+                    exc,
+                    window=self.lease_window,
+                    what=self._what("history"),
+                )
+            except GaveUp:
+                return "aborted"
         state = RunState(
             storage=self.storage,
             clock=self.clock,
@@ -155,7 +177,7 @@ class Execution:
         except asyncio.CancelledError:
             if not self._drained:
                 raise
-            return await self._guard(self.storage.pause_drained(self.lease, now=self.clock.now()), "paused")
+            return await self._guard(lambda: self.storage.pause_drained(self.lease, now=self.clock.now()), "paused")
         except Exception as exc:
             return await self._finish_error(state.fatal or exc)
         finally:
@@ -175,7 +197,7 @@ class Execution:
         except SerializationError as exc:
             return await self._finish_error(exc, name="WorkflowFatalError")
         return await self._guard(
-            self.storage.finish(
+            lambda: self.storage.finish(
                 self.lease,
                 now=self.clock.now(),
                 status="complete",
@@ -194,12 +216,13 @@ class Execution:
         if state.fatal is not None:
             return await self._finish_error(state.fatal)
         wake, waiting_for, types = state.waiting_for()
-        try:
-            return await self.storage.suspend(
+        outcome: str = await self._guard(
+            lambda: self.storage.suspend(
                 self.lease, now=self.clock.now(), wake_at=wake, waiting_for=waiting_for, wait_types=types
-            )
-        except FencedError:
-            return "aborted"
+            ),
+            None,
+        )
+        return outcome
 
     async def _finish_error(self, exc: BaseException, *, name: str | None = None) -> str:
         inst = self.claim.instance
@@ -209,7 +232,7 @@ class Execution:
             log.debug("instance %s/%s errored: %s: %s", inst.workflow, inst.id, recorded_name, message)
         self.error = (recorded_name, message)
         return await self._guard(
-            self.storage.finish(
+            lambda: self.storage.finish(
                 self.lease,
                 now=self.clock.now(),
                 status="errored",
@@ -228,12 +251,32 @@ class Execution:
         limits = self.definition.limits
         return limits.success_retention_ms if kind == "success" else limits.error_retention_ms
 
-    async def _guard(self, aw: Any, outcome: str) -> str:
+    def _what(self, what: str) -> str:
+        inst = self.claim.instance
+        return f"instance {inst.workflow}/{inst.id}: {_WHAT.get(what, what)}"
+
+    async def _guard(self, make: Callable[[], Awaitable[Any]], outcome: str | None) -> str:
+        """Make a run's final write: ``outcome`` (or, when None, what the write returns) once it is stored;
+        "aborted" when the lease is gone, or when the database took no writes while the lease held."""
         try:
-            await aw
-        except FencedError:
+            try:
+                result = await make()
+            except StorageUnavailableError as exc:
+                result = await retry_unavailable(
+                    make, exc, window=self.lease_window, what=self._what(outcome or "suspension")
+                )
+        except (FencedError, GaveUp):
             return "aborted"
-        return outcome
+        return outcome if outcome is not None else str(result)
+
+
+_WHAT = {
+    "history": "reading its history",
+    "complete": "writing its completion",
+    "errored": "writing its error",
+    "paused": "writing its pause",
+    "suspension": "writing its suspension",
+}
 
 
 def _decode_dict(text: str | None) -> dict[str, Any] | None:

@@ -15,10 +15,10 @@ import time
 from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any, Final, Protocol
+from typing import Any, Final, Protocol, TypeVar
 
 from stepstone.clock import Clock
-from stepstone.errors import FencedError, WorkflowFatalError
+from stepstone.errors import FencedError, StorageUnavailableError, WorkflowFatalError
 from stepstone.history import Mark, mark, step_events
 from stepstone.limits import Limits
 from stepstone.models import (
@@ -41,7 +41,13 @@ LEASE_MARGIN: Final[float] = 0.25
 """The share of the lease length kept in reserve: an attempt starts only while the lease is confirmed for at
 least that much longer (room for clock skew between workers and for the attempt's own start)."""
 
+WRITE_RETRY_FIRST_S: Final[float] = 0.05
+WRITE_RETRY_MAX_S: Final[float] = 1.0
+"""A run's write that the database cannot take now (disk full, unreachable) is retried after 50 ms, doubling
+up to 1 s, for as long as the run's lease window holds."""
+
 log = logging.getLogger("stepstone.executor")
+T = TypeVar("T")
 
 
 class LeaseWindow:
@@ -52,11 +58,14 @@ class LeaseWindow:
     The check before each attempt is one clock read and one comparison; no query.
     """
 
-    __slots__ = ("lease_seconds", "valid_until")
+    __slots__ = ("lease_seconds", "release", "valid_until")
 
     def __init__(self, lease_seconds: float, confirmed_at: float) -> None:
         self.lease_seconds = lease_seconds
         self.valid_until = confirmed_at + lease_seconds * (1 - LEASE_MARGIN)
+        self.release = False
+        """Set when the run gave up for want of a confirmed lease (a write that could not be made, a lease
+        not renewed): the worker then releases the lease, so the instance is claimable at once."""
 
     def confirmed(self, sent_at: float) -> None:
         """A claim or renewal sent at ``sent_at`` (monotonic) found the lease held."""
@@ -65,6 +74,47 @@ class LeaseWindow:
     def remaining(self) -> float:
         """Seconds left before an attempt may no longer start (negative: the lease may be gone)."""
         return self.valid_until - time.monotonic()
+
+
+async def retry_unavailable(
+    make: Callable[[], Awaitable[T]], error: StorageUnavailableError, *, window: LeaseWindow | None, what: str
+) -> T:
+    """Make a run's write again after ``error``, with backoff, while ``window`` holds; returns its result.
+
+    Raises :class:`GaveUp` once the window has lapsed with the write still failing (the window is marked for
+    release), ``error`` at once for a run without a window, and whatever else the write raises (a fenced write).
+    """
+    if window is None:
+        raise error
+    delay = WRITE_RETRY_FIRST_S
+    tries = 1
+    log.warning("%s failed (%s); retrying while the lease holds (%.1fs left)", what, error, window.remaining())
+    while True:
+        remaining = window.remaining()
+        if remaining <= 0:
+            window.release = True
+            log.error(
+                "%s failed %d time(s) until the lease could no longer be confirmed (%s); giving the instance up "
+                "(released: it runs again from its recorded steps as soon as the database takes writes)",
+                what,
+                tries,
+                error,
+            )
+            raise GaveUp(what) from error
+        await asyncio.sleep(min(delay, remaining))
+        delay = min(delay * 2, WRITE_RETRY_MAX_S)
+        tries += 1
+        try:
+            result = await make()
+        except StorageUnavailableError as exc:
+            error = exc
+            continue
+        log.info("%s succeeded after %d tries", what, tries)
+        return result
+
+
+class GaveUp(Exception):
+    """A run's write could not be made while its lease was confirmed: the run stops and its lease is released."""
 
 
 class RunHooks(Protocol):
@@ -277,6 +327,7 @@ class RunState:
             window.lease_seconds,
             display,
         )
+        window.release = True  # fenced like every lease write: a no-op if another worker holds it by now
         self.aborted = True
         raise Abort()
 
@@ -337,14 +388,28 @@ class RunState:
         return events
 
     async def write(self, step: StepRecord, *, durable: bool = True) -> None:
-        """Persist a step with the events it adds; a lost lease unwinds the run."""
+        """Persist a step with the events it adds; a lost lease unwinds the run. A write the database cannot
+        take now (disk full, unreachable) is retried while the lease holds, then the run gives up."""
+        events = self._events(step)
         try:
-            await self.storage.put_step(self.lease, step, durable=durable, events=self._events(step))
+            await self.storage.put_step(self.lease, step, durable=durable, events=events)
         except FencedError:
             self.aborted = True
             raise Abort() from None
+        except StorageUnavailableError as exc:
+            await self._retry(lambda: self.storage.put_step(self.lease, step, durable=True, events=events), exc, step)
         if self.hooks is not None:
             self.hooks.step_written(self, step)
+
+    async def _retry(
+        self, make: Callable[[], Awaitable[None]], error: StorageUnavailableError, step: StepRecord
+    ) -> None:
+        what = f"instance {self.workflow}/{self.instance_id}: writing step {step.name!r} ({step.status})"
+        try:
+            await retry_unavailable(make, error, window=self.lease_window, what=what)
+        except (FencedError, GaveUp):
+            self.aborted = True
+            raise Abort() from None
 
     def write_nowait(self, step: StepRecord) -> None:
         """Queue a step write into the next commit without waiting for it (a fenced one is dropped)."""
@@ -352,12 +417,15 @@ class RunState:
             self.storage.put_step(self.lease, step, durable=False, events=self._events(step))
 
     async def consume(self, step: StepRecord, event_pk: int) -> None:
-        """Persist a wait step's result together with consuming its event."""
+        """Persist a wait step's result together with consuming its event (retried as :meth:`write` is)."""
+        events = self._events(step)
         try:
-            await self.storage.consume_event(self.lease, step, event_pk, events=self._events(step))
+            await self.storage.consume_event(self.lease, step, event_pk, events=events)
         except FencedError:
             self.aborted = True
             raise Abort() from None
+        except StorageUnavailableError as exc:
+            await self._retry(lambda: self.storage.consume_event(self.lease, step, event_pk, events=events), exc, step)
         if self.hooks is not None:
             self.hooks.step_written(self, step)
 

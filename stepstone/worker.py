@@ -301,7 +301,28 @@ class Worker:
         self.outcomes[outcome] = self.outcomes.get(outcome, 0) + 1
         if self.observer is not None:
             self.observer.run_finished(execution.claim, outcome, now=self.clock.now(), error=execution.error)
+        if execution.lease_window is not None and execution.lease_window.release and not self._stopping:
+            release = asyncio.get_running_loop().create_task(self._release(execution.lease), name="stepstone-release")
+            self._checks.add(release)
+            release.add_done_callback(self._checks.discard)
         self._wake.set()
+
+    async def _release(self, lease: Lease) -> None:
+        """Give up a lease the run could not keep confirmed, retrying while the database takes no writes, so the
+        instance is claimable at once (here or elsewhere) instead of when the lease runs out. A renewal to time
+        0 is fenced like any other: it changes nothing once another worker holds the instance."""
+        delay = 0.05
+        while not self._stopping:
+            try:
+                await self.storage.renew(leases=[lease], until=0.0)
+            except StorageError as exc:
+                log.debug("releasing the lease of instance %d failed (%s); retrying in %.2fs", lease.pk, exc, delay)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 1.0)
+                continue
+            log.info("released the lease of instance %d", lease.pk)
+            self._wake.set()
+            return
 
     async def _renew_loop(self) -> None:
         while not self._stopping:

@@ -30,7 +30,7 @@ from typing import Any, TypeVar
 import psycopg
 from psycopg_pool import AsyncConnectionPool
 
-from stepstone.errors import FencedError, StepstoneError, StorageError
+from stepstone.errors import FencedError, StepstoneError, StorageError, StorageUnavailableError
 from stepstone.storage.sqlite_schema import STEP_COLUMNS
 
 T = TypeVar("T")
@@ -96,7 +96,9 @@ class Transactor:
                         f"have been applied ({exc})"
                     ) from exc
                 if loop.time() + delay > deadline:
-                    raise StorageError(f"PostgreSQL unavailable for {self.retry_for:.0f}s, giving up: {exc}") from exc
+                    raise StorageUnavailableError(
+                        f"PostgreSQL unavailable for {self.retry_for:.0f}s, giving up: {exc}"
+                    ) from exc
                 log.warning("PostgreSQL transaction failed (%s); retrying in %.2fs", exc, delay)
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 1.0)
@@ -311,7 +313,9 @@ class GroupWriter:
                     with contextlib.suppress(Exception):
                         await conn_.close()
                 if loop.time() + delay > deadline:
-                    raise StorageError(f"PostgreSQL unavailable for {self._retry_for:.0f}s, giving up: {exc}") from exc
+                    raise StorageUnavailableError(
+                        f"PostgreSQL unavailable for {self._retry_for:.0f}s, giving up: {exc}"
+                    ) from exc
                 log.warning("PostgreSQL write batch failed (%s); retrying in %.2fs", exc, delay)
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 1.0)

@@ -16,7 +16,7 @@ from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any, Protocol, TypeVar
 
-from stepstone.errors import StepstoneError, StorageError
+from stepstone.errors import StepstoneError, StorageError, StorageUnavailableError
 
 T = TypeVar("T")
 Op = Callable[[sqlite3.Connection], Any]
@@ -118,11 +118,23 @@ class Writer:
                 self.on_commit()
 
 
+_UNAVAILABLE = frozenset({sqlite3.SQLITE_FULL, sqlite3.SQLITE_IOERR, sqlite3.SQLITE_CANTOPEN, sqlite3.SQLITE_BUSY})
+"""Primary result codes of failures that can pass (disk full, I/O error, a lock held too long)."""
+
+
+def storage_error(exc: sqlite3.Error, what: str = "SQLite error") -> StorageError:
+    """Our error for a driver error: :class:`StorageUnavailableError` when it can pass (``SQLITE_FULL``...)."""
+    code = getattr(exc, "sqlite_errorcode", None)
+    if code is not None and code & 0xFF in _UNAVAILABLE:
+        return StorageUnavailableError(f"{what}: {exc}")
+    return StorageError(f"{what}: {exc}")
+
+
 def _translate(exc: BaseException) -> BaseException:
     if isinstance(exc, StepstoneError) or not isinstance(exc, Exception):
         return exc
     if isinstance(exc, sqlite3.Error):
-        return StorageError(f"SQLite error: {exc}")
+        return storage_error(exc)
     return exc
 
 
@@ -170,7 +182,11 @@ def fail(conn: sqlite3.Connection, batch: list[Item], exc: BaseException) -> Non
     """The transaction failed: roll back and give every waiting future a StorageError."""
     if conn.in_transaction:
         conn.execute("ROLLBACK")
-    error = StorageError(f"SQLite commit failed: {exc}")
+    error = (
+        storage_error(exc, "SQLite commit failed")
+        if isinstance(exc, sqlite3.Error)
+        else StorageError(f"SQLite commit failed: {exc}")
+    )
     for _, fut, _ in batch:
         if fut is not None and not fut.done():
             fut.set_exception(error)

@@ -7,7 +7,8 @@ This is the only module that reads the environment. It parses and checks; it imp
 
 Wrangler's keys are read as they are (``name``, ``main``, ``[vars]``, ``[[workflows]]`` with ``name``, ``binding``,
 ``class_name``, ``script_name``, ``limits.steps``, ``schedules``), and each workflow may add ``concurrency`` (at most
-that many of its instances run at once) and ``retention = {success, error}``; our own settings sit in a
+that many of its instances run at once), ``retention = {success, error}`` and ``isolation`` (``"thread"`` or
+``"process"``: where its sync steps run); our own settings sit in a
 ``[stepstone]`` table: ``database``, ``concurrency``, ``host``, ``port``, ``retention = {success, error}``,
 ``lease_seconds``, ``api_tokens``, ``log_level`` and ``log_format``.
 """
@@ -65,7 +66,7 @@ _TOP_KEYS: Final[frozenset[str]] = (
 MAX_CPU_MS: Final[int] = 300_000
 """Cloudflare's highest ``limits.cpu_ms`` (5 minutes)."""
 _WORKFLOW_KEYS: Final[frozenset[str]] = frozenset(
-    {"name", "binding", "class_name", "script_name", "limits", "schedules", "concurrency", "retention"}
+    {"name", "binding", "class_name", "script_name", "limits", "schedules", "concurrency", "retention", "isolation"}
 )
 _SETTINGS_KEYS: Final[frozenset[str]] = frozenset(
     {"database", "concurrency", "host", "port", "retention", "api_tokens", "log_level", "log_format", "lease_seconds"}
@@ -100,6 +101,8 @@ class WorkflowConfig:
     """How long an errored or terminated instance is kept (``retention.error``)."""
     cpu_ms: int | None = None
     """``limits.cpu_ms`` (or the top-level ``[limits] cpu_ms``): CPU time per sync step attempt; None: no limit."""
+    isolation: str = "thread"
+    """``isolation``: where sync steps run, ``thread`` or ``process`` (killed on a timeout)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -320,6 +323,9 @@ def _workflow(c: _Checker, raw: object, index: int, warnings: list[str]) -> Work
         else:
             concurrency = c.integer(raw, f"{key}.concurrency")
     retention = c.retention(entry["retention"], f"{key}.retention") if "retention" in entry else {}
+    isolation = c.string(entry.get("isolation", "thread"), f"{key}.isolation")
+    if isolation not in ("thread", "process"):
+        raise c.fail(f"{key}.isolation", '"thread" or "process"', isolation)
     return WorkflowConfig(
         name,
         binding,
@@ -329,6 +335,7 @@ def _workflow(c: _Checker, raw: object, index: int, warnings: list[str]) -> Work
         tuple(schedules),
         concurrency=concurrency,
         cpu_ms=cpu_ms,
+        isolation=isolation,
         **retention,
     )
 

@@ -20,6 +20,7 @@ from stepstone.models import DEFAULT_ACCOUNT, WorkflowRecord
 from stepstone.observe import Observer, Observers
 from stepstone.observe.logs import LogObserver
 from stepstone.run_state import TestHooks
+from stepstone.step_process import check_isolation
 from stepstone.storage import storage_for_url
 from stepstone.storage.base import Storage
 from stepstone.text import check_text
@@ -118,11 +119,14 @@ class Engine:
         class_name: str | None = None,
         script_name: str = "",
         concurrency: int | None = None,
+        isolation: str = "thread",
     ) -> Workflow:
         """Register a workflow class under ``name`` (and ``env.<binding>``); returns its binding.
 
         ``concurrency`` caps how many instances of this workflow run at once across every worker on the
-        database (Cloudflare's ``concurrency.limit``); waiting instances do not count.
+        database (Cloudflare's ``concurrency.limit``); waiting instances do not count. ``isolation="process"``
+        runs its sync steps in child processes that a timeout kills (``stepstone.step_process``), instead of
+        threads that run on past it.
         """
         if not (isinstance(cls, type) and issubclass(cls, WorkflowEntrypoint)):
             raise ValidationError(f"register() expects a WorkflowEntrypoint subclass, got {cls!r}")
@@ -131,6 +135,7 @@ class Engine:
         ):
             raise ValidationError(f"workflow {name!r}: concurrency must be a positive integer, got {concurrency!r}")
         validate_workflow_name(name, self.limits)
+        check_isolation(isolation, what=f"workflow {name!r}")
         check_text(class_name or cls.__name__, what="class_name")
         check_text(script_name, what="script_name")
         if isinstance(limits, Mapping):
@@ -138,13 +143,16 @@ class Engine:
         limits = limits or self.limits
         if limits.cpu_ms is not None:
             log.warning(
-                "workflow %r: limits.cpu_ms (%g ms) is enforced for sync steps (def, lambda) from their thread's CPU "
+                "workflow %r: limits.cpu_ms (%g ms) is enforced for sync steps (def, lambda) from their %s's CPU "
                 "time; it is not enforced for async def steps, which share the event loop's thread (their timeout "
                 "and the blocked-loop watchdog bound them instead)",
                 name,
                 limits.cpu_ms,
+                "process" if isolation == "process" else "thread",
             )
-        self._defs[name] = WorkflowDef(name, cls, limits, binding, self.env_for, Children(self._runtime))
+        self._defs[name] = WorkflowDef(
+            name, cls, limits, binding, self.env_for, Children(self._runtime), isolation=isolation
+        )
         self._meta[name] = (class_name or cls.__name__, script_name, concurrency)
         self._versions.pop(name, None)
         wf = self.workflow(name)

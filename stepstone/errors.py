@@ -16,6 +16,7 @@ The tree::
         ├── WorkflowTimeoutError              a step attempt or an event wait timed out
         ├── CPUTimeLimitError                 a sync step attempt used more CPU than ``limits.cpu_ms``
         ├── EventLoopBlockedError             an async step attempt blocked the event loop too long
+        ├── StepProcessError                  a sync step's process (isolation="process") was killed or died
         ├── WorkflowFatalError                the instance cannot go on (step limit, bad value)
         ├── StepFailedError                   a replayed step failure whose class cannot be rebuilt
         └── StorageError                      the database failed or refused
@@ -89,6 +90,10 @@ class CPUTimeLimitError(StepstoneError):
 class EventLoopBlockedError(StepstoneError):
     """An async step attempt blocked the event loop longer than the worker allows; the message names the step
     and the duration. Retried like any failure."""
+
+
+class StepProcessError(StepstoneError):
+    """A sync step attempt's process (``isolation="process"``) was killed or died before it answered. Retried."""
 
 
 class WorkflowFatalError(StepstoneError):

@@ -27,6 +27,7 @@ from stepstone.run_state import (
     retry_unavailable,
 )
 from stepstone.step import WorkflowStep
+from stepstone.step_process import StepProcesses
 from stepstone.step_threads import StepThreads
 from stepstone.storage.base import Storage
 from stepstone.text import error_text
@@ -49,6 +50,8 @@ class WorkflowDef:
     """The ``env`` of an instance of the given account."""
     children: ChildHost | None = None
     """Starts the child instances of ``step.run_workflow``."""
+    isolation: str = "thread"
+    """Where its sync steps run: ``thread`` (the worker's step threads) or ``process`` (killable child processes)."""
 
 
 class Execution:
@@ -67,6 +70,7 @@ class Execution:
         lease_window: LeaseWindow | None = None,
         test_hooks: TestHooks | None = None,
         threads: StepThreads | None = None,
+        processes: StepProcesses | None = None,
     ) -> None:
         self.storage = storage
         self.clock = clock
@@ -78,6 +82,7 @@ class Execution:
         self.hooks = hooks
         self.lease_window = lease_window
         self.threads = threads
+        self.processes = processes if definition.isolation == "process" else None
         """Until when the worker knows the lease holds (moved by its renewals); checked before each attempt."""
         self.test_hooks = test_hooks
         self.error: tuple[str, str] | None = None
@@ -149,6 +154,7 @@ class Execution:
             threads=self.threads,
             account=inst.account,
             children=self.definition.children,
+            processes=self.processes,
         )
         self.state = state
         current_run.set(state)  # this task (and the run task it starts) belongs to this instance

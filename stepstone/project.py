@@ -165,6 +165,7 @@ class Project:
                     script_name=self.config.name,
                     limits=_workflow_limits(wf) or None,
                     concurrency=wf.concurrency,
+                    isolation=wf.isolation,
                 )
             else:
                 setattr(engine.env, wf.binding, engine.workflow(wf.name))

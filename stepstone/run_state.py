@@ -31,6 +31,7 @@ from stepstone.models import (
     StepRecord,
     step_key,
 )
+from stepstone.step_process import StepProcesses
 from stepstone.step_threads import StepThreads
 from stepstone.storage.base import Storage
 
@@ -231,6 +232,8 @@ class RunState:
     hooks: RunHooks | None = None
     threads: StepThreads | None = None
     """The worker's threads for sync steps (None: a shared fallback pool)."""
+    processes: StepProcesses | None = None
+    """The worker's child processes, when the workflow runs its sync steps under ``isolation="process"``."""
     lease_window: LeaseWindow | None = None
     """How long the worker knows the lease holds; None (a run without a worker) checks nothing."""
     test_hooks: TestHooks | None = None

@@ -7,6 +7,8 @@
 - A sync step runs in the worker's :class:`~stepstone.step_threads.StepThreads`. Its timeout counts from when a
   thread picks it up, not while it waits for one; on a timeout (or when the run ends) its thread is written off
   and replaced. With ``limits.cpu_ms`` its thread's CPU time is bounded too (Cloudflare's per-step CPU limit).
+  Under ``isolation="process"`` that thread waits for a child process (:mod:`stepstone.step_process`), which
+  is killed on a timeout, so the attempt really stops.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from typing import Any, Final
 from stepstone.clock import SystemClock
 from stepstone.errors import CPUTimeLimitError, EventLoopBlockedError, WorkflowTimeoutError
 from stepstone.run_state import RunState
+from stepstone.step_process import ProcessCall
 from stepstone.step_threads import Job, StepThreads
 
 CPU_LIMIT_MESSAGE: Final[str] = "Worker exceeded CPU time limit."
@@ -71,20 +74,31 @@ async def call_step(
     if inspect.iscoroutinefunction(fn):
         return await _on_loop(state, call(), slot, timeout_s, timeout_ms)
     threads = _threads(state)
-    # The thread runs in this task's context, so its logs and prints carry the instance id and its trace span.
-    job = threads.submit(functools.partial(contextvars.copy_context().run, call))
-    slot.job = job
     cpu_ms = state.limits.cpu_ms
+    cpu_s = None if cpu_ms is None else cpu_ms / 1000
+    process: ProcessCall | None = None
+    if state.processes is not None:
+        # isolation="process": the thread only waits for a child process, which enforces cpu_ms itself.
+        process = state.processes.prepare(slot.display, fn, call, cpu_s, CPU_LIMIT_MESSAGE)
+        job = threads.submit(process.run)
+        process.attach(job)
+        cpu_s = None
+    else:
+        # The thread runs in this task's context, so its logs and prints carry the instance id and its trace span.
+        job = threads.submit(functools.partial(contextvars.copy_context().run, call))
+    slot.job = job
     try:
         if isinstance(state.clock, SystemClock):
-            await _wait_job(job, threads, timeout_s, timeout_ms, None if cpu_ms is None else cpu_ms / 1000)
+            await _wait_job(job, threads, timeout_s, timeout_ms, cpu_s)
         else:
             await _wait_job_fake(state, job, threads, timeout_s, timeout_ms)
     except BaseException:
+        if process is not None:
+            process.kill()  # its side effects stop here; the thread waiting for it ends at once
         threads.abandon(job)  # timed out, over its CPU limit, or the run ended: the thread is written off
         raise
     failed = job.done.exception()
-    if cpu_ms is not None and job.cpu_used is not None and job.cpu_used * 1000 > cpu_ms:
+    if cpu_s is not None and job.cpu_used is not None and job.cpu_used > cpu_s:
         raise CPUTimeLimitError(CPU_LIMIT_MESSAGE) from failed
     value = job.done.result()
     if inspect.isawaitable(value):  # a sync callable that returned a coroutine (``lambda: fetch()``)

@@ -35,6 +35,10 @@ def _engine(filename: str) -> bool:
     return path.startswith(_ENGINE_DIRS) or path in _ENGINE_FILES
 
 
+REMOTE = "_stepstone_traceback"
+"""The attribute holding the traceback of an exception rebuilt from another process (already trimmed)."""
+
+
 def _trim(te: traceback.TracebackException, seen: set[int]) -> None:
     if id(te) in seen:
         return
@@ -51,7 +55,11 @@ def _trim(te: traceback.TracebackException, seen: set[int]) -> None:
 
 def format_failure(exc: BaseException, *, limit: int = LIMIT) -> str | None:
     """The traceback of ``exc`` with engine frames left out, at most ``limit`` characters; None when no frame
-    of it (or of an exception it chains) is the user's: the error's name and message then say it all."""
+    of it (or of an exception it chains) is the user's: the error's name and message then say it all. An
+    exception raised in a step's process (``isolation="process"``) brings the traceback it had there."""
+    remote = getattr(exc, REMOTE, None)
+    if isinstance(remote, str):
+        return remote[:limit]
     try:
         te = traceback.TracebackException.from_exception(exc, capture_locals=False)
         if _user_frames(te, set()) == 0:

@@ -24,6 +24,7 @@ from stepstone.executor import Execution, WorkflowDef
 from stepstone.models import Claim, Lease
 from stepstone.observe import Observer
 from stepstone.run_state import LeaseWindow, TestHooks
+from stepstone.step_process import StepProcesses
 from stepstone.step_threads import StepThreads
 from stepstone.storage.base import Storage
 from stepstone.watchdog import LoopWatchdog
@@ -114,6 +115,8 @@ class Worker:
         self.watchdog: LoopWatchdog | None = None
         self.threads = StepThreads(concurrency)
         """The threads sync steps run in: as many as instances run at once; a timed-out step's is replaced."""
+        self.processes = StepProcesses(keep_idle=min(concurrency, 8))
+        """The child processes of workflows registered with ``isolation="process"`` (none until one is needed)."""
 
     async def start(self) -> None:
         """Release leases of dead workers on this host, then start claiming."""
@@ -156,6 +159,7 @@ class Worker:
             with contextlib.suppress(BaseException):
                 await task
         self.threads.shutdown()
+        self.processes.shutdown()
         if self.watchdog is not None:
             self.watchdog.stop()
         with contextlib.suppress(StorageError):
@@ -275,6 +279,7 @@ class Worker:
             lease_window=window,
             test_hooks=self.test_hooks,
             threads=self.threads,
+            processes=self.processes,
         )
         pk = claim.instance.pk
         # The run's task copies this context: what the observer sets in it (a trace span) spans the whole run.

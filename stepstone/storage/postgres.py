@@ -608,7 +608,10 @@ class PostgresStorage:
                 for lease in ordered
             }
 
-        return await self._run(op)
+        # One statement in autocommit: its row locks end with it on the server. In a transaction they would last
+        # until the COMMIT the loop sends next, and a step that blocks the loop in between would keep them for the
+        # whole block: the watchdog's renewal skips locked rows, so the lease would run out meanwhile.
+        return await self._run(op, single=True)
 
     def renew_blocking(self, leases: Sequence[Lease], *, until: float) -> set[int]:
         """Extend leases from another thread, on a connection of its own (see ``storage.blocking_renew``)."""

@@ -314,12 +314,12 @@ class Worker:
 
     async def _release(self, lease: Lease) -> None:
         """Give up a lease the run could not keep confirmed, retrying while the database takes no writes, so the
-        instance is claimable at once (here or elsewhere) instead of when the lease runs out. A renewal to time
-        0 is fenced like any other: it changes nothing once another worker holds the instance."""
+        instance is claimable at once (here or elsewhere) instead of when the lease runs out. The release is
+        fenced: it changes nothing once another worker holds the instance."""
         delay = 0.05
         while not self._stopping:
             try:
-                await self.storage.renew(leases=[lease], until=0.0)
+                await self.storage.release(lease)
             except StorageError as exc:
                 log.debug("releasing the lease of instance %d failed (%s); retrying in %.2fs", lease.pk, exc, delay)
                 await asyncio.sleep(delay)

@@ -209,6 +209,30 @@ async def test_renew_extends_and_reports_status(db: Storage) -> None:
     assert not (await db.renew(leases=[gone], until=T0))[gone.pk].held
 
 
+async def test_a_late_renewal_never_shortens_a_lease(db: Storage) -> None:
+    # A renewal computed before a block of the loop and committed after it must not undo the watchdog's renewal
+    # made meanwhile: the lease would look expired to other workers while its holder knows it confirmed.
+    await create(db, "a")
+    (c,) = await claim(db, lease=5)
+    assert (await db.renew(leases=[c.lease], until=T0 + 100))[c.lease.pk].held
+    assert (await db.renew(leases=[c.lease], until=T0 + 10))[c.lease.pk].held
+    assert db.renew_blocking([c.lease], until=T0 + 20) == {c.lease.pk}
+    assert await claim(db, now=T0 + 50, owner="w2") == []  # still leased until T0 + 100
+
+
+async def test_release_gives_one_lease_up_and_is_fenced(db: Storage) -> None:
+    await create(db, "a")
+    await create(db, "b")
+    held = await claim(db, lease=1000)
+    a = next(c for c in held if c.instance.id == "a")
+    assert not await db.release(Lease(a.lease.pk, "not-the-token", a.lease.generation))
+    assert await claim(db, now=T0 + 2, owner="w2") == []
+    assert await db.release(a.lease)
+    (again,) = await claim(db, now=T0 + 2, owner="w2")  # at once, long before the lease would have expired
+    assert again.instance.id == "a"
+    assert not await db.release(a.lease)  # w2 holds it now: the old lease releases nothing
+
+
 async def test_release_owners_frees_a_dead_workers_instances(db: Storage) -> None:
     await create(db, "a")
     await claim(db, owner="dead", lease=1000)

@@ -185,7 +185,13 @@ class Storage(Protocol):
         ...
 
     async def renew(self, *, leases: Sequence[Lease], until: float) -> dict[int, LeaseState]:
-        """Extend leases; report for each whether it is still held and the instance's status."""
+        """Extend leases (never shorten one: a renewal sent before a later one may arrive after it); report for
+        each whether it is still held and the instance's status."""
+        ...
+
+    async def release(self, lease: Lease) -> bool:
+        """Give a lease up: its instance can be claimed at once. Fenced: False (and no change) when the lease is
+        no longer this one."""
         ...
 
     def renew_blocking(self, leases: Sequence[Lease], *, until: float) -> set[int]:

@@ -24,7 +24,7 @@ from stepstone.models import Lease
 _PG_RENEW = (
     "WITH l AS (SELECT pk, token FROM unnest(%s::bigint[], %s::text[]) AS l(pk, token)), "
     "locked AS (SELECT i.pk FROM instances i JOIN l ON i.pk = l.pk ORDER BY i.pk FOR UPDATE OF i SKIP LOCKED) "
-    "UPDATE instances i SET lease_expires_at = %s FROM l "
+    "UPDATE instances i SET lease_expires_at = GREATEST(i.lease_expires_at, %s) FROM l "
     "WHERE i.pk = l.pk AND i.lease_token = l.token AND i.pk IN (SELECT pk FROM locked) RETURNING i.pk"
 )
 
@@ -63,7 +63,8 @@ class BlockingRenewer:
                 lease.pk
                 for lease in leases
                 if conn.execute(
-                    "UPDATE instances SET lease_expires_at = ? WHERE pk = ? AND lease_token = ?",
+                    "UPDATE instances SET lease_expires_at = max(COALESCE(lease_expires_at, 0), ?) "
+                    "WHERE pk = ? AND lease_token = ?",
                     (until, lease.pk, lease.token),
                 ).rowcount
                 == 1

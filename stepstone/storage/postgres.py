@@ -592,7 +592,7 @@ class PostgresStorage:
                 conn,
                 "WITH l AS (SELECT pk, token FROM unnest(%s::bigint[], %s::text[]) AS l(pk, token)), "
                 "locked AS (SELECT i.pk FROM instances i JOIN l ON i.pk = l.pk ORDER BY i.pk FOR UPDATE OF i), "
-                "renewed AS (UPDATE instances i SET lease_expires_at = %s FROM l "
+                "renewed AS (UPDATE instances i SET lease_expires_at = GREATEST(i.lease_expires_at, %s) FROM l "
                 "WHERE i.pk = l.pk AND i.lease_token = l.token AND i.pk IN (SELECT pk FROM locked) "
                 "RETURNING i.pk) "
                 "SELECT i.pk, i.status, i.pk IN (SELECT pk FROM renewed) FROM instances i JOIN l ON i.pk = l.pk",
@@ -611,6 +611,17 @@ class PostgresStorage:
         # One statement in autocommit: its row locks end with it on the server. In a transaction they would last
         # until the COMMIT the loop sends next, and a step that blocks the loop in between would keep them for the
         # whole block: the watchdog's renewal skips locked rows, so the lease would run out meanwhile.
+        return await self._run(op, single=True)
+
+    async def release(self, lease: Lease) -> bool:
+        """Expire one lease now, if it is still this one."""
+
+        async def op(conn: Conn) -> bool:
+            cur = await conn.execute(
+                "UPDATE instances SET lease_expires_at = 0 WHERE pk = %s AND lease_token = %s", (lease.pk, lease.token)
+            )
+            return bool(cur.rowcount)
+
         return await self._run(op, single=True)
 
     def renew_blocking(self, leases: Sequence[Lease], *, until: float) -> set[int]:

@@ -531,7 +531,8 @@ class SQLiteStorage:
             out: dict[int, LeaseState] = {}
             for lease in leases:
                 row = conn.execute(
-                    "UPDATE instances SET lease_expires_at = ? WHERE pk = ? AND lease_token = ? RETURNING status",
+                    "UPDATE instances SET lease_expires_at = max(COALESCE(lease_expires_at, 0), ?) "
+                    "WHERE pk = ? AND lease_token = ? RETURNING status",
                     (until, lease.pk, lease.token),
                 ).fetchone()
                 if row is not None:
@@ -540,6 +541,19 @@ class SQLiteStorage:
                     cur = conn.execute("SELECT status FROM instances WHERE pk = ?", (lease.pk,)).fetchone()
                     out[lease.pk] = LeaseState(False, cur[0] if cur else None)
             return out
+
+        return await self._write(op)
+
+    async def release(self, lease: Lease) -> bool:
+        """Expire one lease now, if it is still this one."""
+
+        def op(conn: Conn) -> bool:
+            return bool(
+                conn.execute(
+                    "UPDATE instances SET lease_expires_at = 0 WHERE pk = ? AND lease_token = ?",
+                    (lease.pk, lease.token),
+                ).rowcount
+            )
 
         return await self._write(op)
 

@@ -215,14 +215,14 @@ async def test_a_write_on_a_full_disk_is_retried_and_completes_once_space_is_bac
 
 
 async def test_a_run_whose_writes_fail_past_its_lease_releases_it_at_once(shared_url: str, seen: Seen) -> None:
-    """The database takes no write at all (the step's nor the lease renewals) for longer than the lease can be
+    """The database takes no write (the step's, the lease renewals, the release) for longer than the lease can be
     confirmed: the run gives up and its lease is released, so the instance runs again the moment writes work,
     not when the lease would have expired. The step whose result was never stored runs again; the others not."""
     assert GATE is not None
     lease = 12.0  # an attempt starts only while the lease is confirmed for 25% of it: 3 s before it expires
     async with Engine(shared_url, lease_seconds=lease, poll_interval=0.2) as engine:
         storage: Any = engine.storage
-        renew, put_step = storage.renew, storage.put_step
+        renew, release, put_step = storage.renew, storage.release, storage.put_step
         failing = {"on": False}
 
         def refuse() -> None:
@@ -233,6 +233,10 @@ async def test_a_run_whose_writes_fail_past_its_lease_releases_it_at_once(shared
             refuse()
             return await renew(**kwargs)
 
+        async def release_refused(lease_: Any) -> Any:
+            refuse()
+            return await release(lease_)
+
         def put_step_refused(lease_: Any, step: Any, **kwargs: Any) -> Any:
             if failing["on"] and step.name == "big" and step.status == "success":
 
@@ -242,7 +246,7 @@ async def test_a_run_whose_writes_fail_past_its_lease_releases_it_at_once(shared
                 return refused()
             return put_step(lease_, step, **kwargs)
 
-        storage.renew, storage.put_step = renew_refused, put_step_refused
+        storage.renew, storage.release, storage.put_step = renew_refused, release_refused, put_step_refused
         wf = engine.register(Filler, name="filler")
         inst = await wf.create(id="full-2")
         await wait_until(lambda: RAN["big"] == 1)

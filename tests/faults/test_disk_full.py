@@ -126,6 +126,13 @@ def small_disk() -> Iterator[SmallDisk]:
 def full_url(request: pytest.FixtureRequest, small_disk: SmallDisk) -> Iterator[str]:
     """A database whose data lives on the small disk: a SQLite file, or PostgreSQL tables in a tablespace."""
     if request.param == "sqlite":
+        # The writer preallocates the WAL at open (a new database's first steps cost what later ones do): that
+        # room would take the big write the full disk must refuse. Without it the WAL has to grow, as a long-lived
+        # database's does once its WAL is full of pages that have not been checkpointed.
+        from stepstone.storage.sqlite import SQLiteStorage
+
+        monkeypatch = request.getfixturevalue("monkeypatch")
+        monkeypatch.setattr(SQLiteStorage, "wal_preallocation", False)
         yield f"sqlite:///{small_disk.path / 'app.db'}"
         return
     url: str = request.getfixturevalue("postgres_url")

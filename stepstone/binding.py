@@ -18,7 +18,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequenc
 from dataclasses import dataclass
 from typing import Any, Final, overload
 
-from stepstone import codec
+from stepstone import codec, typed
 from stepstone.clock import Clock
 from stepstone.details import instance_details
 from stepstone.durations import Duration, to_millis
@@ -62,6 +62,8 @@ class Runtime:
     """Tells the local worker about a change: ``new``, ``pause``, ``resume`` or ``abort``."""
     observer: Observer | None = None
     """Told of the instances created here."""
+    params_type_for: Callable[[str], object | None] = lambda name: None
+    """The params type the workflow ``name``'s class declares (``WorkflowEntrypoint[T]``), if it is registered here."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -130,6 +132,13 @@ def _retention_ms(value: Mapping[str, object] | None, key: str) -> float | None:
     if not isinstance(raw, int | float | str):
         raise ValidationError(f"retention {key}: expected a duration, got {type(raw).__name__}")
     return to_millis(raw, what=f"retention {key}")
+
+
+def _join(prefix: str, field: str) -> str:
+    """A field path under ``prefix``: ``params`` + ``email`` is ``params.email``, + ``[0]`` is ``params[0]``."""
+    if field == "(value)":
+        return prefix
+    return prefix + field if field.startswith("[") else f"{prefix}.{field}"
 
 
 def _traceparent(given: str | None) -> str | None:
@@ -235,7 +244,19 @@ class Workflow:
             raise ValidationError(f"unknown instance option(s) {sorted(unknown)}: expected id, params, retention")
         raw_id = options.get("id")
         instance_id = str(uuid.uuid4()) if raw_id is None else validate_instance_id(raw_id, limits)
-        params = codec.encode(options.get("params", {}), what=f"params of instance {instance_id!r}")
+        given = options.get("params", {})
+        declared = self._rt.params_type_for(self.name)
+        if declared is not None:
+            # Stored in its plain form, as the type built it (defaults filled in), so every run rebuilds the same.
+            try:
+                built = typed.convert(declared, given, what=f"params of instance {instance_id!r}")
+            except ValidationError as exc:
+                fields = [{**e, "field": _join("params", e["field"])} for e in exc.errors]
+                raise ValidationError(str(exc), errors=fields) from None
+            given = typed.to_plain(built)
+        else:
+            given = typed.to_plain(given) if typed.is_typed(type(given)) else given
+        params = codec.encode(given, what=f"params of instance {instance_id!r}")
         check_size(len(params.encode()), limits.payload_bytes, what=f"params of instance {instance_id!r}")
         retention = options.get("retention")
         if retention is not None and not isinstance(retention, Mapping):
@@ -393,7 +414,8 @@ class Workflow:
             try:
                 rows.append(self._new(options, version=version, now=now, trigger=trigger, traceparent=parent))
             except ValidationError as exc:
-                raise type(exc)(f"create_batch instance {index}: {exc}") from None
+                fields = [{**e, "field": _join(f"instances[{index}]", e["field"])} for e in exc.errors]
+                raise type(exc)(f"create_batch instance {index}: {exc}", errors=fields) from None
         errors: list[dict[str, Any]] = []
         first: dict[str, int] = {}
         unique: list[NewInstance] = []

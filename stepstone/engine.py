@@ -25,7 +25,7 @@ from stepstone.storage import storage_for_url
 from stepstone.storage.base import Storage
 from stepstone.text import check_text
 from stepstone.worker import Worker
-from stepstone.workflow import WorkflowEntrypoint
+from stepstone.workflow import WorkflowEntrypoint, params_type
 
 if TYPE_CHECKING:
     from stepstone.observe.metrics import Metrics
@@ -106,12 +106,13 @@ class Engine:
             ensure_workflow=self._ensure_workflow,
             notify=self._notify,
             observer=self.observers,
+            params_type_for=self._params_type_for,
         )
 
     # -- registration -----------------------------------------------------------------------------------
     def register(
         self,
-        cls: type[WorkflowEntrypoint],
+        cls: type[WorkflowEntrypoint[Any]],
         *,
         name: str,
         binding: str | None = None,
@@ -197,6 +198,10 @@ class Engine:
     def definitions(self) -> Mapping[str, WorkflowDef]:
         """The workflows registered in this process."""
         return self._defs
+
+    def _params_type_for(self, name: str) -> object | None:
+        definition = self._defs.get(name)
+        return params_type(definition.cls) if definition is not None else None
 
     def _limits_for(self, name: str) -> Limits:
         definition = self._defs.get(name)

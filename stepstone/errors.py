@@ -48,7 +48,19 @@ class StepstoneError(Exception):
 
 
 class ValidationError(StepstoneError, ValueError):
-    """An argument was malformed: the message names the value and what was expected."""
+    """An argument was malformed: the message names the value and what was expected.
+
+    Attributes:
+        errors: for a value checked against its declared type (typed params, a typed step result), one
+            ``{"field": "items[0].sku", "message": "field required"}`` per field that did not match; else empty.
+    """
+
+    errors: tuple[dict[str, str], ...] = ()
+
+    def __init__(self, *args: object, errors: tuple[dict[str, str], ...] | list[dict[str, str]] = ()) -> None:
+        super().__init__(*args)
+        if errors:
+            self.errors = tuple(errors)
 
 
 class LimitExceededError(ValidationError):

@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from stepstone import codec
+from stepstone import codec, typed
 from stepstone.clock import Clock
 from stepstone.errors import FencedError, SerializationError, StepstoneError, StorageUnavailableError
 from stepstone.limits import Limits, check_size
@@ -33,7 +33,7 @@ from stepstone.storage.base import Storage
 from stepstone.text import error_text
 from stepstone.tracebacks import LIMIT as TRACEBACK_LIMIT
 from stepstone.tracebacks import format_failure
-from stepstone.workflow import WorkflowEntrypoint, WorkflowEvent
+from stepstone.workflow import WorkflowEntrypoint, WorkflowEvent, params_type
 
 log = logging.getLogger("stepstone.executor")
 
@@ -43,7 +43,7 @@ class WorkflowDef:
     """A workflow registered with an engine: its class, its limits and how to build its ``env``."""
 
     name: str
-    cls: type[WorkflowEntrypoint]
+    cls: type[WorkflowEntrypoint[Any]]
     limits: Limits
     binding: str | None = None
     env: Callable[[str], Any] = field(default=lambda account: None)
@@ -160,6 +160,9 @@ class Execution:
         current_run.set(state)  # this task (and the run task it starts) belongs to this instance
         try:
             params = codec.decode(inst.params)
+            declared = params_type(self.definition.cls)
+            if declared is not None:
+                params = typed.convert(declared, params, what=f"params of instance {inst.id!r}")
             event = WorkflowEvent(
                 payload=params,
                 timestamp=datetime.fromtimestamp(inst.created_on, UTC),

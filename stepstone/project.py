@@ -98,13 +98,13 @@ class Project:
         self._module = module
         return module
 
-    def classes(self) -> dict[str, type[WorkflowEntrypoint]]:
+    def classes(self) -> dict[str, type[WorkflowEntrypoint[Any]]]:
         """The configured workflow classes (those without ``script_name``), by workflow name."""
         local = [w for w in self.config.workflows if not w.script_name]
         if not local:
             return {}
         module = self.module()
-        found: dict[str, type[WorkflowEntrypoint]] = {}
+        found: dict[str, type[WorkflowEntrypoint[Any]]] = {}
         for wf in local:
             cls = getattr(module, wf.class_name, None)
             if not (isinstance(cls, type) and issubclass(cls, WorkflowEntrypoint)):

@@ -15,7 +15,7 @@ import logging
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any, Protocol
 
-from stepstone import codec
+from stepstone import codec, typed
 from stepstone.durations import to_millis
 from stepstone.errors import (
     LimitExceededError,
@@ -192,9 +192,13 @@ async def run_do(
     display = f"{name}-{count}"
     clock = state.clock
     rec = state.history.get(key)
+    declared = typed.return_type(fn)
     if rec is not None:
         if rec.status == "success":
-            return codec.decode(rec.result or "null")
+            stored = codec.decode(rec.result or "null")
+            if declared is None:
+                return stored
+            return typed.convert(declared, stored, what=f'step "{display}" result')
         if rec.status == "error":
             raise rebuild_error(rec)
         if rec.config and config.retries.delay_fn is None and config.retries.retry_if is None:
@@ -275,8 +279,15 @@ async def run_do(
                 finally:
                     marker.cancel()  # the attempt is over: no start marker once its outcome is being written
                     running = slot.job
+                if declared is not None:
+                    value = typed.to_plain(value)
                 encoded = codec.encode(value, what=f'step "{display}" result')
                 check_size(len(encoded.encode()), state.limits.step_result_bytes, what=f'step "{display}" result')
+                # Live and replayed calls return the same value: the stored form, built into the declared type
+                # (a result that does not match it fails the step, without retries, as a ValidationError).
+                result = codec.decode(encoded)
+                if declared is not None:
+                    result = typed.convert(declared, result, what=f'step "{display}" result')
             except SerializationError as exc:
                 if isinstance(exc, LimitExceededError):
                     raise
@@ -324,7 +335,7 @@ async def run_do(
         finally:
             marker.cancel()
             state.leave()
-        return codec.decode(encoded)
+        return result
 
 
 class StepCallable:

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Generic, TypeVar, get_args, get_origin
+
+P = TypeVar("P")
 
 
 class _AttrDict:
@@ -27,18 +29,19 @@ class _AttrDict:
 
 
 @dataclass(frozen=True, slots=True)
-class WorkflowEvent(_AttrDict):
-    """The event ``run()`` receives.
+class WorkflowEvent(_AttrDict, Generic[P]):
+    """The event ``run()`` receives (``WorkflowEvent[Params]`` for a typed workflow).
 
     Attributes:
-        payload: the params the instance was created with.
+        payload: the params the instance was created with: an object of the workflow's params type when it
+            declares one (``class Signup(WorkflowEntrypoint[SignupParams])``), else the plain value.
         timestamp: when the instance was created (aware, UTC).
         instance_id: the instance's id.
         workflow_name: the workflow's name.
         schedule: for cron-created instances, ``{"cron": ..., "scheduled_time": ...}``.
     """
 
-    payload: Any
+    payload: P
     timestamp: datetime
     instance_id: str
     workflow_name: str
@@ -56,8 +59,12 @@ class WorkflowStepEvent(_AttrDict):
     timestamp: datetime
 
 
-class WorkflowEntrypoint:
+class WorkflowEntrypoint(Generic[P]):
     """Base class of a workflow: subclass it and write ``async def run(self, event, step)``.
+
+    ``class Signup(WorkflowEntrypoint[SignupParams])``, with a pydantic model, a dataclass or a TypedDict, declares
+    the type of its params: ``create()`` checks them against it (a ``ValidationError`` naming each field that does
+    not match) and ``event.payload`` is a ``SignupParams``. Unparametrised, params are the plain values given.
 
     Attributes:
         env: the bindings (other workflows by binding name) and vars of the project.
@@ -68,6 +75,17 @@ class WorkflowEntrypoint:
         self.ctx = ctx
         self.env = env
 
-    async def run(self, event: WorkflowEvent, step: Any) -> Any:
+    async def run(self, event: WorkflowEvent[P], step: Any) -> Any:
         """The workflow body. Its return value becomes the instance's output."""
         raise NotImplementedError(f"{type(self).__name__} must define async def run(self, event, step)")
+
+
+def params_type(cls: type) -> object | None:
+    """The params type a workflow class declares with ``WorkflowEntrypoint[T]`` (searched along its bases), or
+    None when it declares none (or only a type variable)."""
+    for klass in cls.__mro__:
+        for base in getattr(klass, "__orig_bases__", ()):
+            if get_origin(base) is WorkflowEntrypoint:
+                (arg,) = get_args(base)
+                return None if isinstance(arg, TypeVar) or arg is Any else arg
+    return None

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import pydantic
 
 from stepstone import Engine, NonRetryableError, WorkflowEntrypoint, WorkflowTimeoutError
 
@@ -103,13 +104,30 @@ class Journey(WorkflowEntrypoint):
         return {"approved": approval.payload["ok"]}
 
 
-WORKFLOWS: dict[str, type[WorkflowEntrypoint]] = {
+class SignupParams(pydantic.BaseModel):
+    """The typed params of ``signup`` (tests/test_typed.py)."""
+
+    email: str
+    age: int
+    plan: str = "free"
+
+
+class Signup(WorkflowEntrypoint[SignupParams]):
+    """Typed params: echoes what ``event.payload`` is."""
+
+    async def run(self, event: Any, step: Any) -> Any:
+        payload = event.payload
+        return {"type": type(payload).__name__, "email": payload.email, "plan": payload.plan}
+
+
+WORKFLOWS: dict[str, type[WorkflowEntrypoint[Any]]] = {
     "journey": Journey,
     "quick": Quick,
     "waiter": Waiter,
     "sleeper": Sleeper,
     "failing": Failing,
     "many": Many,
+    "signup": Signup,
 }
 
 

@@ -2,7 +2,9 @@
 
 Success: ``{"success": true, "errors": [], "messages": [], "result": ..., "result_info"?: {...}}``.
 Failure: ``{"success": false, "errors": [{"code", "message"}], "messages": [], "result": null}`` with
-``x-should-retry: false`` when retrying cannot help (the official SDK otherwise retries 409s and 5xx).
+``x-should-retry: false`` when retrying cannot help (the official SDK otherwise retries 409s and 5xx). Params that
+do not match the workflow's declared type add one error per field after the first, each with Cloudflare's
+``source: {"pointer": "/params/email"}`` (the ``ResponseInfo.source`` of its API schema).
 
 Error codes (Cloudflare's where known, spec §14):
 
@@ -65,11 +67,19 @@ class ApiError(Exception):
         message: what was wrong and what to do about it, for a person.
     """
 
-    def __init__(self, status: int, code: int, message: str) -> None:
+    def __init__(self, status: int, code: int, message: str, *, fields: tuple[dict[str, str], ...] = ()) -> None:
         super().__init__(message)
         self.status = status
         self.code = code
         self.message = message
+        self.fields = fields
+        """For a value checked against its declared type: ``{"field", "message"}`` per field that did not match."""
+
+
+def pointer(field: str) -> str:
+    """The JSON pointer (RFC 6901) of a field path: ``params.items[0].sku`` is ``/params/items/0/sku``."""
+    parts = field.replace("[", ".").replace("]", "").split(".")
+    return "".join("/" + p.replace("~", "~0").replace("/", "~1") for p in parts if p)
 
 
 def bad_request(message: str) -> ApiError:
@@ -87,9 +97,14 @@ def ok(result: Any, *, result_info: dict[str, Any] | None = None, status: int = 
 
 def error_response(error: ApiError) -> JSONResponse:
     """A failure envelope; 4xx other than 408/429 carry ``x-should-retry: false``."""
+    errors: list[dict[str, Any]] = [{"code": error.code, "message": error.message}]
+    errors.extend(
+        {"code": error.code, "message": f"{f['field']}: {f['message']}", "source": {"pointer": pointer(f["field"])}}
+        for f in error.fields
+    )
     body = {
         "success": False,
-        "errors": [{"code": error.code, "message": error.message}],
+        "errors": errors,
         "messages": [],
         "result": None,
     }
@@ -115,7 +130,7 @@ def api_error_for(exc: BaseException) -> ApiError:
     if isinstance(exc, InvalidStateError):
         return ApiError(409, INVALID_STATE, message)
     if isinstance(exc, ValidationError):
-        return ApiError(400, INVALID, message)
+        return ApiError(400, INVALID, message, fields=exc.errors)
     if isinstance(exc, RecursionError):
         return ApiError(400, INVALID, "the value is nested too deeply to store")
     if isinstance(exc, StorageError):

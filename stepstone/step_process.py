@@ -40,7 +40,7 @@ from collections.abc import Callable
 from multiprocessing.connection import Connection
 from typing import Any, Final
 
-from stepstone import codec
+from stepstone import codec, typed
 from stepstone.errors import (
     CPUTimeLimitError,
     NonRetryableError,
@@ -355,6 +355,8 @@ def _serve(reader: Connection, conn: Connection, parent: int) -> None:  # pragma
             ctx = None if ctx_cls is None else ctx_cls(*context)
             conn.send_bytes(_STARTED)
             value = _call(fn, encoded, ctx)
+            if typed.return_type(fn) is not None:  # a dataclass or model result crosses in its plain form
+                value = typed.to_plain(value)
             reply = ["ok", codec.encode(value, what="the step's result")]
         except BaseException as exc:  # handed back to the worker, which rebuilds it
             name = getattr(exc, "name", None) if isinstance(exc, NonRetryableError) else None

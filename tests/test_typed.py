@@ -274,6 +274,19 @@ async def test_a_result_that_does_not_match_its_type_fails_the_step_once(url: st
         assert {e["field"] for e in out["errors"]} == {"id", "color", "placed"}
 
 
+class InProcess(WorkflowEntrypoint):  # type: ignore[type-arg]
+    async def run(self, event: Any, step: Any) -> Any:
+        order = await step.do("order", load_order)
+        return [type(order).__name__, order.color.value]
+
+
+async def test_a_typed_result_crosses_from_a_step_process(db_url: str) -> None:
+    async with Engine(db_url, poll_interval=0.05) as engine:
+        wf = engine.register(InProcess, name="in-process", isolation="process")
+        await wf.create(id="i-1")
+        assert await wait_output(wf, "i-1") == ["Order", "blue"]
+
+
 def test_the_checker_without_a_database() -> None:
     assert convert(tuple[int, str], [1, "a"], what="v") == (1, "a")
     assert convert(dict[str, Color], {"a": "red"}, what="v") == {"a": Color.RED}

@@ -107,7 +107,7 @@ def step_entry(step: StepRecord) -> dict[str, Any]:
         output = REDACTED if sensitive else _decode(step.result)
     return {
         "name": name,
-        "type": "step",
+        "type": "rollback" if step.kind == "rollback" else "step",
         "start": iso(step.started_at),
         "end": iso(step.ended_at),
         "success": True if step.status == "success" else False if step.status == "error" else None,
@@ -142,6 +142,26 @@ def _step_error(step: StepRecord) -> dict[str, str] | None:
     return _error(step.error_name, step.error_message, last.traceback if same and last else None)
 
 
+def rollback_outcome(steps: list[StepRecord]) -> dict[str, Any] | None:
+    """Cloudflare's instance ``rollback``: ``{"outcome": "complete"|"failed", "error": {name, message}|null}``
+    once undo handlers ran and none is still running; None before any ran (or while one runs)."""
+    handlers = sorted((s for s in steps if s.kind == "rollback"), key=lambda s: s.seq)
+    if not handlers or any(s.status not in ("success", "error") for s in handlers):
+        return None
+    failed = next((s for s in handlers if s.status == "error"), None)
+    if failed is None:
+        return {"outcome": "complete", "error": None}
+    return {"outcome": "failed", "error": _error(failed.error_name, failed.error_message)}
+
+
+def rolling_back(rec: InstanceRecord, steps: list[StepRecord], *, requested: bool = False) -> bool:
+    """Whether REST shows the instance ``rollingBack``: not finished, and an undo handler is running (or a
+    ``terminate(rollback=True)`` is rolling it back, ``requested``)."""
+    if rec.status in ("complete", "errored", "terminated"):
+        return False
+    return requested or any(s.kind == "rollback" and s.status not in ("success", "error") for s in steps)
+
+
 def _waiting_for(rec: InstanceRecord) -> dict[str, Any] | None:
     """What a waiting instance waits for: ``{"kind", "name", "until" (ISO), "types"}``."""
     if not rec.waiting_for:
@@ -153,9 +173,15 @@ def _waiting_for(rec: InstanceRecord) -> dict[str, Any] | None:
 
 
 def instance_details(
-    rec: InstanceRecord, steps: list[StepRecord], *, order: str = "asc", simple: bool = False
+    rec: InstanceRecord,
+    steps: list[StepRecord],
+    *,
+    order: str = "asc",
+    simple: bool = False,
+    rollback_requested: bool = False,
 ) -> dict[str, Any]:
-    """The instance details document (``GET .../instances/{id}``)."""
+    """The instance details document (``GET .../instances/{id}``); ``rollback_requested``: a
+    ``terminate(rollback=True)`` is rolling the instance back (REST then says ``rollingBack``)."""
     entries = [step_entry(s) for s in sorted(steps, key=lambda s: s.seq)]
     if rec.status == "terminated":
         entries.append({"type": "termination", "trigger": {"source": "api"}, "start": iso(rec.terminated_at)})
@@ -164,7 +190,7 @@ def instance_details(
     doc: dict[str, Any] = {
         "id": rec.id,
         "workflow": rec.workflow,
-        "status": rec.status,
+        "status": "rollingBack" if rolling_back(rec, steps, requested=rollback_requested) else rec.status,
         "params": _decode(rec.params),
         "trigger": {"source": rec.trigger_source},
         "versionId": rec.version_id,
@@ -175,7 +201,7 @@ def instance_details(
         "error": _error(rec.error_name, rec.error_message, rec.error_traceback),
         "output": _decode(rec.output),
         "step_count": len(entries),
-        "rollback": None,
+        "rollback": rollback_outcome(steps),
         "waiting_for": _waiting_for(rec) if rec.status == "waiting" else None,
     }
     if rec.schedule:

@@ -14,6 +14,7 @@ event is delivered (:mod:`stepstone.observe.stream`).
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from typing import Final
 
 from stepstone.models import NewEvent, StepRecord
@@ -54,7 +55,8 @@ EVENT_TYPES: Final = (
     "rollback_completed",
     "rollback_errored",
 )
-"""Every type Cloudflare documents; stepstone has no rollbacks yet, so it never emits ``rollback_*``."""
+"""Every type Cloudflare documents (``docs/engine.md``): the ``rollback_*`` ones come from undo handlers
+(``step.rollback_all``, ``terminate(rollback=True)``)."""
 
 
 def mark(step: StepRecord) -> Mark:
@@ -69,6 +71,8 @@ def mark(step: StepRecord) -> Mark:
 
 PACKED: Final = "step"
 """The type of an event row that stands for every event one write of a ``step.do`` adds (see below)."""
+PACKED_ROLLBACK: Final = "rollback_step"
+"""The same for a write of an undo handler (a ``rollback`` step): its events are the ``rollback_`` ones."""
 PER_ROW: Final = 16
 """Event ids per row: a row's events are ``event_id * PER_ROW + j``; a write adding more splits its row."""
 
@@ -98,16 +102,16 @@ def packed_events(since: int, upto: int) -> list[tuple[str, int | None]]:
     return events
 
 
-def _packed_rows(prev: int, now: int, at: float, key: str, detail: str | None) -> list[NewEvent]:
+def _packed_rows(prev: int, now: int, at: float, key: str, detail: str | None, packed: str = PACKED) -> list[NewEvent]:
     """Rows of at most :data:`PER_ROW` events from mark code ``prev`` to ``now`` (one row but in odd cases)."""
     if (now >> 1) - (max(prev, 0) >> 1) + 2 < PER_ROW:  # the common case: a few events, one row
-        return [(PACKED, at, key, now, detail, prev)]
+        return [(packed, at, key, now, detail, prev)]
     rows: list[NewEvent] = []
     while len(packed_events(prev, now)) > PER_ROW:
         cut = 2 * ((max(prev, 0) >> 1) + PER_ROW - (1 if prev < 0 else 0))  # an unsettled mark PER_ROW events on
-        rows.append((PACKED, at, key, cut, None, prev))
+        rows.append((packed, at, key, cut, None, prev))
         prev = cut
-    rows.append((PACKED, at, key, now, detail, prev))
+    rows.append((packed, at, key, now, detail, prev))
     return rows
 
 
@@ -121,7 +125,7 @@ def step_events(prev: Mark | None, step: StepRecord) -> tuple[list[NewEvent], Ma
     """
     now = mark(step)
     key = step.key
-    if step.kind == "do":
+    if step.kind in ("do", "rollback"):
         if now == prev:
             return [], now
         detail = None
@@ -130,7 +134,8 @@ def step_events(prev: Mark | None, step: StepRecord) -> tuple[list[NewEvent], Ma
             if last.end is not None and not last.success:
                 detail = f'{{"retryDelayMs":{max(0, round((step.wake_at - last.end) * 1000))}}}'
         at = step.ended_at if step.ended_at is not None else step.started_at
-        return _packed_rows(mark_code(prev), mark_code(now), at, key, detail), now
+        packed = PACKED if step.kind == "do" else PACKED_ROLLBACK
+        return _packed_rows(mark_code(prev), mark_code(now), at, key, detail, packed), now
     events: list[NewEvent] = []
     if step.kind == "sleep":
         if prev is None:
@@ -148,3 +153,41 @@ def step_events(prev: Mark | None, step: StepRecord) -> tuple[list[NewEvent], Ma
         kind = "wait_completed" if step.status == "success" else "wait_timed_out"
         events.append((kind, ended, key, None, None, None))
     return events, now
+
+
+@dataclass(slots=True)
+class RollbackPass:
+    """One run of undo handlers (``step.rollback_all`` or a terminate's rollback), as its writes tell it.
+
+    ``start_key``: the handler whose first write adds ``rollback_started`` (None when an earlier execution of
+    this pass already wrote one: a replay after a crash). ``last_key``: the handler whose settling ends the pass
+    (``rollback_completed``, or ``rollback_errored`` if one failed); a handler failing ends it at once unless
+    ``continue_on_error``.
+    """
+
+    start_key: str | None
+    last_key: str
+    continue_on_error: bool = False
+    failed: bool = False
+
+
+def rollback_lifecycle(
+    prev: Mark | None, step: StepRecord, rollback: RollbackPass | None
+) -> tuple[list[NewEvent], list[NewEvent]]:
+    """The pass events a write of an undo handler adds before its own (``rollback_started``) and after them
+    (``rollback_completed``, ``rollback_errored``)."""
+    before: list[NewEvent] = []
+    after: list[NewEvent] = []
+    if rollback is None or step.kind != "rollback":
+        return before, after
+    if prev is None and step.key == rollback.start_key:
+        before.append(("rollback_started", step.started_at, None, None, None, None))
+    if step.status in _SETTLED and (prev is None or not prev[2]):
+        at = step.ended_at if step.ended_at is not None else step.started_at
+        if step.status == "error":
+            rollback.failed = True
+        if step.status == "error" and not rollback.continue_on_error:
+            after.append(("rollback_errored", at, None, None, None, None))
+        elif step.key == rollback.last_key:
+            after.append(("rollback_errored" if rollback.failed else "rollback_completed", at, None, None, None, None))
+    return before, after

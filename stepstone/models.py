@@ -26,11 +26,16 @@ CHILD_EVENT: Final = "stepstone/child/"
 """The type of the event that tells a parent its child finished (``step.run_workflow``): this prefix and the
 child's pk. No event a user sends can have it (a ``/`` is not allowed in an event type)."""
 
+ROLLBACK_EVENT: Final = "stepstone/rollback"
+"""The type of the event ``terminate(rollback=True)`` leaves for the run that rolls the instance back before it
+ends terminated; consumed when it ends. No event a user sends can have it (a ``/`` is not allowed)."""
+
 DEFAULT_ACCOUNT: Final = "local"
 """The account of everything made without naming one: the Python API, the CLI, ``stepstone dev``'s project
 workflows, the explorer API, and every row a database held before accounts partitioned it."""
 
-StepKind = Literal["do", "sleep", "wait"]
+StepKind = Literal["do", "sleep", "wait", "rollback"]
+"""``rollback``: an undo handler of a ``step.with_rollback`` step, keyed by that step's name and count."""
 StepStatus = Literal["running", "retrying", "waiting", "success", "error", "timeout"]
 TriggerSource = Literal["api", "binding", "event", "cron", "unknown"]
 

@@ -19,7 +19,7 @@ from typing import Any, Final, Protocol, TypeVar
 
 from stepstone.clock import Clock
 from stepstone.errors import FencedError, StorageUnavailableError, WorkflowFatalError
-from stepstone.history import Mark, mark, step_events
+from stepstone.history import Mark, RollbackPass, mark, rollback_lifecycle, step_events
 from stepstone.limits import Limits
 from stepstone.models import (
     DEFAULT_ACCOUNT,
@@ -190,6 +190,11 @@ class Abort(BaseException):
     """Unwinds ``run()`` because this execution may no longer write (fenced, terminated, restarted)."""
 
 
+class RollBack(BaseException):
+    """Unwinds ``run()`` of an instance terminated with ``rollback=True`` at its first step not in its history:
+    the executor then runs the undo handlers the replay registered, and ends the instance terminated."""
+
+
 @dataclass(slots=True)
 class WakeReason:
     """Why and until when a suspended step waits."""
@@ -249,6 +254,14 @@ class RunState:
     marks: dict[str, Mark] = field(default_factory=dict)
     """How far each step's stored record got, so a write adds only the events it is the first to tell of
     (:mod:`stepstone.history`); taken from the history as loaded, before any step changes it."""
+    undo: list[Any] = field(default_factory=list)
+    """The undo handlers of the ``step.with_rollback`` steps completed in this run and not yet rolled back
+    (:class:`stepstone.step_rollback.Undo`), in completion order."""
+    rollback: RollbackPass | None = None
+    """The pass of undo handlers running now, if one is (its writes add the ``rollback_*`` pass events)."""
+    rolling_back: bool = False
+    """The instance was terminated with ``rollback=True``: ``run()`` replays its history, then unwinds
+    (:class:`RollBack`) at its first step that would run, so the executor can roll back."""
 
     def __post_init__(self) -> None:
         self.idle.set()
@@ -300,6 +313,11 @@ class RunState:
             raise Abort()
         if self.suspending:
             raise Suspend()
+
+    def check_live(self) -> None:
+        """After a step call's counter: unwind a run being rolled back once its replay is over."""
+        if self.rolling_back and not self.replaying and self.rollback is None:
+            raise RollBack()
 
     async def gate(self) -> None:
         """Wait here before a new attempt while a pause is draining; unwind if the run is ending."""
@@ -387,7 +405,11 @@ class RunState:
         return queue.popleft() if queue else None
 
     def _events(self, step: StepRecord) -> list[NewEvent]:
-        events, self.marks[step.key] = step_events(self.marks.get(step.key), step)
+        prev = self.marks.get(step.key)
+        events, self.marks[step.key] = step_events(prev, step)
+        if step.kind == "rollback":
+            before, after = rollback_lifecycle(prev, step, self.rollback)
+            events = [*before, *events, *after]
         return events
 
     async def write(self, step: StepRecord, *, durable: bool = True) -> None:

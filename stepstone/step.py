@@ -27,6 +27,7 @@ from stepstone.retry import StepConfig, resolve_step_config
 from stepstone.run_state import RunState, WakeReason
 from stepstone.step_child import run_child
 from stepstone.step_do import StepCallable, run_do
+from stepstone.step_rollback import RollbackStep, UndoFunction, rollback_all, run_with_undo
 from stepstone.workflow import WorkflowStepEvent
 
 StepFunction = Callable[..., Any]
@@ -102,16 +103,73 @@ class WorkflowStep:
         return self.call(name, fn, cfg)
 
     def call(
-        self, name: str, fn: StepFunction, config: ConfigArg, kwargs: dict[str, Any] | None = None
+        self,
+        name: str,
+        fn: StepFunction,
+        config: ConfigArg,
+        kwargs: dict[str, Any] | None = None,
+        undo: tuple[UndoFunction, ConfigArg] | None = None,
     ) -> Awaitable[Any]:
-        """Start a step now (counter assigned at once); await the result."""
+        """Start a step now (counter assigned at once); await the result. With ``undo`` (a handler and its
+        config, None: the step's), the step's completion registers the handler for ``rollback_all``."""
         state = self._state
         state.check_open()
         validate_step_name(name, state.limits)
         resolved = resolve_step_config(config, step_name=name, max_retries=state.limits.retries_max)
+        undo_config = resolved
+        if undo is not None and undo[1] is not None:
+            undo_config = resolve_step_config(undo[1], step_name=name, max_retries=state.limits.retries_max)
         state.count_do_call()
         count = state.next_count("do-" + name)
-        return run_do(state, name, count, resolved, fn, kwargs)
+        state.check_live()
+        if undo is None:
+            return run_do(state, name, count, resolved, fn, kwargs)
+        return run_with_undo(state, name, count, resolved, fn, kwargs, undo[0], undo_config)
+
+    # -- saga rollbacks -----------------------------------------------------------------------------------
+    def with_rollback(
+        self,
+        name: str,
+        config: ConfigArg = None,
+        *,
+        undo: UndoFunction | None = None,
+        undo_config: ConfigArg = None,
+        concurrent: bool = False,
+        depends: list[StepCallable] | None = None,
+    ) -> Callable[[StepFunction], RollbackStep]:
+        """Declare a step with an undo handler (Cloudflare's Python saga API): a decorator like ``@step.do``.
+
+        ``@step.with_rollback("charge", config)`` over the step function, then ``@charge.undo`` (or
+        ``@charge.undo(config={...})``: the handler's own retries and timeout) over its undo handler, or
+        ``undo=``/``undo_config=`` here. Once the step completes, ``await step.rollback_all(error)`` runs its
+        handler as ``undo(error, output)`` (``ctx`` too when a parameter is named so), last-in first-out.
+        """
+        if not isinstance(name, str):
+            raise ValidationError(f"step.with_rollback: the step name must be a string, got {type(name).__name__}")
+        validate_step_name(name, self._state.limits)
+
+        def decorator(fn: StepFunction) -> RollbackStep:
+            declared = RollbackStep(
+                self, name, fn, config, undo=undo, undo_config=undo_config, concurrent=concurrent, depends=depends
+            )
+            self._declared[name] = declared
+            return declared
+
+        return decorator
+
+    async def rollback_all(self, error: Any = None, *, continue_on_error: bool = False) -> None:
+        """Run the undo handlers of the completed ``with_rollback`` steps, last-in first-out, each a durable
+        step (recorded, retried, never run twice once recorded).
+
+        Args:
+            error: passed to each handler (typically the exception being handled).
+            continue_on_error: run the remaining handlers after one fails (default: stop at the first).
+
+        Raises:
+            ExceptionGroup: the handlers that failed after their retries.
+            RuntimeError: called from an undo handler, while a rollback runs.
+        """
+        await rollback_all(self._state, error, continue_on_error=continue_on_error)
 
     def _declare(
         self,
@@ -139,6 +197,7 @@ class WorkflowStep:
         validate_sleep_ms(ms, state.limits, name=name)
         extra = str(int(ms)) if ms == int(ms) else repr(ms)
         count = state.next_count("sleep-" + name + extra)
+        state.check_live()
         return self._sleep(name, count, extra, ms / 1000)
 
     def sleep_until(self, name: str, when: datetime | float | int) -> Awaitable[None]:
@@ -159,6 +218,7 @@ class WorkflowStep:
             validate_sleep_ms(remaining_ms, state.limits, name=name)
         extra = f"@{int(target * 1000)}"
         count = state.next_count("sleep-" + name + extra)
+        state.check_live()
         return self._sleep(name, count, extra, None, until=target)
 
     async def _sleep(
@@ -235,6 +295,7 @@ class WorkflowStep:
         ms = to_millis(timeout, what=f'wait_for_event "{name}" timeout')
         validate_event_timeout_ms(ms, state.limits, name=name)
         count = state.next_count("waitForEvent-" + name)
+        state.check_live()
         return self._wait(name, count, kind, ms)
 
     # -- step.run_workflow -------------------------------------------------------------------------------
@@ -289,6 +350,7 @@ class WorkflowStep:
                 raise ValidationError(f'run_workflow "{workflow}": timeout {raw!r} must be above zero')
         codec.encode(params, what=f'params of the child of run_workflow "{workflow}"')
         count = state.next_count("waitForEvent-" + workflow)
+        state.check_live()
         return run_child(
             state,
             workflow,

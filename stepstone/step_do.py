@@ -27,7 +27,7 @@ from stepstone.errors import (
     is_non_retryable,
 )
 from stepstone.limits import check_size
-from stepstone.models import Attempt, StepRecord, step_key
+from stepstone.models import Attempt, StepKind, StepRecord, step_key
 from stepstone.retry import StepConfig, retry_delay_ms, will_retry
 from stepstone.run_state import RunState, WakeReason
 from stepstone.step_call import AttemptSlot, call_step
@@ -186,9 +186,16 @@ async def run_do(
     config: StepConfig,
     fn: Callable[..., Any],
     kwargs: dict[str, Any] | None,
+    *,
+    kind: StepKind = "do",
+    bind: Callable[[StepContext], Callable[[], Any]] | None = None,
 ) -> Any:
-    """Run one ``step.do`` occurrence to its durable result or final error."""
-    key = step_key("do", name, count)
+    """Run one ``step.do`` occurrence to its durable result or final error.
+
+    ``kind="rollback"`` runs an undo handler the same way (its own record, retries and timeout), keyed by its
+    step's name and count; ``bind`` makes each attempt's call from its context instead of ``fn``'s parameters.
+    """
+    key = step_key(kind, name, count)
     display = f"{name}-{count}"
     clock = state.clock
     rec = state.history.get(key)
@@ -222,7 +229,7 @@ async def run_do(
     else:
         rec = StepRecord(
             key,
-            "do",
+            kind,
             name,
             count,
             state.next_seq(),
@@ -262,8 +269,8 @@ async def run_do(
         try:
             try:
                 try:
-                    call = _bind(fn, ctx, kwargs)
-                    hooks = state.test_hooks
+                    call = _bind(fn, ctx, kwargs) if bind is None else bind(ctx)
+                    hooks = state.test_hooks if kind == "do" else None
                     live = (
                         call_step(state, fn, call, slot, config.timeout_ms)
                         if hooks is None
@@ -372,10 +379,7 @@ class StepCallable:
 
     def __call__(self) -> Awaitable[Any]:
         """Run the step (again: a second call is a second occurrence, ``name-2``)."""
-        if not self._params:
-            aw = self._step.call(self.name, self._fn, self._config, {"ctx": None} if self._has_ctx else {})
-        else:
-            aw = self._with_deps()
+        aw = self._with_deps() if self._params else self._start({"ctx": None} if self._has_ctx else {})
         fut = asyncio.ensure_future(aw)
         if self._memo is None:
             self._memo = fut
@@ -395,7 +399,11 @@ class StepCallable:
         kwargs: dict[str, Any] = dict(zip(self._params, values, strict=True))
         if self._has_ctx:
             kwargs["ctx"] = None
-        return await self._step.call(self.name, self._fn, self._config, kwargs)
+        return await self._start(kwargs)
+
+    def _start(self, kwargs: dict[str, Any]) -> Awaitable[Any]:
+        """Start this step's next occurrence (its counter taken now)."""
+        return self._step.call(self.name, self._fn, self._config, kwargs)
 
     def resolved(self) -> asyncio.Future[Any]:
         """This step's result in this run, running it once if nothing has yet."""

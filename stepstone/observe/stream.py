@@ -119,7 +119,15 @@ def to_event(inst: InstanceRecord, row: HistoryEvent) -> dict[str, Any]:
                 error["traceback"] = inst.error_traceback
             event["error"] = error
         return event
+    if kind in ("rollback_started", "rollback_completed", "rollback_errored"):
+        return event
     event["stepName"] = row.step_name
+    if kind.startswith("rollback_"):  # an undo handler's events: the step's and attempt's fields, renamed
+        kind = kind.removeprefix("rollback_")
+        if kind == "step_errored":
+            event["error"] = detail.get("error", {"name": "Error", "message": ""})
+        elif kind == "step_completed":
+            return event  # Cloudflare's rollback_step_completed carries no output
     if kind == "step_started":
         if row.step_config:
             event["config"] = json.loads(row.step_config)

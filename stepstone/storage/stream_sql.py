@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 from typing import Any, Final
 
-from stepstone.history import PACKED, PER_ROW, packed_events
+from stepstone.history import PACKED, PACKED_ROLLBACK, PER_ROW, packed_events
 from stepstone.models import HistoryEvent
 
 STREAM_EVENTS: Final = (
@@ -38,7 +38,7 @@ def history_events(row: tuple[Any, ...], after: int) -> list[HistoryEvent]:
     """The events after cursor ``after`` of a row of :data:`STREAM_EVENTS`."""
     base = int(row[0]) * PER_ROW
     kind = row[1]
-    if kind != PACKED:
+    if kind not in (PACKED, PACKED_ROLLBACK):
         if base <= after:
             return []
         return [HistoryEvent(base, kind, row[2], row[3], row[4], row[5], row[6], row[7], row[8], row[9], row[10])]
@@ -70,8 +70,18 @@ def history_events(row: tuple[Any, ...], after: int) -> list[HistoryEvent]:
                 else:
                     name = "attempt_errored"
                     detail = _error_detail(attempt, row[5] if j == last_end else None)
+        if kind == PACKED_ROLLBACK:  # an undo handler's events: rollback_step_*, rollback_attempt_*
+            name = "rollback_" + name
+            if name == "rollback_step_errored":
+                detail = _step_error_detail(attempts)
         events.append(HistoryEvent(base + j, name, at, row[3], number, detail, row[6], row[7], row[8], row[9], row[10]))
     return events
+
+
+def _step_error_detail(attempts: list[list[Any]]) -> str:
+    """A failed undo handler's error (its last attempt's): ``rollback_step_errored`` carries it."""
+    last = attempts[-1] if attempts else [None, None, False, "Error", ""]
+    return json.dumps({"error": {"name": last[3] or "Error", "message": last[4] or ""}}, separators=(",", ":"))
 
 
 def _error_detail(attempt: list[Any], row_detail: str | None) -> str:

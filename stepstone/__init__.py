@@ -29,6 +29,7 @@ from stepstone.errors import (
 from stepstone.limits import Limits
 from stepstone.retry import RetryConfig, StepConfig
 from stepstone.step import WorkflowStep
+from stepstone.step_blobs import ByteStream
 from stepstone.step_do import StepContext
 from stepstone.workflow import WorkflowEntrypoint, WorkflowEvent, WorkflowStepEvent
 
@@ -36,6 +37,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "BatchResult",
+    "ByteStream",
     "CPUTimeLimitError",
     "Duration",
     "Engine",

@@ -20,6 +20,7 @@ from typing import Any, Final, overload
 
 from stepstone import codec, typed
 from stepstone.clock import Clock
+from stepstone.codec import BlobRef
 from stepstone.details import instance_details
 from stepstone.durations import Duration, to_millis
 from stepstone.errors import InstanceNotFoundError, InvalidStateError, ValidationError
@@ -45,6 +46,7 @@ from stepstone.models import (
 from stepstone.observe import Observer, stream
 from stepstone.observe.stream import check_options
 from stepstone.observe.tracing import current_traceparent, valid_traceparent
+from stepstone.step_blobs import ByteStream
 from stepstone.storage.base import InstancePage, Storage
 from stepstone.text import check_text
 
@@ -662,6 +664,11 @@ class WorkflowInstance:
             now=self._rt.clock.now(),
         )
         self._rt.notify(0, "new")
+
+    async def output_stream(self, ref: BlobRef) -> ByteStream:
+        """A reader of one of this instance's streamed step outputs (``GET .../step`` serves it)."""
+        rec = await self.record()
+        return ByteStream(self._rt.storage.blobs, rec.pk, ref)
 
     async def history(self) -> list[StepRecord]:
         """The instance's step records (its history), in the order the steps first started."""

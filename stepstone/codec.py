@@ -1,8 +1,10 @@
 """The stored form of values: JSON, plus ``bytes`` and ``datetime``; never pickle.
 
 ``bytes`` are stored as ``{"$bytes": "<base64>"}`` and ``datetime`` as ``{"$datetime": "<isoformat>"}``. A
-user dict whose only key is ``$bytes``, ``$datetime`` or ``$escape`` is stored as ``{"$escape": {...}}`` so
-it decodes unchanged. Tuples become lists; dict keys must be strings; NaN and infinities are refused.
+step output streamed into the blob store is recorded as ``{"$blob": {"id": ..., "size": ...}}`` and decodes to
+a :class:`BlobRef` (the step layer turns it into a reader). A user dict whose only key is ``$bytes``,
+``$datetime``, ``$blob`` or ``$escape`` is stored as ``{"$escape": {...}}`` so it decodes unchanged. Tuples
+become lists; dict keys must be strings; NaN and infinities are refused.
 Subclasses of str, int and float are stored as their base type, and an aware datetime comes back with a
 fixed-offset timezone (the same instant and offset). An object whose class defines ``__stepstone_stored__()``
 is stored as what that returns (a ``WorkflowInstance`` a step returns is stored as ``{"id": ...}``) and comes
@@ -23,21 +25,23 @@ import binascii
 import json
 import math
 import re
+from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
 from stepstone.errors import SerializationError
 from stepstone.text import text_problem
 
-__all__ = ["decode", "encode"]
+__all__ = ["BlobRef", "decode", "encode"]
 
 _BYTES = "$bytes"
+_BLOB = "$blob"
 _DATETIME = "$datetime"
 # A UTC offset with microseconds, which datetime.isoformat() writes and Python 3.11's fromisoformat() drops
 # (``+00:00:00.000001`` parses as UTC there).
 _FRACTIONAL_OFFSET = re.compile(r"([+-])(\d\d):(\d\d):(\d\d)\.(\d{6})$")
 _ESCAPE = "$escape"
-_RESERVED = frozenset((_BYTES, _DATETIME, _ESCAPE))
+_RESERVED = frozenset((_BYTES, _DATETIME, _BLOB, _ESCAPE))
 _ALLOWED = "(allowed: JSON values, bytes, datetime)"
 _IDENT_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 _SCALARS = frozenset((str, int, bool, type(None)))
@@ -46,6 +50,18 @@ STORED_FORM = "__stepstone_stored__"
 
 _dumps = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode
 _loads = json.loads
+
+
+@dataclass(frozen=True, slots=True)
+class BlobRef:
+    """The recorded form of a step output kept in the blob store: its id there and its size in bytes."""
+
+    id: str
+    size: int
+
+    def stored(self) -> str:
+        """The JSON text a step result holds for this blob."""
+        return _dumps({_BLOB: {"id": self.id, "size": self.size}})
 
 
 class _Unstorable(Exception):
@@ -260,6 +276,10 @@ def _restore(value: object) -> object:
             return base64.b64decode(inner.encode("ascii"), validate=True)
         if key == _DATETIME and isinstance(inner, str):
             return _parse_datetime(inner)
+        if key == _BLOB and isinstance(inner, dict) and isinstance(inner.get("id"), str):
+            size = inner.get("size")
+            if isinstance(size, int) and not isinstance(size, bool) and size >= 0:
+                return BlobRef(inner["id"], size)
         if key == _ESCAPE and isinstance(inner, dict):
             return {k: _restore(v) for k, v in inner.items()}
         if key in _RESERVED:
@@ -294,7 +314,10 @@ REDACTED = "[REDACTED]"
 
 
 def plain(value: object) -> Any:
-    """A decoded value as plain JSON: datetimes become ISO strings, bytes base64 strings."""
+    """A decoded value as plain JSON: datetimes become ISO strings, bytes base64 strings, a streamed output
+    ``{"type": "binary", "size": n}`` (its bytes are served by ``GET .../step``)."""
+    if isinstance(value, BlobRef):
+        return {"type": "binary", "size": value.size}
     if isinstance(value, dict):
         return {k: plain(v) for k, v in value.items()}
     if isinstance(value, list):

@@ -8,7 +8,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from stepstone import codec
-from stepstone.codec import REDACTED, plain
+from stepstone.codec import REDACTED, BlobRef, plain
 from stepstone.models import InstanceRecord, StepRecord, WorkflowRecord
 
 
@@ -221,6 +221,27 @@ _STEP_STATUS = {
 }
 
 
+def _find_step(steps: list[StepRecord], name: str, kind: str) -> StepRecord | None:
+    base, _, suffix = name.rpartition("-")
+    if not base or not suffix.isdigit():
+        return None
+    stored_kind = {"step": "do", "waitForEvent": "wait"}.get(kind)
+    return next((s for s in steps if (s.kind, s.name, s.count) == (stored_kind, base, int(suffix))), None)
+
+
+def step_blob(steps: list[StepRecord], name: str, *, attempt: int | None = None) -> BlobRef | None:
+    """The blob a ``step.do``'s output was streamed into, when :func:`step_result` would show that output
+    (the step, or the given attempt, succeeded and its output is not ``sensitive``); else None."""
+    step = _find_step(steps, name, "step")
+    if step is None or step.status != "success" or not (step.result or "").startswith('{"$blob":'):
+        return None
+    doc = step_result(steps, name, kind="step", attempt=attempt)
+    if doc is None or doc["output"] == REDACTED or doc["status"] != "complete":
+        return None
+    ref = codec.decode(step.result or "null")
+    return ref if isinstance(ref, BlobRef) else None
+
+
 def step_result(
     steps: list[StepRecord], name: str, *, kind: str = "step", attempt: int | None = None
 ) -> dict[str, Any] | None:
@@ -235,11 +256,7 @@ def step_result(
     Returns:
         ``{"status", "error", "output"}`` (plus ``event_type`` for a wait), or None when no such step or attempt.
     """
-    base, _, suffix = name.rpartition("-")
-    if not base or not suffix.isdigit():
-        return None
-    stored_kind = {"step": "do", "waitForEvent": "wait"}.get(kind)
-    step = next((s for s in steps if (s.kind, s.name, s.count) == (stored_kind, base, int(suffix))), None)
+    step = _find_step(steps, name, kind)
     if step is None:
         return None
     config = json.loads(step.config) if step.config else {}

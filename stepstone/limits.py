@@ -23,6 +23,7 @@ __all__ = [
     "MAX_STEPS",
     "Limits",
     "check_size",
+    "state_limit_message",
     "validate_batch_size",
     "validate_event_timeout_ms",
     "validate_event_type",
@@ -56,6 +57,9 @@ class Limits:
     """Max encoded size of a step result. Default 1 MiB."""
     payload_bytes: int = 1_048_576
     """Max encoded size of params, event payloads and outputs. Default 1 MiB."""
+    instance_state_bytes: int = 1 << 30
+    """Max state one instance may persist: its recorded step results plus its streamed step outputs (the blob
+    store). Default 1 GiB (Cloudflare's paid plan; 100 MB on the free plan)."""
     instance_id_length: int = 100
     """Max instance id length. Default 100."""
     workflow_name_length: int = 64
@@ -262,6 +266,23 @@ def check_size(nbytes: int, limit: int, *, what: str) -> None:
     """
     if nbytes > limit:
         raise LimitExceededError(f"{what} is {nbytes} bytes, over the limit of {_format_bytes(limit)}")
+
+
+def _short_bytes(n: int) -> str:
+    for unit, size in (("GiB", 1 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)):
+        if n >= size and n % size == 0:
+            return f"{n // size}{unit}"
+    return f"{n} bytes"
+
+
+def state_limit_message(what: str, nbytes: int, stored: int, limit: int) -> str:
+    """Cloudflare's message for an instance over its state limit, with the value and the limit, e.g. ``The
+    instance has exceeded the 1GiB storage limit: step "load-1" output of at least 1073741825 bytes, with 0
+    bytes already stored, is over the limit of 1073741824 bytes (1 GiB)``."""
+    return (
+        f"The instance has exceeded the {_short_bytes(limit)} storage limit: {what} of at least {nbytes} bytes, "
+        f"with {stored} bytes already stored, is over the limit of {_format_bytes(limit)}"
+    )
 
 
 def validate_batch_size(n: int, limits: Limits) -> None:

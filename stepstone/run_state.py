@@ -251,6 +251,9 @@ class RunState:
     """True from the start of a run that has history, while every step called so far was served from it; the
     first step call that is not settled there (new, or pending: a retry, a sleep or wait not yet over) ends the
     replay for good. A run with no history starts live."""
+    stored_bytes: int = -1
+    """The instance's recorded state (step results and streamed outputs), counted from the history when a step
+    first records a result in this run (-1 until then), against ``limits.instance_state_bytes``."""
     marks: dict[str, Mark] = field(default_factory=dict)
     """How far each step's stored record got, so a write adds only the events it is the first to tell of
     (:mod:`stepstone.history`); taken from the history as loaded, before any step changes it."""

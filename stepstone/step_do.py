@@ -15,7 +15,7 @@ import logging
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any, Protocol
 
-from stepstone import codec, typed
+from stepstone import typed
 from stepstone.durations import to_millis
 from stepstone.errors import (
     LimitExceededError,
@@ -26,10 +26,10 @@ from stepstone.errors import (
     WorkflowFatalError,
     is_non_retryable,
 )
-from stepstone.limits import check_size
 from stepstone.models import Attempt, StepKind, StepRecord, step_key
 from stepstone.retry import StepConfig, retry_delay_ms, will_retry
 from stepstone.run_state import RunState, WakeReason
+from stepstone.step_blobs import StepOutputError, decode_result, store_result
 from stepstone.step_call import AttemptSlot, call_step
 from stepstone.step_threads import Job
 from stepstone.text import error_text, storable
@@ -202,7 +202,7 @@ async def run_do(
     declared = typed.return_type(fn)
     if rec is not None:
         if rec.status == "success":
-            stored = codec.decode(rec.result or "null")
+            stored = decode_result(state, rec.result or "null")
             if declared is None:
                 return stored
             return typed.convert(declared, stored, what=f'step "{display}" result')
@@ -288,18 +288,19 @@ async def run_do(
                     running = slot.job
                 if declared is not None:
                     value = typed.to_plain(value)
-                encoded = codec.encode(value, what=f'step "{display}" result')
-                check_size(len(encoded.encode()), state.limits.step_result_bytes, what=f'step "{display}" result')
+                encoded = await store_result(state, key, display, value, config.timeout_ms)
                 # Live and replayed calls return the same value: the stored form, built into the declared type
                 # (a result that does not match it fails the step, without retries, as a ValidationError).
-                result = codec.decode(encoded)
+                result = decode_result(state, encoded)
                 if declared is not None:
                     result = typed.convert(declared, result, what=f'step "{display}" result')
-            except SerializationError as exc:
+            except (SerializationError, StepOutputError) as exc:
                 if isinstance(exc, LimitExceededError):
                     raise
                 fatal = WorkflowFatalError(
-                    f'The execution of the Workflow instance was terminated, as the step "{display}" returned '
+                    str(exc)
+                    if isinstance(exc, StepOutputError)
+                    else f'The execution of the Workflow instance was terminated, as the step "{display}" returned '
                     f"a value which is not serialisable: {exc}"
                 )
                 state.fatal = fatal

@@ -23,6 +23,7 @@ import httpx
 import pydantic
 
 from stepstone import Engine, NonRetryableError, WorkflowEntrypoint, WorkflowTimeoutError
+from tests.blob_workflows import BLOB_WORKFLOWS
 
 
 class Quick(WorkflowEntrypoint):
@@ -128,6 +129,7 @@ WORKFLOWS: dict[str, type[WorkflowEntrypoint[Any]]] = {
     "failing": Failing,
     "many": Many,
     "signup": Signup,
+    **BLOB_WORKFLOWS,
 }
 
 

@@ -6,6 +6,7 @@ import stepstone
 
 EXPECTED = [
     "BatchResult",
+    "ByteStream",
     "CPUTimeLimitError",
     "Duration",
     "Engine",

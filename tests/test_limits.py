@@ -29,6 +29,7 @@ def test_defaults() -> None:
         "steps": 10_000,
         "step_result_bytes": 1_048_576,
         "payload_bytes": 1_048_576,
+        "instance_state_bytes": 1 << 30,
         "instance_id_length": 100,
         "workflow_name_length": 64,
         "step_name_length": 256,

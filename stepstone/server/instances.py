@@ -15,10 +15,10 @@ import logging
 from typing import Any, Final
 
 from starlette.requests import Request
-from starlette.responses import Response
+from starlette.responses import Response, StreamingResponse
 
 from stepstone.binding import Workflow, WorkflowInstance
-from stepstone.details import instance_summary, iso, step_result
+from stepstone.details import instance_summary, iso, step_blob, step_result
 from stepstone.errors import InstanceNotFoundError, InvalidStateError
 from stepstone.models import STATUSES, InstanceRecord
 from stepstone.observe.tracing import valid_traceparent
@@ -233,6 +233,12 @@ async def get_step(request: Request) -> Response:
     if request.query_params.get("attempt"):
         attempt = query_int(request, "attempt", 1, low=1, high=1_000_000)
     steps = await handle.history()
+    ref = step_blob(steps, name, attempt=attempt) if kind == "step" else None
+    if ref is not None:
+        # a streamed output (Cloudflare: a ReadableStream step result) is served as its bytes, streamed
+        blob = await handle.output_stream(ref)
+        headers = {"Content-Length": str(blob.size)}
+        return StreamingResponse(blob, media_type="application/octet-stream", headers=headers)
     doc = step_result(steps, name, kind=kind, attempt=attempt)
     if doc is None:
         what = f"attempt {attempt} of {kind}" if attempt else kind

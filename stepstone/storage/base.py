@@ -31,6 +31,7 @@ from stepstone.models import (
     WorkflowRecord,
 )
 from stepstone.storage.bell import StreamWaiter
+from stepstone.storage.blobs import BlobStore
 
 SCHEMA_VERSION = 1
 
@@ -88,6 +89,11 @@ class Storage(Protocol):
     """What the engine needs from a database."""
 
     url: str
+
+    @property
+    def blobs(self) -> BlobStore:
+        """Where step outputs too large for a JSON result are streamed (:mod:`stepstone.storage.blobs`)."""
+        ...
 
     async def open(self) -> None:
         """Connect, create or check the schema."""

@@ -18,6 +18,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import time
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, TypeVar
 
@@ -49,6 +50,7 @@ from stepstone.models import (
 from stepstone.storage import postgres_control as control
 from stepstone.storage.base import ClaimResult, InstancePage, page_window, redact_url
 from stepstone.storage.bell import Bell, StreamWaiter
+from stepstone.storage.blobs_postgres import PostgresBlobStore
 from stepstone.storage.blocking_renew import BlockingRenewer
 from stepstone.storage.postgres_control import RELEASE, fetch_all, fetch_maybe, fetch_one
 from stepstone.storage.postgres_schema import migrate
@@ -196,6 +198,8 @@ class PostgresStorage:
         self._renewer = BlockingRenewer(
             "postgres", lambda: psycopg.connect(self.url, connect_timeout=2, **renew_kwargs)
         )
+        self.blobs = PostgresBlobStore(self)
+        """Streamed step outputs, in a chunk table (:mod:`stepstone.storage.blobs_postgres`)."""
         self._open = False
 
     # -- lifecycle ------------------------------------------------------------------------------------
@@ -220,6 +224,7 @@ class PostgresStorage:
             await self._pool.close()
             raise StorageError(f"cannot open PostgreSQL database {redact_url(self.url)}: {exc}") from exc
         self._open = True
+        await self.blobs.sweep(now=time.time())
 
     async def _connect_writer(self) -> Conn:
         # Autocommit: the writer sends BEGIN/COMMIT itself, in the same pipeline as the batch's statements.

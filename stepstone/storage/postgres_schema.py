@@ -13,6 +13,7 @@ from psycopg import AsyncConnection, sql
 from stepstone.errors import SchemaVersionError
 from stepstone.models import CHILD_EVENT
 from stepstone.storage.sqlite_schema import (
+    BLOB_RESULT_LIKE,
     EXISTING_EVENTS,
     FINISHED_SQL,
     TAKEOVER,
@@ -229,6 +230,31 @@ MIGRATIONS: Final[tuple[str | tuple[str, ...], ...]] = (
         "EXECUTE FUNCTION stepstone_child_wake()",
         "CREATE TRIGGER instance_links_deleted AFTER DELETE ON instances FOR EACH ROW "
         "EXECUTE FUNCTION stepstone_child_wake()",
+    ),
+    # version 8: the blob store (stepstone.storage.blobs_postgres), as SQLite's version 9 but with the bytes in
+    # chunk rows: deleting a step that names a blob deletes the blob and its chunks in the same transaction.
+    (
+        """CREATE TABLE blobs (
+            blob_id TEXT PRIMARY KEY,
+            instance_pk BIGINT NOT NULL,
+            step_key TEXT NOT NULL,
+            size BIGINT NOT NULL,
+            created_at DOUBLE PRECISION NOT NULL
+        )""",
+        "CREATE INDEX blobs_by_step ON blobs (instance_pk, step_key)",
+        """CREATE TABLE blob_chunks (
+            blob_id TEXT NOT NULL REFERENCES blobs (blob_id) ON DELETE CASCADE,
+            seq INTEGER NOT NULL,
+            data BYTEA NOT NULL,
+            PRIMARY KEY (blob_id, seq)
+        )""",
+        """CREATE FUNCTION stepstone_blobs_step_deleted() RETURNS trigger LANGUAGE plpgsql AS $$
+        BEGIN
+            DELETE FROM blobs WHERE instance_pk = OLD.instance_pk AND step_key = OLD.key;
+            RETURN NULL;
+        END $$""",
+        "CREATE TRIGGER blobs_step_deleted AFTER DELETE ON steps FOR EACH ROW "
+        f"WHEN (OLD.result LIKE '{BLOB_RESULT_LIKE}') EXECUTE FUNCTION stepstone_blobs_step_deleted()",
     ),
 )
 SCHEMA_VERSION: Final = len(MIGRATIONS)

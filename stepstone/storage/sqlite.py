@@ -12,6 +12,7 @@ import functools
 import os
 import sqlite3
 import threading
+import time
 from collections.abc import Awaitable, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import TypeVar
@@ -38,6 +39,7 @@ from stepstone.models import (
 from stepstone.storage import sqlite_control as control
 from stepstone.storage.base import ClaimResult, InstancePage
 from stepstone.storage.bell import Bell, StreamWaiter
+from stepstone.storage.blobs_sqlite import SQLiteBlobStore
 from stepstone.storage.blocking_renew import BlockingRenewer
 from stepstone.storage.sqlite_schema import (
     INSTANCE_COLUMNS,
@@ -112,6 +114,8 @@ class SQLiteStorage:
         self._reader_conns: list[Conn] = []
         self._lock = threading.Lock()
         self._renewer = BlockingRenewer("sqlite", self._connect_renewer)
+        self.blobs = SQLiteBlobStore(self)
+        """Streamed step outputs, as files beside the database (:mod:`stepstone.storage.blobs_sqlite`)."""
         self._open = False
 
     # -- connections ----------------------------------------------------------------------------------
@@ -183,6 +187,7 @@ class SQLiteStorage:
         except sqlite3.Error as exc:
             raise StorageError(f"cannot open SQLite database {self.path!r}: {exc}") from exc
         self._open = True
+        await self.blobs.sweep(now=time.time())
 
     async def close(self) -> None:
         """Commit queued writes, stop the threads, close connections."""
@@ -367,7 +372,9 @@ class SQLiteStorage:
             control.delete_pks(conn, pks)
             return conn.execute("DELETE FROM workflows WHERE account = ? AND name = ?", (account, name)).rowcount > 0
 
-        return await self._write(op)
+        deleted = await self._write(op)
+        await self.blobs.collect()
+        return deleted
 
     async def count_by_status(self, account: str, workflow: str) -> dict[str, int]:
         """Instances of the account's workflow per status."""
@@ -726,9 +733,11 @@ class SQLiteStorage:
         self, account: str, workflow: str, instance_id: str, *, now: float, from_step: StepRef | None
     ) -> InstanceRecord:
         """Restart fully or from a step."""
-        return await self._write(
+        record = await self._write(
             lambda c: control.restart(c, self._signal, account, workflow, instance_id, now=now, from_step=from_step)
         )
+        await self.blobs.collect()
+        return record
 
     async def send_event(
         self, account: str, workflow: str, instance_id: str, *, event_type: str, payload: str, now: float
@@ -742,7 +751,9 @@ class SQLiteStorage:
 
     async def delete_instances(self, account: str, workflow: str, ids: Sequence[str]) -> list[str]:
         """Delete instances and their state."""
-        return await self._write(lambda c: control.delete_instances(c, self._signal, account, workflow, ids))
+        found = await self._write(lambda c: control.delete_instances(c, self._signal, account, workflow, ids))
+        await self.blobs.collect()
+        return found
 
     async def purge_expired(self, *, now: float) -> int:
         """Delete instances past their retention, and signals every watcher has read.
@@ -758,6 +769,8 @@ class SQLiteStorage:
             )
             total += n
         await self._write(lambda c: control.purge_signals(c, now=now))
+        if total:
+            await self.blobs.collect()
         return total
 
     @property

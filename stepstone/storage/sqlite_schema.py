@@ -44,6 +44,9 @@ EXISTING_EVENTS: Final = (
 
 FINISHED_SQL: Final = "('complete', 'errored', 'terminated')"
 
+BLOB_RESULT_LIKE: Final = '{"$blob":%'
+"""SQL ``LIKE`` pattern of a step result that names a blob (``codec.BlobRef.stored``), both backends."""
+
 
 def child_wake(child: str, status: str, cond: str = "") -> str:
     """The trigger statements (SQLite) that tell the parent of instance ``child`` (``new`` or ``old``) its child
@@ -280,6 +283,26 @@ MIGRATIONS: Final[tuple[str | tuple[str, ...], ...]] = (
         f"""CREATE TRIGGER instance_links_deleted AFTER DELETE ON instances
         BEGIN{child_wake("old", "'deleted'", f"AND old.status NOT IN {FINISHED_SQL}")}
             DELETE FROM instance_links WHERE child_pk = old.pk OR parent_pk = old.pk;
+        END""",
+    ),
+    # version 9: the blob store (stepstone.storage.blobs_sqlite): one row per streamed step output, its bytes in
+    # a file beside the database. Deleting a step that names a blob (delete, purge, restart) marks the blob's
+    # row deleted in the same transaction; the store unlinks the file, then drops the row. (REPLACE of a step
+    # row fires no delete trigger: recursive_triggers is off.)
+    (
+        """CREATE TABLE blobs (
+            blob_id TEXT PRIMARY KEY,
+            instance_pk INTEGER NOT NULL,
+            step_key TEXT NOT NULL,
+            state TEXT NOT NULL,
+            size INTEGER,
+            created_at REAL NOT NULL
+        )""",
+        "CREATE INDEX blobs_by_step ON blobs (instance_pk, step_key)",
+        "CREATE INDEX blobs_deleted ON blobs (state) WHERE state = 'deleted'",
+        f"""CREATE TRIGGER blobs_step_deleted AFTER DELETE ON steps WHEN old.result LIKE '{BLOB_RESULT_LIKE}'
+        BEGIN
+            UPDATE blobs SET state = 'deleted' WHERE instance_pk = old.instance_pk AND step_key = old.key;
         END""",
     ),
 )

@@ -405,6 +405,12 @@ def _op(summary: str, result: J, *, paged: bool = False, params: list[J] | None 
     return op
 
 
+def _octet_too(op: J) -> J:
+    """A step's output streamed into the blob store is served as its bytes, not in the JSON envelope."""
+    op["responses"]["200"]["content"]["application/octet-stream"] = {"schema": {"type": "string", "format": "binary"}}
+    return op
+
+
 SSE_EVENT: J = _obj(
     ["id", "event", "data"],
     {
@@ -569,15 +575,17 @@ def _paths() -> J:
             )
         },
         one + "/step": {
-            "get": _op(
-                "One step's full output",
-                _ref("StepResult"),
-                params=[
-                    *awi,
-                    _query("name", {"type": "string", "minLength": 1}, "the step name with its -N suffix", True),
-                    _query("type", {"type": "string", "enum": ["step", "waitForEvent"]}, "", True),
-                    _query("attempt", {"type": "integer", "minimum": 1}),
-                ],
+            "get": _octet_too(
+                _op(
+                    "One step's full output",
+                    _ref("StepResult"),
+                    params=[
+                        *awi,
+                        _query("name", {"type": "string", "minLength": 1}, "the step name with its -N suffix", True),
+                        _query("type", {"type": "string", "enum": ["step", "waitForEvent"]}, "", True),
+                        _query("attempt", {"type": "integer", "minimum": 1}),
+                    ],
+                )
             )
         },
         one + "/status": {

@@ -5,6 +5,7 @@ instance removes them; JSON results keep their 1 MiB limit."""
 
 from __future__ import annotations
 
+import asyncio
 import io
 import time
 from collections.abc import AsyncIterator
@@ -211,3 +212,110 @@ async def test_byte_stream_of_a_deleted_instance_cannot_be_read(url: str, tmp_pa
 def test_limits_default_and_config() -> None:
     assert Limits().instance_state_bytes == 1 << 30
     assert Limits.from_mapping({"instance_state_bytes": 100_000_000}).instance_state_bytes == 100_000_000
+
+
+def make_big() -> bytes:
+    """A module-level sync step (process isolation pickles the callable by reference)."""
+    return PATTERN * 3
+
+
+class InProcess(WorkflowEntrypoint):
+    """A sync step run in a child process (isolation="process") returning bytes over the limit."""
+
+    async def run(self, event: Any, step: Any) -> Any:
+        out = await step.do("big", make_big)
+        return await digest_of(out)
+
+
+async def test_a_process_isolated_step_streams_its_big_bytes_too(url: str, tmp_path: Path) -> None:
+    async with Engine(url) as engine:
+        wf = engine.register(InProcess, name="inprocess", isolation="process")
+        inst = await wf.create(id="p")
+        assert (await wait_for_status(inst, "complete", timeout=60)).output == [3 * MIB, expected_sha256(3)]
+        assert stored_blobs(url, tmp_path) == (1, 3 * MIB)
+
+
+async def test_a_blob_gone_from_the_store_is_a_404_not_a_cut_response(url: str, tmp_path: Path) -> None:
+    async with Engine(url) as engine:
+        wf = engine.register(Restartable, name="restartable")
+        inst = await wf.create(id="r")
+        await wait_for_event_wait(inst, "go")
+        if url.startswith("sqlite"):
+            for p in (tmp_path / "blobs.db.blobs").rglob("*"):
+                if p.is_file():
+                    p.unlink()
+        else:
+            import psycopg
+
+            with psycopg.connect(url) as conn:
+                conn.execute("DELETE FROM blobs")
+        from stepstone.server import create_app
+
+        transport = httpx.ASGITransport(app=create_app(engine, loopback_only=True))
+        async with httpx.AsyncClient(transport=transport, base_url="http://127.0.0.1:8787") as api:
+            got = await api.get(f"{V4}/restartable/instances/r/step", params={"name": "big-1", "type": "step"})
+        assert got.status_code == 404
+        assert "the output of step 'big-1' is no longer stored" in got.json()["errors"][0]["message"]
+
+
+TRIES: dict[str, int] = {}
+
+
+class Flaky(WorkflowEntrypoint):
+    """A stream that fails mid-way on its first attempt (``params["how"]``: raise, or hang past the timeout)."""
+
+    async def run(self, event: Any, step: Any) -> Any:
+        how = event.payload["how"]
+
+        async def produce() -> AsyncIterator[bytes]:
+            TRIES[how] = TRIES.get(how, 0) + 1
+            yield PATTERN
+            if TRIES[how] == 1:
+                if how == "raise":
+                    raise ConnectionError("upstream went away")
+                await asyncio.sleep(3600)
+            yield PATTERN
+
+        config = {"retries": {"limit": 2, "delay": 10, "backoff": "constant"}, "timeout": 300}
+        return await digest_of(await step.do("out", config, produce))
+
+
+@pytest.mark.parametrize(
+    ("how", "error"), [("raise", "upstream went away"), ("hang", "Execution timed out after 300ms")]
+)
+async def test_a_stream_that_fails_mid_way_is_retried_and_leaves_nothing(
+    url: str, tmp_path: Path, how: str, error: str
+) -> None:
+    TRIES.clear()
+    async with Engine(url) as engine:
+        wf = engine.register(Flaky, name="flaky")
+        inst = await wf.create(id=how, params={"how": how})
+        assert (await wait_for_status(inst, "complete")).output == [2 * MIB, expected_sha256(2)]
+        (rec,) = [s for s in await inst.history() if s.name == "out"]
+        assert [a.success for a in rec.attempts] == [False, True]
+        assert rec.attempts[0].error_message == error
+        # the failed attempt's blob row went with the next commit, before the retry's own writes
+        assert stored_blobs(url, tmp_path) == (1, 2 * MIB)
+
+
+class Concurrent(WorkflowEntrypoint):
+    """Two streams of 2 MiB at once under a 3 MiB state limit: the budget is shared, so one of them is refused."""
+
+    async def run(self, event: Any, step: Any) -> Any:
+        async def produce() -> AsyncIterator[bytes]:
+            for _ in range(2):
+                yield PATTERN
+                await asyncio.sleep(0.01)
+
+        outs = await asyncio.gather(step.do("a", produce), step.do("b", produce))
+        return [o.size for o in outs]
+
+
+async def test_concurrent_streams_share_the_state_budget(url: str, tmp_path: Path) -> None:
+    async with Engine(url) as engine:
+        wf = engine.register(Concurrent, name="concurrent", limits={"instance_state_bytes": 3 * MIB})
+        inst = await wf.create(id="c")
+        await wait_for_status(inst, "errored")
+        assert "The instance has exceeded the 3MiB storage limit" in (await get_error(inst)).message
+        rows, size = stored_blobs(url, tmp_path)
+        assert rows <= 1 and size <= 2 * MIB

@@ -12,6 +12,7 @@ import binascii
 import contextlib
 import json
 import logging
+from collections.abc import AsyncIterator
 from typing import Any, Final
 
 from starlette.requests import Request
@@ -19,7 +20,7 @@ from starlette.responses import Response, StreamingResponse
 
 from stepstone.binding import Workflow, WorkflowInstance
 from stepstone.details import instance_summary, iso, step_blob, step_result
-from stepstone.errors import InstanceNotFoundError, InvalidStateError
+from stepstone.errors import InstanceNotFoundError, InvalidStateError, StorageError
 from stepstone.models import STATUSES, InstanceRecord
 from stepstone.observe.tracing import valid_traceparent
 from stepstone.server.body import json_object, only_keys, query_choice, query_int, query_time, read_json
@@ -237,8 +238,22 @@ async def get_step(request: Request) -> Response:
     if ref is not None:
         # a streamed output (Cloudflare: a ReadableStream step result) is served as its bytes, streamed
         blob = await handle.output_stream(ref)
+        chunks = aiter(blob)
+        try:  # read the first chunk now, so a blob gone meanwhile is a 404, not a response cut short
+            first = await anext(chunks, b"")
+        except StorageError as exc:
+            raise ApiError(
+                404, STEP_NOT_FOUND, f"the output of step {name[:120]!r} is no longer stored: {exc}"
+            ) from exc
+
+        async def body() -> AsyncIterator[bytes]:
+            if first:
+                yield first
+            async for chunk in chunks:
+                yield chunk
+
         headers = {"Content-Length": str(blob.size)}
-        return StreamingResponse(blob, media_type="application/octet-stream", headers=headers)
+        return StreamingResponse(body(), media_type="application/octet-stream", headers=headers)
     doc = step_result(steps, name, kind=kind, attempt=attempt)
     if doc is None:
         what = f"attempt {attempt} of {kind}" if attempt else kind

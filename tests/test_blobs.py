@@ -319,3 +319,13 @@ async def test_concurrent_streams_share_the_state_budget(url: str, tmp_path: Pat
         assert "The instance has exceeded the 3MiB storage limit" in (await get_error(inst)).message
         rows, size = stored_blobs(url, tmp_path)
         assert rows <= 1 and size <= 2 * MIB
+
+
+async def test_the_test_kit_hands_back_the_byte_stream(url: str) -> None:
+    from stepstone.testing import wait_for_step_result
+
+    async with Engine(url) as engine:
+        wf = engine.register(Restartable, name="restartable")
+        inst = await wf.create(id="kit")
+        got = await wait_for_step_result(inst, "big")
+        assert isinstance(got, ByteStream) and await got.read() == PATTERN * 2

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any, Final, Literal, TypedDict
 
 from stepstone import codec
 from stepstone.binding import InstanceError, InstanceStatus, WorkflowInstance
+from stepstone.codec import BlobRef
 from stepstone.errors import ValidationError, WorkflowTimeoutError
 from stepstone.models import FINISHED, StepKind, StepRecord
 from stepstone.step_do import rebuild_error
@@ -157,7 +158,10 @@ async def wait_for_step_result(
         steps = await instance.history()
         found = next((s for s in steps if s.kind == kind and s.name == name and s.count == count), None)
         if found is not None and _settled(found):
-            return _step_value(found)
+            value = _step_value(found)
+            if isinstance(value, BlobRef):  # a streamed output: the ByteStream the workflow's code receives
+                return await instance.output_stream(value)
+            return value
         if rec.status in FINISHED:
             raise AssertionError(
                 f"instance {instance.id} ended {rec.status} without a result for {_display(kind, name, count)}"

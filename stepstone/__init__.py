@@ -17,6 +17,7 @@ from stepstone.errors import (
     InvalidStateError,
     LimitExceededError,
     NonRetryableError,
+    RateLimitedError,
     SerializationError,
     StepFailedError,
     StepstoneError,
@@ -26,7 +27,7 @@ from stepstone.errors import (
     WorkflowNotFoundError,
     WorkflowTimeoutError,
 )
-from stepstone.limits import Limits
+from stepstone.limits import AccountLimits, Limits
 from stepstone.retry import RetryConfig, StepConfig
 from stepstone.step import WorkflowStep
 from stepstone.step_blobs import ByteStream
@@ -36,6 +37,7 @@ from stepstone.workflow import WorkflowEntrypoint, WorkflowEvent, WorkflowStepEv
 __version__ = "0.1.0"
 
 __all__ = [
+    "AccountLimits",
     "BatchResult",
     "ByteStream",
     "CPUTimeLimitError",
@@ -51,6 +53,7 @@ __all__ = [
     "LimitExceededError",
     "Limits",
     "NonRetryableError",
+    "RateLimitedError",
     "RetryConfig",
     "SerializationError",
     "StepConfig",

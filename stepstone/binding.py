@@ -15,16 +15,18 @@ import re
 import uuid
 import warnings
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Final, overload
 
 from stepstone import codec, typed
+from stepstone.admission import Admission, admit
 from stepstone.clock import Clock
 from stepstone.codec import BlobRef
 from stepstone.details import instance_details
 from stepstone.durations import Duration, to_millis
 from stepstone.errors import InstanceNotFoundError, InvalidStateError, ValidationError
 from stepstone.limits import (
+    AccountLimits,
     Limits,
     check_size,
     validate_batch_size,
@@ -66,6 +68,10 @@ class Runtime:
     """Told of the instances created here."""
     params_type_for: Callable[[str], object | None] = lambda name: None
     """The params type the workflow ``name``'s class declares (``WorkflowEntrypoint[T]``), if it is registered here."""
+    account_limits: AccountLimits = field(default_factory=AccountLimits)
+    """The creation rate every account is held to (its concurrency is the worker's)."""
+    admission: Admission = field(default_factory=Admission)
+    """This process's creation-rate buckets and queued-instance counts."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -229,6 +235,13 @@ class Workflow:
         """The limits that apply to this workflow."""
         return self._rt.limits_for(self.name)
 
+    async def _admit(self, n: int) -> None:
+        """Check that ``n`` more instances may be created now and count them (:func:`stepstone.admission.admit`)."""
+        rt = self._rt
+        await admit(
+            rt.admission, rt.storage, self.limits, rt.account_limits, self.account, self.name, n, rt.clock.now()
+        )
+
     def _new(
         self,
         options: object,
@@ -310,6 +323,7 @@ class Workflow:
         version = await self._rt.ensure_workflow(self.account, self.name)
         parent = _traceparent(traceparent)
         new = self._new(options, version=version, now=self._rt.clock.now(), trigger=trigger, traceparent=parent)
+        await self._admit(1)
         (record,) = await self._rt.storage.create_instances([new], skip_existing=False)
         self._rt.notify(record.pk, "new")
         if self._rt.observer is not None:
@@ -418,6 +432,7 @@ class Workflow:
             except ValidationError as exc:
                 fields = [{**e, "field": _join(f"instances[{index}]", e["field"])} for e in exc.errors]
                 raise type(exc)(f"create_batch instance {index}: {exc}", errors=fields) from None
+        await self._admit(len(rows))  # each instance of a batch counts, as on Cloudflare
         errors: list[dict[str, Any]] = []
         first: dict[str, int] = {}
         unique: list[NewInstance] = []
@@ -640,6 +655,7 @@ class WorkflowInstance:
             if kind not in ("do", "sleep", "waitForEvent"):
                 raise ValidationError(f"restart from_step type must be do, sleep or waitForEvent, got {kind!r}")
             ref = StepRef(name, count, kind)
+        await self.workflow._admit(1)  # a restart counts toward the creation rate, as on Cloudflare
         rec = await self._rt.storage.restart(
             self.workflow.account, self.workflow.name, self.id, now=self._rt.clock.now(), from_step=ref
         )

@@ -69,8 +69,27 @@ _WORKFLOW_KEYS: Final[frozenset[str]] = frozenset(
     {"name", "binding", "class_name", "script_name", "limits", "schedules", "concurrency", "retention", "isolation"}
 )
 _SETTINGS_KEYS: Final[frozenset[str]] = frozenset(
-    {"database", "concurrency", "host", "port", "retention", "api_tokens", "log_level", "log_format", "lease_seconds"}
+    {
+        "database",
+        "concurrency",
+        "host",
+        "port",
+        "retention",
+        "api_tokens",
+        "log_level",
+        "log_format",
+        "lease_seconds",
+        "limits",
+    }
 )
+_LIMIT_KEYS: Final[dict[str, str]] = {
+    "max_queued_instances": "workflow",
+    "creation_rate": "workflow",
+    "account_concurrency": "account",
+    "account_creation_rate": "account",
+}
+"""``[stepstone.limits]``: every workflow's default queued-instance limit and creation rate, and the account's
+running instances and creation rate. ``false`` turns one off."""
 DEFAULT_LEASE_SECONDS: Final[float] = 30.0
 LEASE_SECONDS_RANGE: Final[tuple[float, float]] = (1.0, 3600.0)
 """What ``lease_seconds`` (and ``--lease-seconds``) accept: below a second renewals would never keep up."""
@@ -103,6 +122,8 @@ class WorkflowConfig:
     """``limits.cpu_ms`` (or the top-level ``[limits] cpu_ms``): CPU time per sync step attempt; None: no limit."""
     isolation: str = "thread"
     """``isolation``: where sync steps run, ``thread`` or ``process`` (killed on a timeout)."""
+    limits: dict[str, Any] = field(default_factory=dict)
+    """``limits.max_queued_instances`` and ``limits.creation_rate`` when given (None: off)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -125,6 +146,10 @@ class Settings:
     """How long a worker's claim on an instance lasts without renewal (``stepstone dev`` and ``worker``)."""
     database_from: str = "default"
     """Where ``database`` came from: ``default``, ``file`` (``[stepstone] database``) or the environment variable."""
+    limits: dict[str, Any] = field(default_factory=dict)
+    """``[stepstone.limits]`` for every workflow: ``max_queued_instances``, ``creation_rate`` (None: off)."""
+    account_limits: dict[str, Any] = field(default_factory=dict)
+    """``[stepstone.limits]`` for the account: ``concurrency``, ``creation_rate`` (None: off)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -241,6 +266,16 @@ class _Checker:
             raise self.fail(key, f"a number of {unit} from {low:g} to {high:g}", value)
         return float(value)
 
+    def limit(self, value: object, key: str, *, rate: bool) -> float | int | None:
+        """A limit that ``false`` turns off: a rate (instances per second > 0) or a count (an integer >= 1)."""
+        if value is False:
+            return None
+        if rate:
+            if not isinstance(value, int | float) or isinstance(value, bool) or not 0 < value < float("inf"):
+                raise self.fail(key, "a number of instances per second > 0, or false", value)
+            return value
+        return self.integer(value, key)
+
     def retention(self, value: object, key: str) -> dict[str, float]:
         """``{success = "7 days", error = "30 days"}`` (either key) as ``*_retention_ms`` fields."""
         table = self.table(value, key)
@@ -287,14 +322,18 @@ def _workflow(c: _Checker, raw: object, index: int, warnings: list[str]) -> Work
         script_name = c.string(script_name, f"{key}.script_name")
     steps = None
     cpu_ms: int | None = None
+    extra_limits: dict[str, Any] = {}
     if "limits" in entry:
         limits = c.table(entry["limits"], f"{key}.limits")
-        for extra in sorted(set(limits) - {"steps", "cpu_ms"}):
+        for extra in sorted(set(limits) - {"steps", "cpu_ms", "max_queued_instances", "creation_rate"}):
             warnings.append(f"{c.path.name}: {key}.limits: ignoring unknown key {extra}")
         if "steps" in limits:
             steps = c.integer(limits["steps"], f"{key}.limits.steps", high=MAX_STEPS)
         if "cpu_ms" in limits:
             cpu_ms = c.integer(limits["cpu_ms"], f"{key}.limits.cpu_ms", high=MAX_CPU_MS)
+        for limit in ("max_queued_instances", "creation_rate"):
+            if limit in limits:
+                extra_limits[limit] = c.limit(limits[limit], f"{key}.limits.{limit}", rate=limit == "creation_rate")
     raw_schedules = entry.get("schedules", [])
     if isinstance(raw_schedules, str):
         raw_schedules = [raw_schedules]
@@ -336,6 +375,7 @@ def _workflow(c: _Checker, raw: object, index: int, warnings: list[str]) -> Work
         concurrency=concurrency,
         cpu_ms=cpu_ms,
         isolation=isolation,
+        limits=extra_limits,
         **retention,
     )
 
@@ -387,6 +427,15 @@ def _settings(c: _Checker, raw: object, warnings: list[str]) -> dict[str, Any]:
             if not isinstance(value, str) or value.lower() not in choices:
                 raise c.fail(f"stepstone.{key}", f"one of {', '.join(choices)}", value)
             out[key] = value.lower()
+    if "limits" in table:
+        limits = c.table(table["limits"], "stepstone.limits")
+        for key, value in limits.items():
+            if key not in _LIMIT_KEYS:
+                raise c.fail(f"stepstone.limits.{key}", f"one of the keys {', '.join(_LIMIT_KEYS)}", value)
+            scope = _LIMIT_KEYS[key]
+            out.setdefault(f"{'account_' if scope == 'account' else ''}limits", {})[key.removeprefix("account_")] = (
+                c.limit(value, f"stepstone.limits.{key}", rate=key.endswith("rate"))
+            )
     if "api_tokens" in table:
         tokens = table["api_tokens"]
         if not isinstance(tokens, list):

@@ -15,7 +15,7 @@ from stepstone.binding import Account, Children, Runtime, Workflow
 from stepstone.clock import Clock, SystemClock
 from stepstone.errors import ValidationError, WorkflowNotFoundError
 from stepstone.executor import WorkflowDef
-from stepstone.limits import Limits, validate_workflow_name
+from stepstone.limits import AccountLimits, Limits, validate_workflow_name
 from stepstone.models import DEFAULT_ACCOUNT, WorkflowRecord
 from stepstone.observe import Observer, Observers
 from stepstone.observe.logs import LogObserver
@@ -54,6 +54,8 @@ class Engine:
         vars: values exposed on ``env`` beside the bindings.
         loop_block_limit: seconds an ``async def`` step may block the event loop before the watchdog names it
             and fails its attempt (default: the lease renewal interval, ``min(lease_seconds / 3, 2)``, at least 1).
+        account_limits: what every account's workflows share (:class:`~stepstone.limits.AccountLimits`: running
+            instances, default 50,000; creation rate, default none), or a mapping of them.
     """
 
     def __init__(
@@ -71,6 +73,7 @@ class Engine:
         synchronous: str = "FULL",
         vars: Mapping[str, Any] | None = None,
         loop_block_limit: float | None = None,
+        account_limits: AccountLimits | Mapping[str, object] | None = None,
     ) -> None:
         if isinstance(database, str) or database is None:
             self.storage: Storage = storage_for_url(database, synchronous=synchronous)
@@ -80,6 +83,11 @@ class Engine:
         if isinstance(limits, Mapping):
             limits = Limits.from_mapping(limits)
         self.limits: Limits = limits or Limits()
+        if isinstance(account_limits, Mapping):
+            account_limits = AccountLimits.from_mapping(account_limits)
+        self.account_limits: AccountLimits = account_limits or AccountLimits()
+        """The limits every account's workflows share: running instances (enforced by this engine's worker's
+        claims) and the creation rate (by this process's bindings)."""
         self.env = SimpleNamespace(**dict(vars or {}))
         self._defs: dict[str, WorkflowDef] = {}
         self._meta: dict[str, tuple[str, str, int | None]] = {}
@@ -107,6 +115,7 @@ class Engine:
             notify=self._notify,
             observer=self.observers,
             params_type_for=self._params_type_for,
+            account_limits=self.account_limits,
         )
 
     # -- registration -----------------------------------------------------------------------------------
@@ -278,6 +287,7 @@ class Engine:
                 observer=self.observers,
                 test_hooks=self._test_hooks,
                 loop_block_limit=self._loop_block_limit,
+                account_concurrency=self.account_limits.concurrency,
             )
             await self.worker.start()
 

@@ -13,6 +13,7 @@ The tree::
         │   └── InstanceNotFoundError
         ├── InstanceExistsError               create() with an id already in use
         ├── InvalidStateError                 an operation the instance's status refuses
+        ├── RateLimitedError                  a creation rate or the queued-instance limit was reached: retry later
         ├── WorkflowTimeoutError              a step attempt or an event wait timed out
         ├── CPUTimeLimitError                 a sync step attempt used more CPU than ``limits.cpu_ms``
         ├── EventLoopBlockedError             an async step attempt blocked the event loop too long
@@ -89,6 +90,22 @@ class InstanceExistsError(StepstoneError):
 
 class InvalidStateError(StepstoneError):
     """The instance's status does not allow this operation (terminating a finished instance)."""
+
+
+class RateLimitedError(StepstoneError):
+    """Creating instances now would pass a limit that frees up with time: the creation rate (per workflow, per
+    account) or the maximum of queued instances. Retry later; over REST it is a 429.
+
+    Attributes:
+        code: the v4 error code: 971 for a creation rate (Cloudflare's API rate-limit code), 10411 for the
+            queued-instance limit.
+        retry_after: seconds after which the same call may succeed, when known.
+    """
+
+    def __init__(self, message: str, *, code: int, retry_after: float | None = None) -> None:
+        super().__init__(message)
+        self.code = code
+        self.retry_after = retry_after
 
 
 class WorkflowTimeoutError(StepstoneError):

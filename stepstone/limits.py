@@ -21,6 +21,8 @@ from stepstone.text import check_text
 __all__ = [
     "ID_PATTERN",
     "MAX_STEPS",
+    "AccountLimits",
+    "CreationRate",
     "Limits",
     "check_size",
     "state_limit_message",
@@ -86,11 +88,21 @@ class Limits:
     """Max CPU time of one attempt of a sync step, in milliseconds (Cloudflare's ``limits.cpu_ms``, measured on
     the step's thread). Default None: no limit (Cloudflare's 30 s default is not imposed). Not measurable, so
     not enforced, for ``async def`` steps, which share the event loop's thread: their timeout holds instead."""
+    max_queued_instances: int | None = 2_000_000
+    """Max instances of the workflow ``queued`` (created, not yet started) at once; a create beyond it is refused
+    (:class:`~stepstone.errors.RateLimitedError`). Default 2,000,000 (Cloudflare's paid plan); None: no limit."""
+    creation_rate: float | None = None
+    """Max instances of the workflow created per second (batches count each instance, restarts count too).
+    Default None: no limit (Cloudflare's paid plan: 100 per second per workflow, which would only throttle a
+    self-hosted server)."""
 
     def __post_init__(self) -> None:
         for f in dataclasses.fields(self):
             value = getattr(self, f.name)
-            if f.name == "cpu_ms" and value is None:
+            if f.name in _OPTIONAL and value is None:
+                continue
+            if f.name == "creation_rate":
+                _check_rate(value, "limit creation_rate")
                 continue
             if f.name.endswith("_ms"):
                 ok = isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
@@ -127,6 +139,80 @@ class Limits:
 
 
 _FIELDS = tuple(f.name for f in dataclasses.fields(Limits))
+_OPTIONAL = frozenset({"cpu_ms", "max_queued_instances", "creation_rate"})
+
+
+def _check_rate(value: object, what: str) -> None:
+    ok = isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+    if not ok or value <= 0:  # type: ignore[operator]
+        raise ValidationError(f"{what} {value!r} is invalid: expected a number of instances per second > 0")
+
+
+@dataclass(frozen=True, slots=True)
+class AccountLimits:
+    """The limits every workflow of one account shares (``Engine(account_limits=...)``, ``[stepstone.limits]``).
+
+    Defaults are Cloudflare's paid plan where they cannot throttle a self-hosted server.
+    """
+
+    concurrency: int | None = 50_000
+    """Max instances of the account ``running`` at once, over every workflow and worker; the others stay
+    ``queued`` until a slot frees (waiting instances hold none). Default 50,000 (Cloudflare's paid plan)."""
+    creation_rate: float | None = None
+    """Max instances of the account created per second. Default None: no limit (Cloudflare's paid plan: 300 per
+    second per account)."""
+
+    def __post_init__(self) -> None:
+        c = self.concurrency
+        if c is not None and (not isinstance(c, int) or isinstance(c, bool) or c < 1):
+            raise ValidationError(f"account limit concurrency {c!r} is invalid: expected an integer >= 1")
+        if self.creation_rate is not None:
+            _check_rate(self.creation_rate, "account limit creation_rate")
+
+    @classmethod
+    def from_mapping(cls, m: Mapping[str, object]) -> AccountLimits:
+        """Account limits from ``{"concurrency": ..., "creation_rate": ...}`` (None or False: no limit).
+
+        Raises:
+            ValidationError: an unknown key or an invalid value.
+        """
+        if not isinstance(m, Mapping):
+            raise ValidationError(f"account limits {m!r} are invalid: expected a mapping")
+        names = [f.name for f in dataclasses.fields(cls)]
+        unknown = sorted(set(m) - set(names))
+        if unknown:
+            raise ValidationError(f"unknown account limit(s) {unknown}: allowed are {', '.join(names)}")
+        return cls(**{k: None if v is False else v for k, v in m.items()})  # type: ignore[arg-type]
+
+
+class CreationRate:
+    """Token buckets that hold instance creation to a rate per key, with a second's worth of burst (at least one).
+
+    Each key (a workflow, an account) starts full; ``n`` instances take ``n`` tokens; tokens come back at the
+    rate. Time is passed in (the engine's clock), so tests need no sleeps.
+    """
+
+    def __init__(self) -> None:
+        self._buckets: dict[object, tuple[float, float]] = {}
+
+    @staticmethod
+    def burst(rate: float) -> float:
+        """The most instances one call may create under ``rate``: a second's worth, at least one."""
+        return max(rate, 1.0)
+
+    def _tokens(self, key: object, rate: float, now: float) -> float:
+        cap = self.burst(rate)
+        tokens, last = self._buckets.get(key, (cap, now))
+        return min(cap, tokens + max(0.0, now - last) * rate)
+
+    def wait_needed(self, key: object, rate: float, n: int, now: float) -> float:
+        """Seconds until ``n`` instances may be created under ``rate`` (0: now); takes nothing."""
+        tokens = self._tokens(key, rate, now)
+        return 0.0 if tokens >= n - 1e-6 else (n - tokens) / rate  # 1e-6: epoch-second floats lose ~1e-7
+
+    def take(self, key: object, rate: float, n: int, now: float) -> None:
+        """Take ``n`` tokens (after :meth:`wait_needed` said 0)."""
+        self._buckets[key] = (self._tokens(key, rate, now) - n, now)
 
 
 def _coerce(m: Mapping[str, object]) -> dict[str, Any]:
@@ -137,6 +223,8 @@ def _coerce(m: Mapping[str, object]) -> dict[str, Any]:
             raise ValidationError(f"unknown limit {key!r}: allowed limits are {', '.join(_FIELDS)}")
         if name in out:
             raise ValidationError(f"limit {name} is given twice")
+        if name in _OPTIONAL and value is False:  # TOML has no null: false turns a limit off
+            value = None
         if name.endswith("_ms") and isinstance(value, int | float | str | datetime.timedelta):
             value = to_millis(value, what=f"limit {key}")
         out[name] = value

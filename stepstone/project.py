@@ -139,7 +139,7 @@ class Project:
             options: passed to :class:`Engine` (``poll_interval``, ``clock``...).
         """
         settings = self.settings
-        limits: dict[str, object] = {}
+        limits: dict[str, object] = dict(settings.limits)
         if settings.success_retention_ms is not None:
             limits["success_retention_ms"] = settings.success_retention_ms
         if settings.error_retention_ms is not None:
@@ -151,6 +151,7 @@ class Project:
             concurrency=concurrency or settings.concurrency,
             limits=limits or None,
             vars=self.config.vars,
+            account_limits=settings.account_limits or None,
             **options,
         )
         classes = self.classes() if register else {}
@@ -184,6 +185,7 @@ def _workflow_limits(wf: WorkflowConfig) -> dict[str, object]:
         limits["success_retention_ms"] = wf.success_retention_ms
     if wf.error_retention_ms is not None:
         limits["error_retention_ms"] = wf.error_retention_ms
+    limits.update(wf.limits)
     return limits
 
 

@@ -67,6 +67,7 @@ class Worker:
         loop_block_limit: how long the event loop may go without answering before the watchdog names the
             blocking step and fails its attempt (default: the renewal interval, ``min(lease_seconds / 3, 2)``,
             but at least 1 s).
+        account_concurrency: claim no instance that would make its account run more than this many at once.
     """
 
     def __init__(
@@ -84,8 +85,11 @@ class Worker:
         observer: Observer | None = None,
         test_hooks: TestHooks | None = None,
         loop_block_limit: float | None = None,
+        account_concurrency: int | None = None,
     ) -> None:
         self.storage = storage
+        self.account_concurrency = account_concurrency
+        """At most this many instances of one account run at once, over every worker (AccountLimits.concurrency)."""
         self.clock = clock
         self.definitions = definitions
         self.concurrency = concurrency
@@ -237,6 +241,7 @@ class Worker:
                     lease_seconds=self.lease_seconds,
                     limit=free,
                     workflows=list(defs),
+                    account_concurrency=self.account_concurrency,
                 )
                 if now - self._last_purge >= self.purge_interval and (self._purge is None or self._purge.done()):
                     # in the background: a purge of many instances never holds up claims

@@ -141,7 +141,14 @@ async def _main(database: str, port: int, tokens_json: str | None, limits_json: 
     if tokens_json and tokens_json != "null":
         rules = json.loads(tokens_json)
         tokens = [TokenRule(r.get("token"), r.get("token_sha256"), tuple(r["accounts"])) for r in rules]
-    engine = Engine(database, poll_interval=0.05)
+    # STEPSTONE_TEST_ENGINE_LIMITS: {"limits": {...}, "account_limits": {...}} for the engine (test_instance_limits)
+    engine_limits = json.loads(os.environ.get("STEPSTONE_TEST_ENGINE_LIMITS") or "{}")
+    engine = Engine(
+        database,
+        poll_interval=0.05,
+        limits=engine_limits.get("limits"),
+        account_limits=engine_limits.get("account_limits"),
+    )
     for name, cls in WORKFLOWS.items():
         engine.register(cls, name=name, script_name="tests")
     async with engine:

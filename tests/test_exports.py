@@ -5,6 +5,7 @@ from __future__ import annotations
 import stepstone
 
 EXPECTED = [
+    "AccountLimits",
     "BatchResult",
     "ByteStream",
     "CPUTimeLimitError",
@@ -20,6 +21,7 @@ EXPECTED = [
     "LimitExceededError",
     "Limits",
     "NonRetryableError",
+    "RateLimitedError",
     "RetryConfig",
     "SerializationError",
     "StepConfig",

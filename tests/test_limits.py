@@ -42,6 +42,8 @@ def test_defaults() -> None:
         "success_retention_ms": 7 * DAY,
         "error_retention_ms": 7 * DAY,
         "cpu_ms": None,
+        "max_queued_instances": 2_000_000,
+        "creation_rate": None,
     }
     assert MAX_STEPS == 25_000
 

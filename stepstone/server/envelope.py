@@ -22,12 +22,15 @@ code  status meaning
 10402 409    the instance's status refuses the operation (terminate a finished instance)
 7003  404    no such route
 10405 405    method not allowed on this route
+971   429    a creation rate was reached (Cloudflare's API rate-limit code); ``Retry-After`` says when to retry
+10411 429    the workflow's queued-instance limit was reached (stepstone's code); ``Retry-After`` as well
 ===== ====== ============================================================================
 """
 
 from __future__ import annotations
 
 import logging
+import math
 from typing import Any, Final
 
 from starlette.requests import ClientDisconnect, Request
@@ -38,6 +41,7 @@ from stepstone.errors import (
     InstanceNotFoundError,
     InvalidStateError,
     NotFoundError,
+    RateLimitedError,
     StorageError,
     ValidationError,
     WorkflowNotFoundError,
@@ -67,11 +71,21 @@ class ApiError(Exception):
         message: what was wrong and what to do about it, for a person.
     """
 
-    def __init__(self, status: int, code: int, message: str, *, fields: tuple[dict[str, str], ...] = ()) -> None:
+    def __init__(
+        self,
+        status: int,
+        code: int,
+        message: str,
+        *,
+        fields: tuple[dict[str, str], ...] = (),
+        retry_after: float | None = None,
+    ) -> None:
         super().__init__(message)
         self.status = status
         self.code = code
         self.message = message
+        self.retry_after = retry_after
+        """Seconds, for a 429: sent as ``Retry-After`` (whole seconds, at least 1)."""
         self.fields = fields
         """For a value checked against its declared type: ``{"field", "message"}`` per field that did not match."""
 
@@ -111,6 +125,8 @@ def error_response(error: ApiError) -> JSONResponse:
     headers = {"x-should-retry": "false"} if 400 <= error.status < 500 and error.status not in _RETRYABLE else {}
     if error.status == 401:
         headers["www-authenticate"] = 'Bearer realm="stepstone"'
+    if error.retry_after is not None:
+        headers["retry-after"] = str(max(1, math.ceil(error.retry_after)))
     return JSONResponse(body, status_code=error.status, headers=headers)
 
 
@@ -129,6 +145,8 @@ def api_error_for(exc: BaseException) -> ApiError:
         return ApiError(404, INSTANCE_NOT_FOUND, message)
     if isinstance(exc, InvalidStateError):
         return ApiError(409, INVALID_STATE, message)
+    if isinstance(exc, RateLimitedError):
+        return ApiError(429, exc.code, message, retry_after=exc.retry_after)
     if isinstance(exc, ValidationError):
         return ApiError(400, INVALID, message, fields=exc.errors)
     if isinstance(exc, RecursionError):

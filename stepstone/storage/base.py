@@ -133,6 +133,11 @@ class Storage(Protocol):
         """How many instances of the account's workflow are in each status."""
         ...
 
+    async def count_queued(self, account: str, workflow: str) -> int:
+        """How many instances of the account's workflow are ``queued`` (an index range count: the queued ones
+        only, however many finished instances the workflow has)."""
+        ...
+
     # -- instances ------------------------------------------------------------------------------------
     async def create_instances(self, rows: Sequence[NewInstance], *, skip_existing: bool) -> list[InstanceRecord]:
         """Insert instances (each in its ``account``), runnable now. An existing id raises InstanceExistsError,
@@ -181,12 +186,20 @@ class Storage(Protocol):
 
     # -- the worker's side ----------------------------------------------------------------------------
     async def claim(
-        self, *, owner: str, now: float, lease_seconds: float, limit: int, workflows: Sequence[str]
+        self,
+        *,
+        owner: str,
+        now: float,
+        lease_seconds: float,
+        limit: int,
+        workflows: Sequence[str],
+        account_concurrency: int | None = None,
     ) -> ClaimResult:
         """Lease up to ``limit`` runnable instances of these workflows, in every account, earliest due first.
 
         A workflow (of one account) whose config sets a concurrency limit (:func:`concurrency_limit`) never has
-        more than that many instances ``running`` or ``waitingForPause`` under live leases, counted across all workers.
+        more than that many instances ``running`` or ``waitingForPause`` under live leases, counted across all workers;
+        with ``account_concurrency``, neither has an account over all its workflows.
         """
         ...
 

@@ -380,6 +380,18 @@ class PostgresStorage:
         )
         return {status: int(count) for status, count in rows}
 
+    async def count_queued(self, account: str, workflow: str) -> int:
+        """Queued instances of the account's workflow."""
+        (count,) = await self._run(
+            lambda c: fetch_one(
+                c,
+                "SELECT COUNT(*) FROM instances WHERE account = %s AND workflow = %s AND status = 'queued'",
+                account,
+                workflow,
+            )
+        )
+        return int(count)
+
     # -- instances ------------------------------------------------------------------------------------
     async def create_instances(self, rows: Sequence[NewInstance], *, skip_existing: bool) -> list[InstanceRecord]:
         """Insert instances, runnable now."""
@@ -534,7 +546,14 @@ class PostgresStorage:
 
     # -- the worker's side ----------------------------------------------------------------------------
     async def claim(
-        self, *, owner: str, now: float, lease_seconds: float, limit: int, workflows: Sequence[str]
+        self,
+        *,
+        owner: str,
+        now: float,
+        lease_seconds: float,
+        limit: int,
+        workflows: Sequence[str],
+        account_concurrency: int | None = None,
     ) -> ClaimResult:
         """Lease runnable instances, earliest due first, skipping rows other claimers hold."""
         names = list(workflows)
@@ -544,6 +563,8 @@ class PostgresStorage:
             takeovers = 0
             if limit > 0 and names:
                 rows = await control.candidates(conn, now=now, limit=limit, names=names)
+                if account_concurrency is not None and rows:
+                    rows = await control.within_accounts(conn, rows, now=now, cap=account_concurrency, limit=limit)
                 takeovers = sum(1 for _, status, _ in rows if status == "running")  # a lease that expired
                 pausing = [pk for pk, status, _ in rows if status == "waitingForPause"]
                 runnable = [pk for pk, status, _ in rows if status != "waitingForPause"]

@@ -233,6 +233,41 @@ async def candidates(conn: Conn, *, now: float, limit: int, names: list[str]) ->
     return rows[:limit]
 
 
+async def within_accounts(
+    conn: Conn, rows: list[tuple[Any, ...]], *, now: float, cap: int, limit: int
+) -> list[tuple[Any, ...]]:
+    """The candidate rows (in order) that keep each account's running instances at most ``cap``.
+
+    The running count is read first without a lock. Only an account this claim could take past its cap
+    (``running + limit > cap``) is locked (a transaction advisory lock per account) and counted again, so claims
+    far below the cap never wait for each other; near it they take turns and the cap is exact.
+    """
+    pks = [r[0] for r in rows]
+    account_of = dict(await fetch_all(conn, "SELECT pk, account FROM instances WHERE pk = ANY(%s)", pks))
+    accounts = sorted(set(account_of.values()))
+    count_sql = (
+        "SELECT account, COUNT(*) FROM instances WHERE account = ANY(%s) "
+        "AND status IN ('running', 'waitingForPause') AND lease_expires_at >= %s GROUP BY account"
+    )
+    running = {a: int(n) for a, n in await fetch_all(conn, count_sql, accounts, now)}
+    near = [a for a in accounts if running.get(a, 0) + limit > cap]
+    if near:
+        for account in near:  # sorted: two claimers lock accounts in the same order
+            await conn.execute(
+                "SELECT pg_advisory_xact_lock(hashtextextended(%s, 0))", (f"stepstone:account:{account}",)
+            )
+        running.update({a: int(n) for a, n in await fetch_all(conn, count_sql, near, now)})
+    kept: list[tuple[Any, ...]] = []
+    for row in rows:
+        account = account_of[row[0]]
+        if row[1] == "waitingForPause":  # it becomes paused, not running
+            kept.append(row)
+        elif running.get(account, 0) < cap:
+            running[account] = running.get(account, 0) + 1
+            kept.append(row)
+    return kept
+
+
 async def notify(conn: Conn, channel: str, pk: int, kind: str) -> None:
     """Tell every listening worker, when this transaction commits, that instance ``pk`` changed."""
     await conn.execute("SELECT pg_notify(%s, %s)", (channel, f"{pk}:{kind}"))

@@ -386,6 +386,16 @@ class SQLiteStorage:
         )
         return {status: count for status, count in rows}
 
+    async def count_queued(self, account: str, workflow: str) -> int:
+        """Queued instances of the account's workflow."""
+        rows = await self._read(
+            lambda c: c.execute(
+                "SELECT COUNT(*) FROM instances WHERE account = ? AND workflow = ? AND status = 'queued'",
+                (account, workflow),
+            ).fetchall()
+        )
+        return int(rows[0][0])
+
     # -- instances ------------------------------------------------------------------------------------
     async def create_instances(self, rows: Sequence[NewInstance], *, skip_existing: bool) -> list[InstanceRecord]:
         """Insert instances, runnable now."""
@@ -518,13 +528,26 @@ class SQLiteStorage:
 
     # -- the worker's side ----------------------------------------------------------------------------
     async def claim(
-        self, *, owner: str, now: float, lease_seconds: float, limit: int, workflows: Sequence[str]
+        self,
+        *,
+        owner: str,
+        now: float,
+        lease_seconds: float,
+        limit: int,
+        workflows: Sequence[str],
+        account_concurrency: int | None = None,
     ) -> ClaimResult:
         """Lease runnable instances of these workflows (in every account), earliest due first."""
 
         def op(conn: Conn) -> ClaimResult:
             result = control.claim(
-                conn, owner=owner, now=now, lease_seconds=lease_seconds, limit=limit, workflows=workflows
+                conn,
+                owner=owner,
+                now=now,
+                lease_seconds=lease_seconds,
+                limit=limit,
+                workflows=workflows,
+                account_concurrency=account_concurrency,
             )
             self._touched.extend(c.lease.pk for c in result.claims)  # each has a workflow_running event
             return result

@@ -190,14 +190,24 @@ def purge_signals(conn: Conn, *, now: float) -> None:
 
 
 def claim(
-    conn: Conn, *, owner: str, now: float, lease_seconds: float, limit: int, workflows: Sequence[str]
+    conn: Conn,
+    *,
+    owner: str,
+    now: float,
+    lease_seconds: float,
+    limit: int,
+    workflows: Sequence[str],
+    account_concurrency: int | None = None,
 ) -> ClaimResult:
-    """Lease runnable instances of these workflows (in every account), earliest due first."""
+    """Lease runnable instances of these workflows (in every account), earliest due first; with
+    ``account_concurrency``, no account gets more than that many running (the writer's transaction orders claims)."""
     marks = ", ".join("?" * len(workflows))
     claims: list[Claim] = []
     takeovers = 0
     if limit > 0 and workflows:
         rows = _candidates(conn, now, limit, workflows)
+        if account_concurrency is not None and rows:
+            rows = _within_accounts(conn, rows, now, account_concurrency)
         takeovers = sum(1 for _, status in rows if status == "running")  # a lease that expired
         for pk, status in rows:
             if status == "waitingForPause":
@@ -303,6 +313,30 @@ def _candidates(conn: Conn, now: float, limit: int, workflows: Sequence[str]) ->
                 (now, now, account, name, min(limit, lim - running)),
             ).fetchall()
     return [(pk, status) for _, pk, status in sorted(rows)[:limit]]
+
+
+def _within_accounts(conn: Conn, rows: list[tuple[int, str]], now: float, cap: int) -> list[tuple[int, str]]:
+    """The candidates (in order) that keep each account's running instances at most ``cap``."""
+    marks = ", ".join("?" * len(rows))
+    account_of = dict(conn.execute(f"SELECT pk, account FROM instances WHERE pk IN ({marks})", [pk for pk, _ in rows]))
+    running: dict[str, int] = {}
+    for account in set(account_of.values()):
+        # (account, workflow, status) is an index prefix: the account's running rows only.
+        (running[account],) = conn.execute(
+            "SELECT COUNT(*) FROM instances WHERE account = ? "
+            "AND workflow IN (SELECT name FROM workflows WHERE account = ?) "
+            "AND status IN ('running', 'waitingForPause') AND lease_expires_at >= ?",
+            (account, account, now),
+        ).fetchone()
+    kept: list[tuple[int, str]] = []
+    for pk, status in rows:
+        account = account_of[pk]
+        if status == "waitingForPause":  # it becomes paused, not running
+            kept.append((pk, status))
+        elif running[account] < cap:
+            running[account] += 1
+            kept.append((pk, status))
+    return kept
 
 
 def signals_after(conn: Conn, *, after: int) -> list[tuple[int, int, str]]:

@@ -37,6 +37,7 @@ from stepstone.limits import (
 from stepstone.models import (
     DEFAULT_ACCOUNT,
     FINISHED,
+    ROLLBACK_EVENT,
     InstanceRecord,
     LinkedInstance,
     NewInstance,
@@ -601,12 +602,21 @@ class WorkflowInstance:
         )
         self._rt.notify(rec.pk, "resume")
 
-    async def terminate(self) -> None:
+    async def terminate(self, options: Mapping[str, Any] | None = None, *, rollback: bool = False) -> None:
         """Stop the instance now; raises InvalidStateError if it already finished.
 
-        Its unfinished children started with ``terminate_with_parent`` (``step.run_workflow``'s default) are
-        terminated too, and theirs."""
-        await self._terminate()
+        ``rollback=True`` (or Cloudflare's ``terminate({"rollback": True})``): first run the undo handlers of
+        its completed ``with_rollback`` steps, last-in first-out (REST says ``rollingBack`` meanwhile), then
+        end it terminated. Its unfinished children started with ``terminate_with_parent``
+        (``step.run_workflow``'s default) are terminated too, and theirs (without rollback)."""
+        if options is not None:
+            unknown = sorted(str(k) for k in options if k != "rollback")
+            if unknown:
+                raise ValidationError(f"terminate options: unknown key {unknown[0]!r} (expected rollback)")
+            rollback = options.get("rollback", rollback)
+        if not isinstance(rollback, bool):
+            raise ValidationError(f"terminate: rollback must be True or False, got {rollback!r}")
+        await self._terminate(rollback=rollback)
         record = await self.record()
         await self._terminate_children(record.pk, depth=0)
 
@@ -622,7 +632,7 @@ class WorkflowInstance:
                 await handle._terminate()
             await handle._terminate_children(child.pk, depth=depth + 1)
 
-    async def _terminate(self) -> None:
+    async def _terminate(self, *, rollback: bool = False) -> None:
         limits = self.workflow.limits
         now = self._rt.clock.now()
         rec = await self._rt.storage.terminate(
@@ -631,9 +641,12 @@ class WorkflowInstance:
             self.id,
             now=now,
             retention_ms=limits.error_retention_ms,
+            rollback=rollback,
         )
         self._rt.notify(rec.pk, "abort")
-        if self._rt.observer is not None:
+        if rec.status != "terminated":
+            self._rt.notify(rec.pk, "new")  # a worker replays it to roll it back, then terminates it
+        elif self._rt.observer is not None:
             self._rt.observer.instance_terminated(rec, now=now)
 
     async def restart(self, from_step: Mapping[str, Any] | StepRef | None = None) -> None:
@@ -696,8 +709,9 @@ class WorkflowInstance:
         """Cloudflare's instance details document: status, params, output, error and every step; plus
         stepstone's ``parent`` and ``children`` (``{"workflow", "id", "status"}``) when it has any."""
         rec = await self.record()
-        steps, _ = await self._rt.storage.load_history(rec.pk)
-        doc = instance_details(rec, steps, order=order, simple=simple)
+        steps, events = await self._rt.storage.load_history(rec.pk)
+        requested = any(e.type == ROLLBACK_EVENT for e in events)
+        doc = instance_details(rec, steps, order=order, simple=simple, rollback_requested=requested)
         links = await self._rt.storage.instance_links(rec.pk)
         if links.parent is not None:
             doc["parent"] = _linked(links.parent)

@@ -11,14 +11,21 @@ from typing import Any
 
 from stepstone import codec, typed
 from stepstone.clock import Clock
-from stepstone.errors import FencedError, SerializationError, StepstoneError, StorageUnavailableError
+from stepstone.errors import (
+    FencedError,
+    NonRetryableError,
+    SerializationError,
+    StepstoneError,
+    StorageUnavailableError,
+)
 from stepstone.limits import Limits, check_size
-from stepstone.models import Claim
+from stepstone.models import ROLLBACK_EVENT, Claim
 from stepstone.run_state import (
     Abort,
     ChildHost,
     GaveUp,
     LeaseWindow,
+    RollBack,
     RunHooks,
     RunState,
     Suspend,
@@ -28,6 +35,7 @@ from stepstone.run_state import (
 )
 from stepstone.step import WorkflowStep
 from stepstone.step_process import StepProcesses
+from stepstone.step_rollback import rollback_all
 from stepstone.step_threads import StepThreads
 from stepstone.storage.base import Storage
 from stepstone.text import error_text
@@ -156,6 +164,7 @@ class Execution:
             children=self.definition.children,
             processes=self.processes,
         )
+        state.rolling_back = any(e.type == ROLLBACK_EVENT for e in events)
         self.state = state
         current_run.set(state)  # this task (and the run task it starts) belongs to this instance
         try:
@@ -183,11 +192,15 @@ class Execution:
             return await self._suspend(state)
         except Abort:
             return "aborted"
+        except RollBack:
+            return await self._roll_back(state)
         except asyncio.CancelledError:
             if not self._drained:
                 raise
             return await self._guard(lambda: self.storage.pause_drained(self.lease, now=self.clock.now()), "paused")
         except Exception as exc:
+            if state.rolling_back:  # terminated with rollback: whatever run() did, the instance ends terminated
+                return await self._roll_back(state)
             return await self._finish_error(state.fatal or exc)
         finally:
             if self._watcher is not None:
@@ -200,6 +213,8 @@ class Execution:
             return await self._finish_error(state.fatal)
         if state.suspending:
             return await self._suspend(state)
+        if state.rolling_back:
+            return await self._roll_back(state)
         try:
             encoded = codec.encode(output, what="the workflow's output")
             check_size(len(encoded.encode()), limits.payload_bytes, what="the workflow's output")
@@ -232,6 +247,36 @@ class Execution:
             None,
         )
         return outcome
+
+    async def _roll_back(self, state: RunState) -> str:
+        """Terminated with ``rollback=True``: run the undo handlers the replay registered (LIFO, durable, the
+        first failure stops them), then end the instance terminated. The handlers get a ``NonRetryableError``
+        named ``InstanceTerminated``; their outcome is in their records (REST ``rollback``)."""
+        await state.idle.wait()
+        if state.aborted:
+            return "aborted"
+        inst = self.claim.instance
+        error = NonRetryableError(f'instance "{inst.id}" was terminated with rollback', "InstanceTerminated")
+        try:
+            await rollback_all(state, error)
+        except ExceptionGroup:
+            pass  # recorded on the failed handler: the rollback's outcome is "failed"
+        except Suspend:
+            return await self._suspend(state)  # a handler's retry hibernates; the request stays for the next run
+        except Abort:
+            return "aborted"
+        return await self._guard(
+            lambda: self.storage.finish(
+                self.lease,
+                now=self.clock.now(),
+                status="terminated",
+                output=None,
+                error_name=None,
+                error_message=None,
+                retention_ms=self._retention("error", inst.error_retention_ms),
+            ),
+            "terminated",
+        )
 
     async def _finish_error(self, exc: BaseException, *, name: str | None = None) -> str:
         inst = self.claim.instance

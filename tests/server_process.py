@@ -121,7 +121,43 @@ class Signup(WorkflowEntrypoint[SignupParams]):
         return {"type": type(payload).__name__, "email": payload.email, "plan": payload.plan}
 
 
+class Saga(WorkflowEntrypoint):
+    """Two steps with undo handlers (tests/test_rollback_rest.py); then it fails and rolls back (``fail``), or
+    waits for a ``go`` event (to be terminated with rollback)."""
+
+    async def run(self, event: Any, step: Any) -> Any:
+        try:
+            for name in ("reserve", "charge"):
+                await _saga_step(step, name, event.payload.get("fail_undo", []))()
+            if event.payload.get("fail"):
+                await step.do("ship", {"retries": {"limit": 0, "delay": 1}}, _fail)
+        except ValueError as exc:
+            await step.rollback_all(exc)
+            raise
+        await step.wait_for_event("go", "go", timeout="1 hour")
+        return "shipped"
+
+
+def _saga_step(step: Any, name: str, fail_undo: list[str]) -> Any:
+    @step.with_rollback(name, {"retries": {"limit": 0, "delay": 1}})
+    async def forward() -> str:
+        return f"{name}d"
+
+    @forward.undo
+    async def undo(error: Any, output: Any) -> str:
+        if output in fail_undo:
+            raise RuntimeError(f"cannot undo {output}")
+        return f"undid {output}"
+
+    return forward
+
+
+def _fail() -> None:
+    raise ValueError("no courier")
+
+
 WORKFLOWS: dict[str, type[WorkflowEntrypoint[Any]]] = {
+    "saga": Saga,
     "journey": Journey,
     "quick": Quick,
     "waiter": Waiter,

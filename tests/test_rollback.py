@@ -5,13 +5,15 @@ error; the first failure stops the chain unless ``continue_on_error``; failures 
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
 
 from stepstone import Engine, WorkflowEntrypoint
-from stepstone.testing import wait_for_status
+from stepstone.errors import InvalidStateError, ValidationError
+from stepstone.testing import wait_for_event_wait, wait_for_status
 
 CALLS: list[str] = []
 SEEN: dict[str, Any] = {}
@@ -259,3 +261,112 @@ async def test_rest_details_show_rollback_steps_and_the_outcome(engine: Engine) 
     assert [(s["name"], s["success"]) for s in undo] == [("ship-1", True), ("charge-1", False)]
     assert len(undo[1]["attempts"]) == 3
     assert (await done.describe())["rollback"] == {"outcome": "complete", "error": None}
+
+
+class Booking(WorkflowEntrypoint):
+    """Two steps with undo handlers, then it waits (for an event, or in a step that holds until released)."""
+
+    async def run(self, event: Any, step: Any) -> Any:
+        for name in ("flight", "hotel"):
+            await _booking_step(step, name, event.payload.get("fail", []))()
+        if event.payload.get("hold"):
+
+            @step.do("hold", config={"retries": {"limit": 0, "delay": 1}})
+            async def hold() -> None:
+                CALLS.append("hold")
+                await asyncio.sleep(3600)
+
+            await hold()
+        await step.wait_for_event("payment", "paid", timeout="1 hour")
+        return "booked"
+
+
+def _booking_step(step: Any, name: str, fail: list[str]) -> Any:
+    @step.with_rollback(name, {"retries": {"limit": 0, "delay": 1}})
+    async def book() -> str:
+        return f"{name} booked"
+
+    @book.undo
+    async def cancel(error: Any, output: Any) -> None:
+        CALLS.append(f"cancel {output}")
+        SEEN["error"] = (type(error).__name__, getattr(error, "name", None), str(error))
+        if output in fail:
+            raise RuntimeError(f"cannot cancel {output}")
+
+    return book
+
+
+@pytest.fixture
+async def booking(url: str) -> AsyncIterator[Engine]:
+    async with Engine(url, poll_interval=0.05) as eng:
+        eng.register(Booking, name="booking")
+        yield eng
+
+
+@pytest.mark.parametrize("hold", [False, True], ids=["waiting", "running"])
+async def test_terminate_with_rollback_runs_the_handlers_then_terminates(booking: Engine, hold: bool) -> None:
+    inst = await booking.workflow("booking").create(id="b1", params={"hold": hold})
+    if hold:
+        await _until(lambda: "hold" in CALLS)
+    else:
+        await wait_for_event_wait(inst, "paid")
+    await inst.terminate(rollback=True)
+    status = await wait_for_status(inst, "terminated")
+    assert status.status == "terminated"
+    assert CALLS[-2:] == ["cancel hotel booked", "cancel flight booked"]
+    assert CALLS.count("hold") == int(hold)  # the step in flight was stopped, and not run again
+    assert SEEN["error"] == ("NonRetryableError", "InstanceTerminated", 'instance "b1" was terminated with rollback')
+    doc = await inst.describe()
+    assert doc["status"] == "terminated"
+    assert doc["rollback"] == {"outcome": "complete", "error": None}
+    assert [s["name"] for s in doc["steps"] if s["type"] == "rollback"] == ["hotel-1", "flight-1"]
+    assert doc["steps"][-1]["type"] == "termination"
+    types = [e["type"] for e in [e async for e in inst.subscribe()]]
+    assert types[-3:] == ["rollback_step_completed", "rollback_completed", "workflow_terminated"]
+    assert "rollback_started" in types
+
+
+async def test_terminate_with_rollback_stops_at_a_failing_handler_and_still_terminates(booking: Engine) -> None:
+    inst = await booking.workflow("booking").create(id="b2", params={"fail": ["hotel booked"]})
+    await wait_for_event_wait(inst, "paid")
+    await inst.terminate({"rollback": True})  # Cloudflare's options form
+    await wait_for_status(inst, "terminated")
+    assert CALLS == ["cancel hotel booked"]
+    doc = await inst.describe()
+    assert doc["rollback"] == {
+        "outcome": "failed",
+        "error": {"name": "RuntimeError", "message": "cannot cancel hotel booked"},
+    }
+
+
+async def test_terminate_with_rollback_of_a_paused_instance_and_bad_options(booking: Engine) -> None:
+    inst = await booking.workflow("booking").create(id="b3", params={})
+    await wait_for_event_wait(inst, "paid")
+    await inst.pause()
+    await wait_for_status(inst, "paused")
+    with pytest.raises(ValidationError, match="unknown key 'rolback'"):
+        await inst.terminate({"rolback": True})
+    with pytest.raises(ValidationError, match="rollback must be True or False"):
+        await inst.terminate(rollback="yes")  # type: ignore[arg-type]
+    await inst.terminate(rollback=True)
+    await wait_for_status(inst, "terminated")
+    assert CALLS == ["cancel hotel booked", "cancel flight booked"]
+    with pytest.raises(InvalidStateError):
+        await inst.terminate(rollback=True)
+
+
+async def _until(check: Any) -> None:
+    for _ in range(2000):
+        if check():
+            return
+        await asyncio.sleep(0.01)
+    raise AssertionError("condition never held")
+
+
+async def test_terminate_with_rollback_of_an_instance_with_no_completed_step_terminates_at_once(url: str) -> None:
+    async with Engine(url, worker=False) as engine:  # no worker: the instance stays queued
+        engine.register(Booking, name="booking")
+        inst = await engine.workflow("booking").create(id="q1", params={})
+        await inst.terminate(rollback=True)
+        assert (await inst.status()).status == "terminated"
+        assert (await inst.describe())["rollback"] is None

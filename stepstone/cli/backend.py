@@ -53,8 +53,11 @@ class Backend(Protocol):
         """The instance details document."""
         ...
 
-    async def change_status(self, name: str, instance_id: str, action: str, *, from_step: Doc | None = None) -> None:
-        """``pause``, ``resume``, ``terminate`` or ``restart`` (optionally ``from`` a step)."""
+    async def change_status(
+        self, name: str, instance_id: str, action: str, *, from_step: Doc | None = None, rollback: bool = False
+    ) -> None:
+        """``pause``, ``resume``, ``terminate`` (optionally rolling back first) or ``restart`` (optionally ``from``
+        a step)."""
         ...
 
     async def send_event(self, name: str, instance_id: str, event_type: str, payload: Any) -> None:
@@ -163,14 +166,16 @@ class LocalBackend:
         wf = await self._workflow(name)
         return await (await wf.get(instance_id)).describe()
 
-    async def change_status(self, name: str, instance_id: str, action: str, *, from_step: Doc | None = None) -> None:
+    async def change_status(
+        self, name: str, instance_id: str, action: str, *, from_step: Doc | None = None, rollback: bool = False
+    ) -> None:
         inst = await (await self._workflow(name)).get(instance_id)
         if action == "pause":
             await inst.pause()
         elif action == "resume":
             await inst.resume()
         elif action == "terminate":
-            await inst.terminate()
+            await inst.terminate(rollback=rollback)
         else:
             await inst.restart(from_step)
 

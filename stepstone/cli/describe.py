@@ -87,7 +87,7 @@ def render_step(step: dict[str, Any], *, step_output: bool, limit: int) -> str:
         ("End", local_time(step.get("end"))),
         ("Duration", distance(step.get("start"), step.get("end")) if step.get("start") else ""),
     ]
-    if kind == "step":
+    if kind in ("step", "rollback"):
         success = step.get("success")
         pairs.append(("Success", "▶ Running" if success is None else _yes_no(success)))
         if step.get("retries_at"):
@@ -161,6 +161,13 @@ def render_instance(doc: dict[str, Any], name: str, *, step_output: bool = True,
         pairs.append(("Child", f"{child.get('workflow')} {child.get('id')} ({child.get('status')})"))
     if doc.get("error"):
         pairs.append(("Error", _error(doc["error"])))
+    rollback = doc.get("rollback")
+    if rollback:
+        outcome = "✅ Complete" if rollback.get("outcome") == "complete" else "❌ Failed"
+        failed = f" ({_error(rollback['error'])})" if rollback.get("error") else ""
+        pairs.append(("Rollback", outcome + failed))
+    elif doc.get("status") == "rollingBack":
+        pairs.append(("Rollback", "▶ Running"))
     if step_output and doc.get("output") is not None:
         pairs.append(("Output", _output(doc["output"], limit)))
     parts = [labelled(pairs) + _traceback(doc.get("error"), "  ")]

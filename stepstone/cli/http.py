@@ -114,10 +114,14 @@ class HttpBackend:
         result, _ = await self._call("GET", f"/{_q(name)}/instances/{_q(instance_id)}")
         return dict(result)
 
-    async def change_status(self, name: str, instance_id: str, action: str, *, from_step: Doc | None = None) -> None:
+    async def change_status(
+        self, name: str, instance_id: str, action: str, *, from_step: Doc | None = None, rollback: bool = False
+    ) -> None:
         body: Doc = {"status": action}
         if from_step is not None:
             body["from"] = from_step
+        if rollback:
+            body["rollback"] = True  # only when set, as wrangler sends it
         await self._call("PATCH", f"/{_q(name)}/instances/{_q(instance_id)}/status", json=body)
 
     async def send_event(self, name: str, instance_id: str, event_type: str, payload: Any) -> None:

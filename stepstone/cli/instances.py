@@ -182,10 +182,19 @@ def resume(name: str, instance_id: str, target: Target) -> None:
 @instances.command()
 @click.argument("name")
 @click.argument("instance_id", metavar="ID")
+@click.option("--rollback", is_flag=True, help="Run its undo handlers (last in, first out) before it ends terminated.")
 @target_options
-def terminate(name: str, instance_id: str, target: Target) -> None:
-    """Stop an instance now."""
-    _change(name, instance_id, "terminate", '🥷 The instance "{id}" from {name} was terminated successfully', target)
+def terminate(name: str, instance_id: str, rollback: bool, target: Target) -> None:
+    """Stop an instance now (with --rollback: after its undo handlers ran)."""
+    extra = {"rollback": True} if rollback else {}
+    _change(
+        name,
+        instance_id,
+        "terminate",
+        '🥷 The instance "{id}" from {name} was terminated successfully',
+        target,
+        **extra,
+    )
 
 
 @instances.command()

@@ -15,6 +15,7 @@ STATUS_EMOJI: Final[dict[str, str]] = {
     "errored": "❌ Errored",
     "paused": "⏸️ Paused",
     "queued": "⌛ Queued",
+    "rollingBack": "↩️ Rolling Back",
     "running": "▶ Running",
     "terminated": "🚫 Terminated",
     "waiting": "⏰ Waiting",
@@ -27,6 +28,7 @@ TRIGGER_EMOJI: Final[dict[str, str]] = {
     "event": "📩 Event",
 }
 STEP_EMOJI: Final[dict[str, str]] = {
+    "rollback": "↩️ Rollback",
     "step": "🎯 Step",
     "sleep": "💤 Sleeping",
     "termination": "🚫 Termination",

@@ -21,7 +21,7 @@ from starlette.responses import Response, StreamingResponse
 from stepstone.binding import Workflow, WorkflowInstance
 from stepstone.details import instance_summary, iso, step_blob, step_result
 from stepstone.errors import InstanceNotFoundError, InvalidStateError, StorageError
-from stepstone.models import STATUSES, InstanceRecord
+from stepstone.models import FINISHED, STATUSES, InstanceRecord
 from stepstone.observe.tracing import valid_traceparent
 from stepstone.server.body import json_object, only_keys, query_choice, query_int, query_time, read_json
 from stepstone.server.envelope import INSTANCE_NOT_FOUND, ApiError, bad_request, ok
@@ -283,8 +283,7 @@ async def change_status(scope: Scope, request: Request, body: Any, *, key: str) 
     elif action == "resume":
         await handle.resume()
     elif action == "terminate":
-        # stepstone has no rollback handlers, so rollback=true has nothing to run before terminating
-        await handle.terminate()
+        await handle.terminate(rollback=body.get("rollback", False))
     else:
         start = body.get("from")
         if start is not None:
@@ -292,7 +291,10 @@ async def change_status(scope: Scope, request: Request, body: Any, *, key: str) 
             only_keys(start, ("name", "count", "type"), "from")
         await handle.restart(start)
     record = await handle.record()
-    return {"status": record.status, "timestamp": iso(scope.state.engine.clock.now())}
+    status: str = record.status
+    if body.get("rollback") is True and action == "terminate" and status not in FINISHED:
+        status = "rollingBack"  # its undo handlers run before it ends terminated
+    return {"status": status, "timestamp": iso(scope.state.engine.clock.now())}
 
 
 async def patch_status(request: Request) -> Response:

@@ -264,7 +264,8 @@ class Storage(Protocol):
         retention_ms: float,
         error_traceback: str | None = None,
     ) -> None:
-        """End the instance: complete or errored (with the traceback it errored with), and release the lease."""
+        """End the instance: complete or errored (with the traceback it errored with), or terminated after a
+        terminate's rollback (consuming its request), and release the lease."""
         ...
 
     # -- lifecycle control ----------------------------------------------------------------------------
@@ -277,9 +278,13 @@ class Storage(Protocol):
         ...
 
     async def terminate(
-        self, account: str, workflow: str, instance_id: str, *, now: float, retention_ms: float
+        self, account: str, workflow: str, instance_id: str, *, now: float, retention_ms: float, rollback: bool = False
     ) -> InstanceRecord:
-        """Stop the instance now; refuses a finished one with InvalidStateError."""
+        """Stop the instance now; refuses a finished one with InvalidStateError.
+
+        With ``rollback``: leave a rollback request (an event of type ``ROLLBACK_EVENT``) and make the instance
+        ``queued`` under a new generation (a run in flight is fenced off), so the next run replays it, runs its
+        undo handlers and ends it ``terminated`` (``finish`` with that status consumes the request)."""
         ...
 
     async def restart(

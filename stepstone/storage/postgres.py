@@ -34,6 +34,7 @@ from stepstone.errors import (
 )
 from stepstone.models import (
     CHILD_EVENT,
+    ROLLBACK_EVENT,
     Claim,
     EventRecord,
     HistoryEvent,
@@ -147,6 +148,11 @@ _FINISH = (
     "UPDATE instances SET status = %s, output = %s, error_name = %s, error_message = %s, error_traceback = %s, "
     "ended_on = %s, modified_on = %s, runnable_at = NULL, waiting_for = NULL, wait_types = NULL, "
     f"{RELEASE}, expires_at = %s WHERE pk = %s AND lease_token = %s RETURNING 1"
+)
+_FINISH_TERMINATED = _FINISH.replace("ended_on = %s,", "ended_on = %s, terminated_at = %s,")
+_CONSUME_ROLLBACK = (
+    "UPDATE events SET consumed_by = 'terminate' WHERE instance_pk = %s AND type = %s AND consumed_by IS NULL "
+    "AND EXISTS (SELECT 1 FROM instances WHERE pk = %s AND lease_token = %s)"
 )
 
 
@@ -748,7 +754,13 @@ class PostgresStorage:
         expires = now + retention_ms / 1000
         params = (status, output, error_name, error_message, error_traceback, now, now, expires, lease.pk, lease.token)
         wake = (_WAKE_PARENT, (self.channel, lease.pk))  # a child's parent: its trigger made it runnable
-        await self._writer.run(Write(lease.pk, [wake, (_FINISH, params)], _fenced_value(lease)))
+        statements: list[tuple[str, tuple[Any, ...]]] = [wake]
+        if status == "terminated":  # the end of a terminate's rollback: its request is consumed
+            statements.append((_CONSUME_ROLLBACK, (lease.pk, ROLLBACK_EVENT, lease.pk, lease.token)))
+            statements.append((_FINISH_TERMINATED, (*params[:6], now, *params[6:])))
+        else:
+            statements.append((_FINISH, params))
+        await self._writer.run(Write(lease.pk, statements, _fenced_value(lease)))
 
     # -- lifecycle control ----------------------------------------------------------------------------
     async def pause(self, account: str, workflow: str, instance_id: str, *, now: float) -> InstanceRecord:
@@ -760,12 +772,12 @@ class PostgresStorage:
         return await self._run(lambda c: control.resume(c, self.channel, account, workflow, instance_id, now=now))
 
     async def terminate(
-        self, account: str, workflow: str, instance_id: str, *, now: float, retention_ms: float
+        self, account: str, workflow: str, instance_id: str, *, now: float, retention_ms: float, rollback: bool = False
     ) -> InstanceRecord:
-        """Terminate now."""
+        """Terminate now, or (``rollback``) have a run roll the instance back first."""
         return await self._run(
             lambda c: control.terminate(
-                c, self.channel, account, workflow, instance_id, now=now, retention_ms=retention_ms
+                c, self.channel, account, workflow, instance_id, now=now, retention_ms=retention_ms, rollback=rollback
             )
         )
 

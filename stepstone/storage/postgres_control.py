@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from stepstone.errors import InstanceNotFoundError, InvalidStateError
-from stepstone.models import FINISHED, EventRecord, InstanceRecord, StepRef
+from stepstone.models import FINISHED, ROLLBACK_EVENT, EventRecord, InstanceRecord, StepRef
 from stepstone.storage.base import concurrency_limit
 from stepstone.storage.postgres_writer import Conn
 from stepstone.storage.sqlite_schema import INSTANCE_COLUMNS, instance_from_row
@@ -61,12 +61,39 @@ async def resume(
 
 
 async def terminate(
-    conn: Conn, channel: str, account: str, workflow: str, instance_id: str, *, now: float, retention_ms: float
+    conn: Conn,
+    channel: str,
+    account: str,
+    workflow: str,
+    instance_id: str,
+    *,
+    now: float,
+    retention_ms: float,
+    rollback: bool = False,
 ) -> InstanceRecord:
-    """Terminate now."""
+    """Terminate now, or (``rollback``) have a run roll the instance back first."""
     pk, status = await _find(conn, account, workflow, instance_id)
     if status in FINISHED:
         raise InvalidStateError(f"cannot terminate instance {instance_id!r}: it is already {status} (a finished state)")
+    if rollback and await fetch_maybe(
+        # without a completed step (one that may have registered an undo handler) there is nothing to roll back
+        conn,
+        "SELECT 1 FROM steps WHERE instance_pk = %s AND kind = 'do' AND status = 'success' LIMIT 1",
+        pk,
+    ):
+        await conn.execute(
+            "INSERT INTO events (instance_pk, type, payload, received_at) SELECT %s, %s, 'null', %s "
+            "WHERE NOT EXISTS (SELECT 1 FROM events WHERE instance_pk = %s AND type = %s AND consumed_by IS NULL)",
+            (pk, ROLLBACK_EVENT, now, pk, ROLLBACK_EVENT),
+        )
+        # the run in flight (if any) is fenced off and stopped; the next claim replays and rolls back
+        await conn.execute(
+            "UPDATE instances SET status = 'queued', generation = generation + 1, runnable_at = %s, "
+            f"paused_at = NULL, waiting_for = NULL, wait_types = NULL, {RELEASE}, modified_on = %s WHERE pk = %s",
+            (now, now, pk),
+        )
+        await notify(conn, channel, pk, "abort")
+        return await _get(conn, pk)
     await conn.execute(
         "UPDATE instances SET status = 'terminated', generation = generation + 1, runnable_at = NULL, "
         f"waiting_for = NULL, wait_types = NULL, {RELEASE}, ended_on = %s, terminated_at = %s, "

@@ -24,6 +24,7 @@ from stepstone.errors import (
     StorageError,
 )
 from stepstone.models import (
+    ROLLBACK_EVENT,
     EventRecord,
     HistoryEvent,
     InstanceLinks,
@@ -730,6 +731,13 @@ class SQLiteStorage:
                     lease.pk,
                 ),
             )
+            if status == "terminated":  # the end of a terminate's rollback: its request is consumed
+                conn.execute("UPDATE instances SET terminated_at = ? WHERE pk = ?", (now, lease.pk))
+                conn.execute(
+                    "UPDATE events SET consumed_by = 'terminate' WHERE instance_pk = ? AND type = ? "
+                    "AND consumed_by IS NULL",
+                    (lease.pk, ROLLBACK_EVENT),
+                )
 
         await self._write(op)
 
@@ -743,12 +751,12 @@ class SQLiteStorage:
         return await self._write(lambda c: control.resume(c, self._signal, account, workflow, instance_id, now=now))
 
     async def terminate(
-        self, account: str, workflow: str, instance_id: str, *, now: float, retention_ms: float
+        self, account: str, workflow: str, instance_id: str, *, now: float, retention_ms: float, rollback: bool = False
     ) -> InstanceRecord:
-        """Terminate now."""
+        """Terminate now, or (``rollback``) have a run roll the instance back first."""
         return await self._write(
             lambda c: control.terminate(
-                c, self._signal, account, workflow, instance_id, now=now, retention_ms=retention_ms
+                c, self._signal, account, workflow, instance_id, now=now, retention_ms=retention_ms, rollback=rollback
             )
         )
 

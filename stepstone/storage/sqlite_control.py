@@ -14,7 +14,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from stepstone.errors import FencedError, InstanceNotFoundError, InvalidStateError
-from stepstone.models import FINISHED, Claim, EventRecord, InstanceRecord, Lease, StepRef
+from stepstone.models import FINISHED, ROLLBACK_EVENT, Claim, EventRecord, InstanceRecord, Lease, StepRef
 from stepstone.storage.base import ClaimResult, InstancePage, concurrency_limit, page_window
 from stepstone.storage.sqlite_schema import INSTANCE_COLUMNS, instance_from_row
 from stepstone.storage.stream_sql import RESTART_FORGETS
@@ -59,12 +59,38 @@ def resume(conn: Conn, signal: Signal, account: str, workflow: str, instance_id:
 
 
 def terminate(
-    conn: Conn, signal: Signal, account: str, workflow: str, instance_id: str, *, now: float, retention_ms: float
+    conn: Conn,
+    signal: Signal,
+    account: str,
+    workflow: str,
+    instance_id: str,
+    *,
+    now: float,
+    retention_ms: float,
+    rollback: bool = False,
 ) -> InstanceRecord:
-    """Terminate now."""
+    """Terminate now, or (``rollback``) have a run roll the instance back first."""
     pk, status = find(conn, account, workflow, instance_id)
     if status in FINISHED:
         raise InvalidStateError(f"cannot terminate instance {instance_id!r}: it is already {status} (a finished state)")
+    if rollback and _may_roll_back(conn, pk):
+        requested = conn.execute(
+            "SELECT 1 FROM events WHERE instance_pk = ? AND type = ? AND consumed_by IS NULL", (pk, ROLLBACK_EVENT)
+        ).fetchone()
+        if requested is None:
+            conn.execute(
+                "INSERT INTO events (instance_pk, type, payload, received_at) VALUES (?, ?, 'null', ?)",
+                (pk, ROLLBACK_EVENT, now),
+            )
+        # the run in flight (if any) is fenced off and stopped; the next claim replays and rolls back
+        conn.execute(
+            "UPDATE instances SET status = 'queued', generation = generation + 1, runnable_at = ?, paused_at = NULL, "
+            f"waiting_for = NULL, wait_types = NULL, {RELEASE}, modified_on = ? WHERE pk = ?",
+            (now, now, pk),
+        )
+        signal(conn, pk, "abort", now)
+        signal(conn, 0, "new", now)
+        return get(conn, pk)
     conn.execute(
         "UPDATE instances SET status = 'terminated', generation = generation + 1, runnable_at = NULL, "
         f"waiting_for = NULL, wait_types = NULL, {RELEASE}, ended_on = ?, terminated_at = ?, modified_on = ?, "
@@ -73,6 +99,16 @@ def terminate(
     )
     signal(conn, pk, "abort", now)
     return get(conn, pk)
+
+
+def _may_roll_back(conn: Conn, pk: int) -> bool:
+    """Whether the instance has a completed step (one that may have registered an undo handler): without one a
+    terminate with rollback has nothing to run, so it terminates at once (a queued instance, or one whose
+    workflow no worker runs, is not left waiting for a run)."""
+    row = conn.execute(
+        "SELECT 1 FROM steps WHERE instance_pk = ? AND kind = 'do' AND status = 'success' LIMIT 1", (pk,)
+    )
+    return row.fetchone() is not None
 
 
 def restart(

@@ -200,3 +200,31 @@ def test_child_workflows(run_example: Callable[[str], Path]) -> None:
         }
     ]
     assert lost["output"]["summary"] == "0 of 1 shipments on their way"
+
+
+def test_saga_rollback(run_example: Callable[[str], Path]) -> None:
+    run_example("saga-rollback")
+    booked = sc("workflows", "trigger", "trip", '{"city": "Lisbon"}', "--id", "t-1", "--wait")
+    assert booked["status"] == "complete" and booked["output"] == {"booked": ["FLI-LIS-1", "HOT-LIS-1", "CAR-LIS-1"]}
+    failed = sc("workflows", "trigger", "trip", '{"city": "Lisbon", "sold_out": ["car"]}', "--id", "t-2", "--wait")
+    assert failed["status"] == "errored" and failed["error"]["message"] == "no car left in Lisbon"
+    doc = sc("workflows", "instances", "describe", "trip", "t-2")
+    assert doc["rollback"] == {"outcome": "complete", "error": None}
+    assert [(s["name"], s["output"]) for s in doc["steps"] if s["type"] == "rollback"] == [
+        ("book hotel-1", "cancelled HOT-LIS-1 (book hotel: no car left in Lisbon)"),
+        ("book flight-1", "cancelled FLI-LIS-1 (book flight: no car left in Lisbon)"),
+    ]
+    sc("workflows", "trigger", "trip", '{"city": "Porto", "pay": true}', "--id", "t-3")
+    wait_until_waiting_for_event("trip", "t-3")
+    result = CliRunner().invoke(cli, ["workflows", "instances", "terminate", "trip", "t-3", "--rollback"])
+    assert result.exit_code == 0, result.output
+    deadline = time.monotonic() + 15
+    while (doc := sc("workflows", "instances", "describe", "trip", "t-3"))["status"] != "terminated":
+        assert time.monotonic() < deadline, doc["status"]
+        time.sleep(0.05)
+    assert [s["name"] for s in doc["steps"] if s["type"] == "rollback"] == [
+        "book car-1",
+        "book hotel-1",
+        "book flight-1",
+    ]
+    assert doc["rollback"] == {"outcome": "complete", "error": None}

@@ -113,7 +113,7 @@ def _state(entry: dict[str, Any]) -> str:
     kind = entry.get("type")
     if kind == "termination":
         return "terminated"
-    if kind == "step":
+    if kind in ("step", "rollback"):  # an undo handler is drawn as the step it is
         if entry.get("success") is True:
             return "complete"
         if entry.get("success") is False:
@@ -132,7 +132,7 @@ def _row(index: int, entry: dict[str, Any], axis: Axis, now: float) -> Row:
     kind = str(entry.get("type", "step"))
     state = _state(entry)
     row = Row(index, name, base or name, count, kind, state, start, end, entry=entry)
-    if kind == "step":
+    if kind in ("step", "rollback"):
         attempts = list(entry.get("attempts") or [])
         previous_end: float | None = None
         for number, attempt in enumerate(attempts, 1):

@@ -12,12 +12,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import os
 import sqlite3
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable
-from typing import TYPE_CHECKING, TypeVar
+from typing import TYPE_CHECKING, BinaryIO, TypeVar
 
 from stepstone.errors import StorageError
 from stepstone.models import Lease
@@ -27,6 +28,7 @@ if TYPE_CHECKING:
     from stepstone.storage.sqlite import SQLiteStorage
 
 T = TypeVar("T")
+log = logging.getLogger("stepstone.storage.blobs")
 Conn = sqlite3.Connection
 
 # A done or writing blob that no successful step names (its step was re-run after a crash, or never recorded).
@@ -43,6 +45,8 @@ class SQLiteBlobStore:
     def __init__(self, storage: SQLiteStorage) -> None:
         self._storage = storage
         self.root = os.path.abspath(storage.path) + ".blobs"
+        self._collector: asyncio.Task[None] | None = None
+        self._pending_collect = False
 
     def _dir(self, instance_pk: int) -> str:
         return os.path.join(self.root, str(instance_pk))
@@ -70,8 +74,7 @@ class SQLiteBlobStore:
         tmp = final + ".tmp"
         size = 0
         try:
-            await asyncio.to_thread(os.makedirs, self._dir(pk), exist_ok=True)
-            with open(tmp, "wb") as f:
+            with await asyncio.to_thread(self._create, tmp) as f:
                 async for chunk in chunks:
                     f.write(chunk)
                     size += len(chunk)
@@ -91,6 +94,35 @@ class SQLiteBlobStore:
             )
             raise
         return blob_id, size
+
+    def _create(self, tmp: str) -> BinaryIO:
+        for _ in range(10):
+            os.makedirs(os.path.dirname(tmp), exist_ok=True)
+            try:
+                return open(tmp, "xb")
+            except FileNotFoundError:  # a collect removed the (empty) directory just now: make it again
+                continue
+        return open(tmp, "xb")
+
+    def collect_soon(self) -> None:
+        """Run :meth:`collect` in the background (a restart returns at once: its caller must abort the old run
+        before the new one starts, and the files are no part of the answer)."""
+        self._pending_collect = True
+        if self._collector is None or self._collector.done():
+            self._collector = asyncio.get_running_loop().create_task(self._collect_while_pending())
+
+    async def _collect_while_pending(self) -> None:
+        while self._pending_collect:
+            self._pending_collect = False
+            try:
+                await self.collect()
+            except Exception:  # the next collect (or the sweep at open) removes them
+                log.warning("removing the files of deleted blobs failed", exc_info=True)
+
+    async def wait_collected(self) -> None:
+        """Wait for a background :meth:`collect_soon` to finish (the storage's close does)."""
+        if self._collector is not None:
+            await asyncio.shield(self._collector)
 
     async def read(self, instance_pk: int, blob_id: str) -> AsyncIterator[bytes]:
         """The file's bytes in chunks of :data:`CHUNK_BYTES`."""

@@ -194,6 +194,7 @@ class SQLiteStorage:
         """Commit queued writes, stop the threads, close connections."""
         if not self._open:
             return
+        await self.blobs.wait_collected()
         self._open = False
         if self._stream_watcher is not None:
             self._stream_watcher.cancel()
@@ -767,7 +768,7 @@ class SQLiteStorage:
         record = await self._write(
             lambda c: control.restart(c, self._signal, account, workflow, instance_id, now=now, from_step=from_step)
         )
-        await self.blobs.collect()
+        self.blobs.collect_soon()
         return record
 
     async def send_event(

@@ -6,11 +6,13 @@ This is the only module that reads the environment. It parses and checks; it imp
     stepstone.toml: workflows[0].class_name: expected a non-empty string, got 3
 
 Wrangler's keys are read as they are (``name``, ``main``, ``[vars]``, ``[[workflows]]`` with ``name``, ``binding``,
-``class_name``, ``script_name``, ``limits.steps``, ``schedules``), and each workflow may add ``concurrency`` (at most
-that many of its instances run at once), ``retention = {success, error}`` and ``isolation`` (``"thread"`` or
-``"process"``: where its sync steps run); our own settings sit in a
-``[stepstone]`` table: ``database``, ``concurrency``, ``host``, ``port``, ``retention = {success, error}``,
-``lease_seconds``, ``api_tokens``, ``log_level`` and ``log_format``.
+``class_name``, ``script_name``, ``limits.steps``, ``schedules``, ``default_retention``, ``concurrency.limit``, and
+``[exports.ClassName]`` with ``type = "workflow"``: :mod:`stepstone.config_workflows`), and each workflow may add
+``concurrency`` (at most that many of its instances run at once), ``retention = {success, error}``, ``isolation``
+(``"thread"`` or ``"process"``: where its sync steps run) and ``limits.max_queued_instances`` /
+``limits.creation_rate``; our own settings sit in a ``[stepstone]`` table: ``database``, ``concurrency``, ``host``,
+``port``, ``retention = {success, error}``, ``lease_seconds``, ``api_tokens``, ``log_level``, ``log_format`` and
+``[stepstone.limits]``.
 """
 
 from __future__ import annotations
@@ -27,10 +29,11 @@ from typing import Any, Final
 
 from stepstone.bindings.config import TOP_KEYS as BINDING_KEYS
 from stepstone.bindings.config import BindingsConfig, parse_bindings
+from stepstone.config_check import Checker as _Checker
+from stepstone.config_check import ConfigError as ConfigError
 from stepstone.config_worker import parse_crons, read_secrets
-from stepstone.durations import to_millis
-from stepstone.errors import ValidationError
-from stepstone.limits import ID_PATTERN, MAX_STEPS
+from stepstone.config_workflows import MAX_CPU_MS, parse_workflows
+from stepstone.config_workflows import WorkflowConfig as WorkflowConfig
 
 CONFIG_FILES: Final[tuple[str, ...]] = ("stepstone.toml", "wrangler.toml", "wrangler.jsonc", "wrangler.json")
 """The file names looked for, in this order, in the directory and then its parents."""
@@ -61,12 +64,8 @@ _QUIET_KEYS: Final[frozenset[str]] = frozenset(
     {"$schema", "compatibility_date", "compatibility_flags", "observability"}
 )
 _TOP_KEYS: Final[frozenset[str]] = (
-    frozenset({"name", "main", "vars", "workflows", "stepstone", "limits", "triggers", "secrets"}) | BINDING_KEYS
-)
-MAX_CPU_MS: Final[int] = 300_000
-"""Cloudflare's highest ``limits.cpu_ms`` (5 minutes)."""
-_WORKFLOW_KEYS: Final[frozenset[str]] = frozenset(
-    {"name", "binding", "class_name", "script_name", "limits", "schedules", "concurrency", "retention", "isolation"}
+    frozenset({"name", "main", "vars", "workflows", "exports", "stepstone", "limits", "triggers", "secrets"})
+    | BINDING_KEYS
 )
 _SETTINGS_KEYS: Final[frozenset[str]] = frozenset(
     {
@@ -93,37 +92,6 @@ running instances and creation rate. ``false`` turns one off."""
 DEFAULT_LEASE_SECONDS: Final[float] = 30.0
 LEASE_SECONDS_RANGE: Final[tuple[float, float]] = (1.0, 3600.0)
 """What ``lease_seconds`` (and ``--lease-seconds``) accept: below a second renewals would never keep up."""
-
-
-class ConfigError(ValidationError):
-    """A configuration file or an environment override is missing or invalid."""
-
-
-@dataclass(frozen=True, slots=True)
-class WorkflowConfig:
-    """One ``[[workflows]]`` entry."""
-
-    name: str
-    binding: str
-    class_name: str
-    script_name: str = ""
-    """Set when another project (sharing the database) defines the class: only the binding is made here."""
-    steps: int | None = None
-    """``limits.steps``; None keeps the engine's default."""
-    schedules: tuple[str, ...] = ()
-    """Cron expressions; each firing creates an instance."""
-    concurrency: int | None = None
-    """At most this many instances of the workflow run at once, over every worker on the database."""
-    success_retention_ms: float | None = None
-    """How long a completed instance is kept (``retention.success``); None keeps the project's default."""
-    error_retention_ms: float | None = None
-    """How long an errored or terminated instance is kept (``retention.error``)."""
-    cpu_ms: int | None = None
-    """``limits.cpu_ms`` (or the top-level ``[limits] cpu_ms``): CPU time per sync step attempt; None: no limit."""
-    isolation: str = "thread"
-    """``isolation``: where sync steps run, ``thread`` or ``process`` (killed on a timeout)."""
-    limits: dict[str, Any] = field(default_factory=dict)
-    """``limits.max_queued_instances`` and ``limits.creation_rate`` when given (None: off)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -236,148 +204,6 @@ def read_file(path: Path) -> dict[str, Any]:
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: expected a table of settings at the top level")
     return data
-
-
-# -- checking values --------------------------------------------------------------------------------------
-class _Checker:
-    def __init__(self, path: Path) -> None:
-        self.path = path
-
-    def fail(self, key: str, expected: str, value: object) -> ConfigError:
-        return ConfigError(f"{self.path.name}: {key}: expected {expected}, got {value!r}")
-
-    def string(self, value: object, key: str, *, pattern: re.Pattern[str] | None = None, what: str = "") -> str:
-        if not isinstance(value, str) or not value.strip():
-            raise self.fail(key, "a non-empty string", value)
-        if pattern is not None and not pattern.match(value):
-            raise self.fail(key, what, value)
-        return value
-
-    def integer(self, value: object, key: str, *, low: int = 1, high: int | None = None) -> int:
-        if isinstance(value, str) and value.strip().isdigit():
-            value = int(value)
-        if not isinstance(value, int) or isinstance(value, bool) or value < low or (high and value > high):
-            bound = f"an integer >= {low}" if high is None else f"an integer from {low} to {high}"
-            raise self.fail(key, bound, value)
-        return value
-
-    def number(self, value: object, key: str, *, low: float, high: float, unit: str) -> float:
-        if not isinstance(value, int | float) or isinstance(value, bool) or not low <= value <= high:
-            raise self.fail(key, f"a number of {unit} from {low:g} to {high:g}", value)
-        return float(value)
-
-    def limit(self, value: object, key: str, *, rate: bool) -> float | int | None:
-        """A limit that ``false`` turns off: a rate (instances per second > 0) or a count (an integer >= 1)."""
-        if value is False:
-            return None
-        if rate:
-            if not isinstance(value, int | float) or isinstance(value, bool) or not 0 < value < float("inf"):
-                raise self.fail(key, "a number of instances per second > 0, or false", value)
-            return value
-        return self.integer(value, key)
-
-    def retention(self, value: object, key: str) -> dict[str, float]:
-        """``{success = "7 days", error = "30 days"}`` (either key) as ``*_retention_ms`` fields."""
-        table = self.table(value, key)
-        out: dict[str, float] = {}
-        for extra in sorted(set(table) - {"success", "error"}):
-            raise self.fail(f"{key}.{extra}", "only the keys success and error", table[extra])
-        if "success" in table:
-            out["success_retention_ms"] = self.duration(table["success"], f"{key}.success")
-        if "error" in table:
-            out["error_retention_ms"] = self.duration(table["error"], f"{key}.error")
-        return out
-
-    def table(self, value: object, key: str) -> dict[str, Any]:
-        if not isinstance(value, dict):
-            raise self.fail(key, "a table", value)
-        return value
-
-    def duration(self, value: object, key: str) -> float:
-        if not isinstance(value, int | float | str) or isinstance(value, bool):
-            raise self.fail(key, 'a duration such as "7 days"', value)
-        try:
-            return to_millis(value, what=key)
-        except ValidationError:
-            raise self.fail(key, 'a duration such as "7 days"', value) from None
-
-
-_NAME_RULE = "1-64 letters, digits, '_' or '-', not starting with '-'"
-_BINDING_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
-
-
-def _workflow(c: _Checker, raw: object, index: int, warnings: list[str]) -> WorkflowConfig:
-    key = f"workflows[{index}]"
-    entry = c.table(raw, key)
-    unknown = sorted(set(entry) - _WORKFLOW_KEYS)
-    if unknown:
-        warnings.append(f"{c.path.name}: {key}: ignoring unknown key(s) {', '.join(unknown)}")
-    name = c.string(entry.get("name"), f"{key}.name")
-    if len(name) > 64 or not ID_PATTERN.match(name):
-        raise c.fail(f"{key}.name", _NAME_RULE, name)
-    binding = c.string(entry.get("binding"), f"{key}.binding", pattern=_BINDING_RE, what="a Python identifier")
-    class_name = c.string(entry.get("class_name"), f"{key}.class_name", pattern=_BINDING_RE, what="a class name")
-    script_name = entry.get("script_name", "")
-    if script_name != "":
-        script_name = c.string(script_name, f"{key}.script_name")
-    steps = None
-    cpu_ms: int | None = None
-    extra_limits: dict[str, Any] = {}
-    if "limits" in entry:
-        limits = c.table(entry["limits"], f"{key}.limits")
-        for extra in sorted(set(limits) - {"steps", "cpu_ms", "max_queued_instances", "creation_rate"}):
-            warnings.append(f"{c.path.name}: {key}.limits: ignoring unknown key {extra}")
-        if "steps" in limits:
-            steps = c.integer(limits["steps"], f"{key}.limits.steps", high=MAX_STEPS)
-        if "cpu_ms" in limits:
-            cpu_ms = c.integer(limits["cpu_ms"], f"{key}.limits.cpu_ms", high=MAX_CPU_MS)
-        for limit in ("max_queued_instances", "creation_rate"):
-            if limit in limits:
-                extra_limits[limit] = c.limit(limits[limit], f"{key}.limits.{limit}", rate=limit == "creation_rate")
-    raw_schedules = entry.get("schedules", [])
-    if isinstance(raw_schedules, str):
-        raw_schedules = [raw_schedules]
-    if not isinstance(raw_schedules, list):
-        raise c.fail(f"{key}.schedules", "a cron string or a list of them", raw_schedules)
-    from stepstone.cron import CronError, parse_cron
-
-    schedules: list[str] = []
-    for i, expr in enumerate(raw_schedules):
-        k = f"{key}.schedules[{i}]"
-        expr = c.string(expr, k)
-        try:
-            parse_cron(expr)
-        except CronError as exc:
-            raise c.fail(k, f"a 5-field cron expression ({exc})", expr) from None
-        schedules.append(expr)
-    concurrency = None
-    if "concurrency" in entry:
-        raw = entry["concurrency"]
-        if isinstance(raw, dict):  # Cloudflare's shape, {limit = N}, works too
-            only = c.table(raw, f"{key}.concurrency")
-            for extra in sorted(set(only) - {"limit"}):
-                raise c.fail(f"{key}.concurrency.{extra}", "only the key limit", only[extra])
-            raw = only.get("limit")
-            concurrency = c.integer(raw, f"{key}.concurrency.limit")
-        else:
-            concurrency = c.integer(raw, f"{key}.concurrency")
-    retention = c.retention(entry["retention"], f"{key}.retention") if "retention" in entry else {}
-    isolation = c.string(entry.get("isolation", "thread"), f"{key}.isolation")
-    if isolation not in ("thread", "process"):
-        raise c.fail(f"{key}.isolation", '"thread" or "process"', isolation)
-    return WorkflowConfig(
-        name,
-        binding,
-        class_name,
-        script_name,
-        steps,
-        tuple(schedules),
-        concurrency=concurrency,
-        cpu_ms=cpu_ms,
-        isolation=isolation,
-        limits=extra_limits,
-        **retention,
-    )
 
 
 def _token_rule(c: _Checker, raw: object, key: str) -> dict[str, Any]:
@@ -506,10 +332,7 @@ def parse_config(path: Path, data: Mapping[str, Any], environ: Mapping[str, str]
     if not main.is_file():
         raise c.fail("main", f"an existing file (no {main})", raw_main)
     variables = c.table(data.get("vars", {}), "vars")
-    raw_workflows = data.get("workflows", [])
-    if not isinstance(raw_workflows, list):
-        raise c.fail("workflows", "a list of [[workflows]] tables", raw_workflows)
-    workflows = tuple(_workflow(c, w, i, warnings) for i, w in enumerate(raw_workflows))
+    workflows = parse_workflows(c, data, warnings)
     if "limits" in data:  # the Worker's limits (wrangler's top-level [limits]): every workflow's default
         top = c.table(data["limits"], "limits")
         for extra in sorted(set(top) - {"cpu_ms"}):
@@ -518,13 +341,15 @@ def parse_config(path: Path, data: Mapping[str, Any], environ: Mapping[str, str]
             cpu = c.integer(top["cpu_ms"], "limits.cpu_ms", high=MAX_CPU_MS)
             workflows = tuple(wf if wf.cpu_ms is not None else dataclasses.replace(wf, cpu_ms=cpu) for wf in workflows)
     bindings = parse_bindings(data, c.fail, lambda line: warnings.append(f"{path.name}: {line}"))
-    taken = {wf.binding for wf in workflows}
+    taken = {wf.binding for wf in workflows if wf.binding}
     for name in bindings.names():
         if name in taken:
             raise c.fail("bindings", "binding names not used by a workflow", name)
     seen: set[tuple[str, str]] = set()
     for i, wf in enumerate(workflows):
         for key, value in (("name", wf.name), ("binding", wf.binding)):
+            if not value:  # a workflow only in exports has no binding
+                continue
             if (key, value) in seen:
                 raise c.fail(f"workflows[{i}].{key}", "a value not used by another workflow", value)
             seen.add((key, value))

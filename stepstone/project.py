@@ -161,14 +161,14 @@ class Project:
                 engine.register(
                     cls,
                     name=wf.name,
-                    binding=wf.binding,
+                    binding=wf.binding or None,
                     class_name=wf.class_name,
                     script_name=self.config.name,
                     limits=_workflow_limits(wf) or None,
                     concurrency=wf.concurrency,
                     isolation=wf.isolation,
                 )
-            else:
+            elif wf.binding:  # a workflow only in exports has no env binding
                 setattr(engine.env, wf.binding, engine.workflow(wf.name))
         build_env(self.config, engine)
         return engine

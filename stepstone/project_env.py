@@ -23,7 +23,7 @@ def build_env(config: ProjectConfig, engine: Engine) -> Any:
         ConfigError: a binding whose name a workflow binding or another binding already uses.
     """
     env = engine.env
-    owners: dict[str, str] = {wf.binding: f"workflow {wf.name!r}" for wf in config.workflows}
+    owners: dict[str, str] = {wf.binding: f"workflow {wf.name!r}" for wf in config.workflows if wf.binding}
     for name, value in config.vars.items():
         if name in owners:
             raise ConfigError(f"{config.path.name}: vars.{name}: the name is already the binding of {owners[name]}")

@@ -89,12 +89,13 @@ class TestProject:
         """Call the Worker's ``fetch`` with ``Request(url, **options)`` in this process, as Cloudflare's vitest
         ``SELF.fetch`` does; a path is taken relative to ``http://localhost/``. ``ctx.wait_until`` work is awaited
         before this returns."""
-        from stepstone.workers import Context, Request
+        from stepstone.workers import Request
 
         if url.startswith("/"):
             url = "http://localhost" + url
-        ctx = Context()
-        response = await self.worker().fetch(Request(url, **options), ctx)
+        worker = self.worker()
+        ctx = worker.context()
+        response = await worker.fetch(Request(url, **options), ctx)
         await ctx.drain()
         return response
 

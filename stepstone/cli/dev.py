@@ -182,7 +182,9 @@ async def run_dev(
     info(f"  database: {db}")
     for wf in project.config.workflows:
         extra = f", schedules {', '.join(wf.schedules)}" if wf.schedules else ""
-        info(f"  env.{wf.binding}: workflow {wf.name} (class {wf.class_name}{extra})")
+        names = [f"env.{wf.binding}"] if wf.binding else []
+        names += [f"ctx.exports.{wf.class_name}"] if wf.exported else []
+        info(f"  {', '.join(names)}: workflow {wf.name} (class {wf.class_name}{extra})")
     for key in project.config.vars:
         info(f"  env.{key}: var")
     for key in project.config.secrets:

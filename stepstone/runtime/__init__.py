@@ -26,8 +26,10 @@ if TYPE_CHECKING:
 
 
 def load_runtime(project: Project, engine: Engine) -> WorkerRuntime:
-    """The Worker of ``project`` over ``engine.env`` (imports ``main`` if the engine did not already)."""
-    return WorkerRuntime(project.module(), engine.env)
+    """The Worker of ``project`` over ``engine.env`` (imports ``main`` if the engine did not already), with
+    ``ctx.exports.<ClassName>`` for each workflow declared in ``exports``."""
+    exports = {wf.class_name: engine.workflow(wf.name) for wf in project.config.workflows if wf.exported}
+    return WorkerRuntime(project.module(), engine.env, exports)
 
 
 __all__ = [

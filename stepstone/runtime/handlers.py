@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import inspect
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from types import ModuleType
 from typing import Any
 
@@ -65,11 +65,13 @@ class WorkerRuntime:
     Args:
         module: the project's ``main`` module.
         env: the bindings and variables (``engine.env``).
+        exports: the Workflow bindings of the workflows declared in ``exports``, by class name (``ctx.exports``).
     """
 
-    def __init__(self, module: ModuleType, env: Any) -> None:
+    def __init__(self, module: ModuleType, env: Any, exports: Mapping[str, Any] | None = None) -> None:
         self.module = module
         self.env = env
+        self.exports = dict(exports or {})
         entry = getattr(module, ENTRYPOINT, None)
         self.entrypoint: type[WorkerEntrypoint] | None = None
         self.asgi_app: Any = None
@@ -107,6 +109,10 @@ class WorkerRuntime:
         """The handlers the Worker has, in ``fetch, scheduled, queue`` order."""
         return [h for h in HANDLERS if self.has_handler(h)]
 
+    def context(self) -> Context:
+        """A fresh ``ctx`` for one invocation, with ``ctx.exports``."""
+        return Context(exports=self.exports)
+
     async def invoke(self, name: str, argument: Any, ctx: Context | None = None) -> Any:
         """Call handler ``name`` with ``argument`` on a new instance; ``ctx``'s ``wait_until`` work is left to the
         caller to drain (:meth:`Context.drain`) when given, drained here when not.
@@ -115,7 +121,7 @@ class WorkerRuntime:
             HandlerError: the Worker has no such handler.
         """
         own = ctx is None
-        ctx = ctx or Context()
+        ctx = ctx or self.context()
         func = self._handler(name, ctx)
         with invocation(ctx):
             result = relaxed_call(func, argument, self.env, ctx)

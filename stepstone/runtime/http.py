@@ -20,7 +20,6 @@ from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping
 from typing import Any
 
 from stepstone.runtime.handlers import WorkerRuntime
-from stepstone.workers.entrypoints import Context
 from stepstone.workers.request import Request
 from stepstone.workers.response import Response
 
@@ -107,7 +106,7 @@ def worker_app(
         )
         source = _body(receive, max_body) if more else None
         request = Request._incoming(request_url(scope), scope.get("method", "GET"), headers, source)
-        ctx = Context()
+        ctx = runtime.context()
         try:
             response = await runtime.fetch(request, ctx)
         except BodyTooLargeError as exc:

@@ -13,6 +13,7 @@ import contextlib
 import contextvars
 import logging
 from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
+from types import SimpleNamespace
 from typing import Any, TypeVar
 
 from stepstone.workflow import WorkflowEntrypoint
@@ -28,9 +29,12 @@ class Context:
     The runtime waits for that work after answering (it is logged, never surfaced, if it fails).
     """
 
-    def __init__(self, props: Mapping[str, Any] | None = None) -> None:
+    def __init__(self, props: Mapping[str, Any] | None = None, exports: Mapping[str, Any] | None = None) -> None:
         self.props: dict[str, Any] = dict(props or {})
         """Properties the caller passed (empty here: no service bindings call in)."""
+        self.exports = SimpleNamespace(**dict(exports or {}))
+        """The Workflows the project declares in ``exports``, by class name: ``ctx.exports.MyWorkflow.create(...)``
+        (Cloudflare's changelog 2026-09-27), the same binding as a ``[[workflows]]`` one."""
         self._pending: set[asyncio.Future[Any]] = set()
 
     def wait_until(self, awaitable: Awaitable[Any]) -> None:

@@ -168,6 +168,11 @@ async def _chunks(source: object, what: str) -> AsyncIterator[bytes]:
                 yield _checked(data, what)
         finally:
             source.close()
+    if getattr(source, "locked", False) is True:  # a ReadableStream (the bindings' R2 body) already read
+        raise StepOutputError(
+            f"{what} is a ReadableStream that is already locked or otherwise unreadable: return a fresh, unlocked "
+            "ReadableStream from step.do()"
+        )
     iterator: AsyncIterator[object] = source.__aiter__()  # type: ignore[attr-defined]
     async for chunk in iterator:
         data = _checked(chunk, what)

@@ -331,3 +331,34 @@ async def test_the_test_kit_hands_back_the_byte_stream(url: str) -> None:
         inst = await wf.create(id="kit")
         got = await wait_for_step_result(inst, "big")
         assert isinstance(got, ByteStream) and await got.read() == PATTERN * 2
+
+
+class FromR2(WorkflowEntrypoint):
+    """Cloudflare's changelog example: a step returns an R2 object's body (``params["used"]``: read it first)."""
+
+    async def run(self, event: Any, step: Any) -> Any:
+        from stepstone.bindings.r2 import R2Bucket
+        from stepstone.clock import SystemClock
+
+        bucket = R2Bucket(Path(event.payload["root"]), name="files", clock=SystemClock())
+
+        async def fetch_large_file() -> Any:
+            await bucket.put("large-file.bin", PATTERN * 3)
+            obj = await bucket.get("large-file.bin")
+            if event.payload["used"]:
+                await obj.body.bytes()  # reads (and locks) the stream
+            return obj.body
+
+        return await digest_of(await step.do("fetch-large-file", fetch_large_file))
+
+
+@pytest.mark.parametrize("used", [False, True])
+async def test_an_r2_body_returned_from_a_step_is_streamed(url: str, tmp_path: Path, used: bool) -> None:
+    async with Engine(url) as engine:
+        wf = engine.register(FromR2, name="fromr2")
+        inst = await wf.create(id="r2", params={"root": str(tmp_path / "r2"), "used": used})
+        if not used:
+            assert (await wait_for_status(inst, "complete")).output == [3 * MIB, expected_sha256(3)]
+            return
+        await wait_for_status(inst, "errored")
+        assert "is a ReadableStream that is already locked" in (await get_error(inst)).message

@@ -9,20 +9,25 @@ import asyncio
 from collections.abc import AsyncIterator
 from typing import Any
 
+import httpx
 import pytest
 
 from stepstone import Engine, WorkflowEntrypoint
 from stepstone.errors import InvalidStateError, ValidationError
+from stepstone.server import create_app
 from stepstone.testing import wait_for_event_wait, wait_for_status
 
+V4 = "/client/v4/accounts/local/workflows"
 CALLS: list[str] = []
 SEEN: dict[str, Any] = {}
+RELEASE: dict[str, asyncio.Event] = {}
 
 
 @pytest.fixture(autouse=True)
 def _fresh() -> None:
     CALLS.clear()
     SEEN.clear()
+    RELEASE.clear()
 
 
 @pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
@@ -370,3 +375,51 @@ async def test_terminate_with_rollback_of_an_instance_with_no_completed_step_ter
         await inst.terminate(rollback=True)
         assert (await inst.status()).status == "terminated"
         assert (await inst.describe())["rollback"] is None
+
+
+class Slow(WorkflowEntrypoint):
+    """One step whose undo handler waits until the test releases it; then it waits for an event."""
+
+    async def run(self, event: Any, step: Any) -> Any:
+        @step.with_rollback("lock", {"retries": {"limit": 0, "delay": 1}, "timeout": "1 hour"})
+        async def lock() -> str:
+            return "locked"
+
+        @lock.undo
+        async def unlock(error: Any, output: Any) -> None:
+            CALLS.append("unlocking")
+            await RELEASE.setdefault(event.instance_id, asyncio.Event()).wait()
+
+        await lock()
+        await step.wait_for_event("never", "never", timeout="1 hour")
+
+
+async def test_an_instance_rolling_back_is_listed_and_shown_as_rolling_back(url: str) -> None:
+    async with Engine(url, poll_interval=0.05) as engine:
+        wf = engine.register(Slow, name="slow")
+        inst = await wf.create(id="rb1")
+        other = await wf.create(id="rb2")
+        await wait_for_event_wait(inst, "never")
+        await wait_for_event_wait(other, "never")
+        await inst.terminate(rollback=True)
+        assert (await inst.describe())["status"] == "rollingBack"  # requested, before any handler ran
+        await _until(lambda: "unlocking" in CALLS)
+        for _ in range(2000):  # the handler's attempt is recorded as started once it has run for 50 ms
+            doc = await inst.describe()
+            if any(s["type"] == "rollback" for s in doc["steps"]):
+                break
+            await asyncio.sleep(0.01)
+        assert doc["status"] == "rollingBack" and doc["rollback"] is None
+        assert [s["success"] for s in doc["steps"] if s["type"] == "rollback"] == [None]
+        page = await wf.list_instances(status="rollingBack")
+        assert [r.id for r in page.items] == ["rb1"] and page.total == 1
+        transport = httpx.ASGITransport(app=create_app(engine, loopback_only=True))
+        async with httpx.AsyncClient(transport=transport, base_url="http://127.0.0.1:8787") as api:
+            listed = (await api.get(f"{V4}/slow/instances", params={"status": "rollingBack"})).json()["result"]
+            assert [(i["id"], i["status"]) for i in listed] == [("rb1", "rollingBack")]
+            got = (await api.get(f"{V4}/slow/instances/rb1")).json()["result"]
+            assert got["status"] == "rollingBack"
+        RELEASE.setdefault("rb1", asyncio.Event()).set()
+        await wait_for_status(inst, "terminated")
+        assert (await wf.list_instances(status="rollingBack")).total == 0
+        assert (await inst.describe())["rollback"] == {"outcome": "complete", "error": None}

@@ -182,23 +182,23 @@ async def instance_page(
         offset = _offset_from_cursor(cursor)
     else:
         offset = (query_int(request, "page", 1, low=1, high=1_000_000) - 1) * per_page
-    if status == "rollingBack":  # stepstone has no rollbacks, so nothing is ever rolling back
-        items: list[InstanceRecord] = []
-        total = 0
-    else:
-        found = await wf.list_instances(
-            status=status,
-            limit=per_page,
-            offset=offset,
-            newest_first=direction == "desc",
-            created_after=after,
-            created_before=before,
-        )
-        items, total = found.items, found.total
+    found = await wf.list_instances(
+        status=status,
+        limit=per_page,
+        offset=offset,
+        newest_first=direction == "desc",
+        created_after=after,
+        created_before=before,
+    )
+    items, total = found.items, found.total
     info = page_info(offset // per_page + 1, per_page, len(items), total)
     if items and offset + len(items) < total:
         info["cursor"] = _cursor(offset + len(items))
-    return [instance_summary(r) for r in items], info
+    listed = [instance_summary(r) for r in items]
+    if status == "rollingBack":  # what REST calls them (their stored status is queued, running or waiting)
+        for item in listed:
+            item["status"] = "rollingBack"
+    return listed, info
 
 
 async def list_instances(request: Request) -> Response:

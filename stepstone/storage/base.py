@@ -14,7 +14,7 @@ from __future__ import annotations
 import json
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Final, Protocol
 
 from stepstone.models import (
     Claim,
@@ -42,6 +42,16 @@ class InstancePage:
 
     items: list[InstanceRecord]
     total: int
+
+
+ROLLING_BACK: Final = (
+    "status NOT IN ('complete', 'errored', 'terminated') AND (EXISTS (SELECT 1 FROM events e WHERE "
+    "e.instance_pk = instances.pk AND e.type = 'stepstone/rollback' AND e.consumed_by IS NULL) OR EXISTS "
+    "(SELECT 1 FROM steps s WHERE s.instance_pk = instances.pk AND s.kind = 'rollback' "
+    "AND s.status NOT IN ('success', 'error')))"
+)
+"""SQL (both backends) of the instances REST calls ``rollingBack``: not finished, and a terminate's rollback
+request pending (``models.ROLLBACK_EVENT``) or an undo handler running; ``list_instances(status="rollingBack")``."""
 
 
 def page_window(total: int, limit: int, offset: int, newest_first: bool) -> tuple[bool, int, int, bool]:

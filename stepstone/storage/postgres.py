@@ -49,7 +49,7 @@ from stepstone.models import (
     WorkflowRecord,
 )
 from stepstone.storage import postgres_control as control
-from stepstone.storage.base import ClaimResult, InstancePage, page_window, redact_url
+from stepstone.storage.base import ROLLING_BACK, ClaimResult, InstancePage, page_window, redact_url
 from stepstone.storage.bell import Bell, StreamWaiter
 from stepstone.storage.blobs_postgres import PostgresBlobStore
 from stepstone.storage.blocking_renew import BlockingRenewer
@@ -498,6 +498,9 @@ class PostgresStorage:
         """A page of the account's workflow's instances by creation time."""
         where = ["account = %s", "workflow = %s"]
         params: list[object] = [account, workflow]
+        if status == "rollingBack":  # a status REST shows, not one stored: see ROLLING_BACK
+            where.append(ROLLING_BACK)
+            status = None
         for clause, value in (
             ("status = %s", status),
             ("created_on >= %s", created_after),

@@ -15,7 +15,7 @@ from typing import Any
 
 from stepstone.errors import FencedError, InstanceNotFoundError, InvalidStateError
 from stepstone.models import FINISHED, ROLLBACK_EVENT, Claim, EventRecord, InstanceRecord, Lease, StepRef
-from stepstone.storage.base import ClaimResult, InstancePage, concurrency_limit, page_window
+from stepstone.storage.base import ROLLING_BACK, ClaimResult, InstancePage, concurrency_limit, page_window
 from stepstone.storage.sqlite_schema import INSTANCE_COLUMNS, instance_from_row
 from stepstone.storage.stream_sql import RESTART_FORGETS
 
@@ -294,6 +294,9 @@ def list_instances(
     """A page of the account's workflow's instances by creation time, and how many matched."""
     where = ["account = ?", "workflow = ?"]
     params: list[object] = [account, workflow]
+    if status == "rollingBack":  # a status REST shows, not one stored: see ROLLING_BACK
+        where.append(ROLLING_BACK)
+        status = None
     for clause, value in (
         ("status = ?", status),
         ("created_on >= ?", created_after),

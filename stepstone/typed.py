@@ -30,6 +30,8 @@ __all__ = ["convert", "is_typed", "return_type", "to_plain"]
 Loc = tuple[str | int, ...]
 
 _MAX_SHOWN = 60
+_RESOLVED: dict[tuple[object, str, int], object | None] = {}
+"""String return annotations already resolved, by (code object, annotation, globals): steps run often."""
 _WRAPPERS = tuple(getattr(typing, name) for name in ("Required", "NotRequired", "ReadOnly") if hasattr(typing, name))
 
 
@@ -59,11 +61,18 @@ def return_type(fn: Callable[..., Any]) -> object | None:
     if not annotations or "return" not in annotations:
         return None
     hint = annotations["return"]
-    if isinstance(hint, str):
+    if isinstance(hint, str):  # ``from __future__ import annotations``: resolved once per def statement
+        key = (getattr(target, "__code__", None), hint, id(getattr(target, "__globals__", None)))
+        if key in _RESOLVED:
+            return _RESOLVED[key]
         try:
-            hint = typing.get_type_hints(target).get("return")
+            resolved = typing.get_type_hints(target).get("return")
         except Exception:  # a name only the function's own scope knew: leave the result untyped
-            return None
+            resolved = None
+        if len(_RESOLVED) > 4096:
+            _RESOLVED.clear()
+        _RESOLVED[key] = resolved if is_typed(resolved) else None
+        return _RESOLVED[key]
     return hint if is_typed(hint) else None
 
 

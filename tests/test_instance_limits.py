@@ -201,6 +201,13 @@ def test_rest_answers_429_at_the_creation_rate(tmp_path: Path, url: str, monkeyp
         assert body["errors"][0]["code"] == 971
         assert "Please wait and consider throttling your request speed" in body["errors"][0]["message"]
         assert httpx.get(f"{create}/second").status_code == 404
+        from cloudflare import Cloudflare, RateLimitError
+
+        with Cloudflare(api_token="t", base_url=server + "/client/v4", max_retries=0) as client:
+            with pytest.raises(RateLimitError) as refused:
+                client.workflows.instances.create("quick", account_id="local", instance_id="third")
+            assert refused.value.status_code == 429
+            assert refused.value.response.json()["errors"][0]["code"] == 971
 
 
 PROJECT = """

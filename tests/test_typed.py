@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import enum
+import json
 import time
 from collections.abc import Iterator
 from datetime import UTC, datetime
@@ -352,3 +353,19 @@ def test_rest_answers_400_with_the_field_errors(server: str) -> None:
         time.sleep(0.02)
     assert doc["output"] == {"type": "SignupParams", "email": "a@b.c", "plan": "free"}
     assert doc["params"] == {"email": "a@b.c", "age": 4, "plan": "free"}
+
+
+def test_the_official_sdk_gets_a_bad_request_with_the_fields(server: str) -> None:
+    from cloudflare import BadRequestError, Cloudflare
+
+    with Cloudflare(api_token="any-token", base_url=server + "/client/v4") as client:
+        with pytest.raises(BadRequestError) as bad:
+            client.workflows.instances.create(
+                "signup", account_id="local", instance_id="sdk-1", params=json.dumps({"email": "a", "age": "x"})
+            )
+        errors = bad.value.response.json()["errors"]
+        assert errors[1]["source"] == {"pointer": "/params/age"} and errors[1]["code"] == 10002
+        made = client.workflows.instances.create(
+            "signup", account_id="local", instance_id="sdk-2", params=json.dumps({"email": "a", "age": 1})
+        )
+        assert made.id == "sdk-2"

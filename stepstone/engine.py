@@ -56,6 +56,8 @@ class Engine:
             and fails its attempt (default: the lease renewal interval, ``min(lease_seconds / 3, 2)``, at least 1).
         account_limits: what every account's workflows share (:class:`~stepstone.limits.AccountLimits`: running
             instances, default 50,000; creation rate, default none), or a mapping of them.
+        blob_store: where streamed step outputs go (default: beside the database, :mod:`stepstone.storage.blobs`):
+            ``s3://KEY:SECRET@bucket/prefix?endpoint=https://host&region=auto`` for an S3-compatible bucket.
     """
 
     def __init__(
@@ -74,9 +76,10 @@ class Engine:
         vars: Mapping[str, Any] | None = None,
         loop_block_limit: float | None = None,
         account_limits: AccountLimits | Mapping[str, object] | None = None,
+        blob_store: str | None = None,
     ) -> None:
         if isinstance(database, str) or database is None:
-            self.storage: Storage = storage_for_url(database, synchronous=synchronous)
+            self.storage: Storage = storage_for_url(database, synchronous=synchronous, blob_store=blob_store)
         else:
             self.storage = database
         self.clock: Clock = clock or SystemClock()

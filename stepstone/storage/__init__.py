@@ -22,9 +22,20 @@ __all__ = [
 ]
 
 
-def storage_for_url(url: str | None = None, *, synchronous: str = "FULL") -> Storage:
+def storage_for_url(url: str | None = None, *, synchronous: str = "FULL", blob_store: str | None = None) -> Storage:
     """Build (not open) the backend for ``url``: ``sqlite:///path``, ``sqlite:///:memory:`` is refused,
-    ``postgresql://...`` needs the ``postgres`` extra."""
+    ``postgresql://...`` needs the ``postgres`` extra. ``blob_store`` (``s3://KEY:SECRET@bucket/prefix?endpoint=``)
+    keeps streamed step outputs in an S3-compatible bucket instead of beside the database."""
+    storage = _backend(url, synchronous)
+    if blob_store:
+        from stepstone.storage.blobs_s3 import S3BlobStore
+        from stepstone.storage.s3_client import S3Location
+
+        storage.blobs = S3BlobStore(storage, S3Location.from_url(blob_store))  # type: ignore[misc]
+    return storage
+
+
+def _backend(url: str | None, synchronous: str) -> Storage:
     url = url or DEFAULT_URL
     if url.startswith("sqlite://"):
         path = url[len("sqlite://") :]

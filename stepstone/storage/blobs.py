@@ -51,5 +51,17 @@ class BlobStore(Protocol):
         ...
 
     async def collect(self) -> int:
-        """Remove what deleting steps left to remove outside the database (SQLite: files); returns how many."""
+        """Remove what deleting steps left to remove outside the database (files, objects); returns how many."""
+        ...
+
+    def collect_soon(self) -> None:
+        """Run :meth:`collect` in the background (after a delete, a purge, a restart)."""
+        ...
+
+    async def wait_collected(self) -> None:
+        """Wait until a background :meth:`collect_soon` is done."""
+        ...
+
+    async def close(self) -> None:
+        """Finish background work and release connections (the storage's ``close`` calls it)."""
         ...

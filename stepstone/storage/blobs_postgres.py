@@ -119,6 +119,15 @@ class PostgresBlobStore:
         """Nothing to do: deleting a step deletes its blobs' rows and chunks in the same transaction."""
         return 0
 
+    def collect_soon(self) -> None:
+        """Nothing to do (see :meth:`collect`)."""
+
+    async def wait_collected(self) -> None:
+        """Nothing to wait for."""
+
+    async def close(self) -> None:
+        """Nothing to release: each write used a connection of its own, reads the storage's pool."""
+
 
 async def _put_chunk(conn: psycopg.AsyncConnection[tuple[object, ...]], blob_id: str, seq: int, data: bytes) -> None:
     await conn.execute("INSERT INTO blob_chunks (blob_id, seq, data) VALUES (%s, %s, %s)", (blob_id, seq, data))

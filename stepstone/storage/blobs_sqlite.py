@@ -124,6 +124,10 @@ class SQLiteBlobStore:
         if self._collector is not None:
             await asyncio.shield(self._collector)
 
+    async def close(self) -> None:
+        """Wait for a background collect."""
+        await self.wait_collected()
+
     async def read(self, instance_pk: int, blob_id: str) -> AsyncIterator[bytes]:
         """The file's bytes in chunks of :data:`CHUNK_BYTES`."""
         try:

@@ -51,6 +51,7 @@ from stepstone.models import (
 from stepstone.storage import postgres_control as control
 from stepstone.storage.base import ROLLING_BACK, ClaimResult, InstancePage, page_window, redact_url
 from stepstone.storage.bell import Bell, StreamWaiter
+from stepstone.storage.blobs import BlobStore
 from stepstone.storage.blobs_postgres import PostgresBlobStore
 from stepstone.storage.blocking_renew import BlockingRenewer
 from stepstone.storage.postgres_control import RELEASE, fetch_all, fetch_maybe, fetch_one
@@ -204,7 +205,7 @@ class PostgresStorage:
         self._renewer = BlockingRenewer(
             "postgres", lambda: psycopg.connect(self.url, connect_timeout=2, **renew_kwargs)
         )
-        self.blobs = PostgresBlobStore(self)
+        self.blobs: BlobStore = PostgresBlobStore(self)
         """Streamed step outputs, in a chunk table (:mod:`stepstone.storage.blobs_postgres`)."""
         self._open = False
 
@@ -242,6 +243,7 @@ class PostgresStorage:
         """Commit queued writes, stop listening, close the pool."""
         if not self._open:
             return
+        await self.blobs.close()
         self._open = False
         await self._writer.stop()
         if self._listener is not None:
@@ -372,7 +374,9 @@ class PostgresStorage:
             cur = await conn.execute("DELETE FROM workflows WHERE account = %s AND name = %s", (account, name))
             return cur.rowcount > 0
 
-        return await self._run(op)
+        deleted = await self._run(op)
+        self.blobs.collect_soon()
+        return deleted
 
     async def count_by_status(self, account: str, workflow: str) -> dict[str, int]:
         """Instances of the account's workflow per status."""
@@ -788,9 +792,11 @@ class PostgresStorage:
         self, account: str, workflow: str, instance_id: str, *, now: float, from_step: StepRef | None
     ) -> InstanceRecord:
         """Restart fully or from a step."""
-        return await self._run(
+        record = await self._run(
             lambda c: control.restart(c, self.channel, account, workflow, instance_id, now=now, from_step=from_step)
         )
+        self.blobs.collect_soon()
+        return record
 
     async def send_event(
         self, account: str, workflow: str, instance_id: str, *, event_type: str, payload: str, now: float
@@ -806,7 +812,9 @@ class PostgresStorage:
 
     async def delete_instances(self, account: str, workflow: str, ids: Sequence[str]) -> list[str]:
         """Delete instances and their state."""
-        return await self._run(lambda c: control.delete_instances(c, self.channel, account, workflow, ids))
+        found = await self._run(lambda c: control.delete_instances(c, self.channel, account, workflow, ids))
+        self.blobs.collect_soon()
+        return found
 
     async def purge_expired(self, *, now: float) -> int:
         """Delete instances past their retention, in transactions of at most :attr:`purge_batch` instances."""
@@ -815,6 +823,8 @@ class PostgresStorage:
             n = await self._run(lambda c: control.purge_expired(c, now=now, limit=self.purge_batch))
             total += n
             if n < self.purge_batch:
+                if total:
+                    self.blobs.collect_soon()
                 return total
 
     @property

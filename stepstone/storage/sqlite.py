@@ -40,6 +40,7 @@ from stepstone.models import (
 from stepstone.storage import sqlite_control as control
 from stepstone.storage.base import ClaimResult, InstancePage
 from stepstone.storage.bell import Bell, StreamWaiter
+from stepstone.storage.blobs import BlobStore
 from stepstone.storage.blobs_sqlite import SQLiteBlobStore
 from stepstone.storage.blocking_renew import BlockingRenewer
 from stepstone.storage.sqlite_schema import (
@@ -115,7 +116,7 @@ class SQLiteStorage:
         self._reader_conns: list[Conn] = []
         self._lock = threading.Lock()
         self._renewer = BlockingRenewer("sqlite", self._connect_renewer)
-        self.blobs = SQLiteBlobStore(self)
+        self.blobs: BlobStore = SQLiteBlobStore(self)
         """Streamed step outputs, as files beside the database (:mod:`stepstone.storage.blobs_sqlite`)."""
         self._open = False
 
@@ -194,7 +195,7 @@ class SQLiteStorage:
         """Commit queued writes, stop the threads, close connections."""
         if not self._open:
             return
-        await self.blobs.wait_collected()
+        await self.blobs.close()
         self._open = False
         if self._stream_watcher is not None:
             self._stream_watcher.cancel()

@@ -52,6 +52,8 @@ ENV_HOST: Final[str] = "STEPSTONE_HOST"
 ENV_PORT: Final[str] = "STEPSTONE_PORT"
 ENV_API_TOKEN: Final[str] = "STEPSTONE_API_TOKEN"
 ENV_LOG_LEVEL: Final[str] = "STEPSTONE_LOG_LEVEL"
+ENV_BLOB_STORE: Final[str] = "STEPSTONE_BLOB_STORE"
+"""Where streamed step outputs go (``s3://KEY:SECRET@bucket/prefix?endpoint=...``), over ``[stepstone] blob_store``."""
 LOG_LEVELS: Final[tuple[str, ...]] = ("debug", "info", "warning", "error")
 LOG_FORMATS: Final[tuple[str, ...]] = ("text", "json")
 _USABLE_URLS: Final[tuple[str, ...]] = ("sqlite://", "postgresql://", "postgres://")
@@ -79,6 +81,7 @@ _SETTINGS_KEYS: Final[frozenset[str]] = frozenset(
         "log_format",
         "lease_seconds",
         "limits",
+        "blob_store",
     }
 )
 _LIMIT_KEYS: Final[dict[str, str]] = {
@@ -118,6 +121,9 @@ class Settings:
     """``[stepstone.limits]`` for every workflow: ``max_queued_instances``, ``creation_rate`` (None: off)."""
     account_limits: dict[str, Any] = field(default_factory=dict)
     """``[stepstone.limits]`` for the account: ``concurrency``, ``creation_rate`` (None: off)."""
+    blob_store: str | None = None
+    """``[stepstone] blob_store`` or ``STEPSTONE_BLOB_STORE``: an S3-compatible bucket for streamed step outputs
+    (None: the store beside the database)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -262,12 +268,27 @@ def _settings(c: _Checker, raw: object, warnings: list[str]) -> dict[str, Any]:
             out.setdefault(f"{'account_' if scope == 'account' else ''}limits", {})[key.removeprefix("account_")] = (
                 c.limit(value, f"stepstone.limits.{key}", rate=key.endswith("rate"))
             )
+    if "blob_store" in table:
+        out["blob_store"] = _blob_store(
+            c.string(table["blob_store"], "stepstone.blob_store"), "stepstone.blob_store", c
+        )
     if "api_tokens" in table:
         tokens = table["api_tokens"]
         if not isinstance(tokens, list):
             raise c.fail("stepstone.api_tokens", "a list of {token = ..., accounts = [...]} tables", tokens)
         out["api_tokens"] = tuple(_token_rule(c, t, f"stepstone.api_tokens[{i}]") for i, t in enumerate(tokens))
     return out
+
+
+def _blob_store(url: str, key: str, c: _Checker) -> str:
+    from stepstone.errors import ValidationError
+    from stepstone.storage.s3_client import S3Location
+
+    try:
+        S3Location.from_url(url)
+    except ValidationError as exc:  # its message hides the secret, which the checker's would show
+        raise ConfigError(f"{c.path.name}: {key}: {exc}") from None
+    return url
 
 
 def _database_url(url: str, base: Path) -> str:
@@ -300,6 +321,8 @@ def apply_env(settings: Settings, environ: Mapping[str, str] | None = None, *, c
         if level not in LOG_LEVELS:
             raise c.fail(ENV_LOG_LEVEL, f"one of {', '.join(LOG_LEVELS)}", env[ENV_LOG_LEVEL])
         changes["log_level"] = level
+    if env.get(ENV_BLOB_STORE):
+        changes["blob_store"] = _blob_store(env[ENV_BLOB_STORE], ENV_BLOB_STORE, c)
     if env.get(ENV_API_TOKEN):
         rule = {"token": env[ENV_API_TOKEN], "token_sha256": None, "accounts": ("*",)}
         changes["api_tokens"] = (*settings.api_tokens, rule)

@@ -145,6 +145,8 @@ class Project:
         if settings.error_retention_ms is not None:
             limits["error_retention_ms"] = settings.error_retention_ms
         options.setdefault("lease_seconds", settings.lease_seconds)
+        if settings.blob_store:
+            options.setdefault("blob_store", settings.blob_store)
         engine = engine_class(
             database or settings.database,
             worker=worker,

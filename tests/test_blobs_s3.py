@@ -5,6 +5,7 @@ objects; the sweep removes objects whose rows are gone."""
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import time
 from collections.abc import AsyncIterator, Iterator
@@ -147,3 +148,46 @@ async def test_restart_purge_and_sweep_remove_objects(url: str, bucket: tuple[st
         assert await engine.storage.purge_expired(now=time.time() + 365 * 86400) == 1
         await engine.storage.blobs.wait_collected()
         assert await objects(client) == []
+
+
+def test_the_blob_store_setting_is_checked_and_hides_the_secret(tmp_path: Path) -> None:
+    from stepstone.config import ConfigError, load_config
+
+    config = tmp_path / "stepstone.toml"
+    (tmp_path / "entry.py").write_text("")
+    good = "s3://key:s3cr3t@bucket/steps?endpoint=https://example.com&region=auto"
+    config.write_text(f'name = "p"\nmain = "entry.py"\n[stepstone]\nblob_store = "{good}"\n')
+    assert load_config(config, environ={}).settings.blob_store == good
+    over = "s3://k2:other@b2?endpoint=http://127.0.0.1:9000"
+    assert load_config(config, environ={"STEPSTONE_BLOB_STORE": over}).settings.blob_store == over
+    config.write_text('name = "p"\nmain = "entry.py"\n[stepstone]\nblob_store = "s3://key:s3cr3t@bucket/steps"\n')
+    with pytest.raises(
+        ConfigError, match=re.escape("stepstone.blob_store: blob store 's3://key:***@bucket/steps' is invalid")
+    ):
+        load_config(config, environ={})
+    try:
+        load_config(config, environ={})
+    except ConfigError as exc:
+        assert "s3cr3t" not in str(exc)
+
+
+async def test_a_project_engine_uses_the_configured_bucket(tmp_path: Path, bucket: tuple[str, S3Client]) -> None:
+    from stepstone.project import Project
+
+    blob_url, client = bucket
+    (tmp_path / "entry.py").write_text(
+        "from stepstone import WorkflowEntrypoint\n"
+        "class Big(WorkflowEntrypoint):\n"
+        "    async def run(self, event, step):\n"
+        "        out = await step.do('big', lambda: bytes(3 << 20))\n"
+        "        return out.size\n"
+    )
+    (tmp_path / "stepstone.toml").write_text(
+        'name = "p"\nmain = "entry.py"\n[[workflows]]\nname = "big"\nbinding = "BIG"\nclass_name = "Big"\n'
+        f'[stepstone]\ndatabase = "sqlite:///p.db"\nblob_store = "{blob_url}"\n'
+    )
+    project = Project.load(tmp_path / "stepstone.toml")
+    async with project.engine(worker=True) as engine:
+        inst = await engine.workflow("big").create(id="b")
+        assert (await wait_for_status(inst, "complete")).output == 3 * MIB
+    assert len(await objects(client)) == 1

@@ -97,7 +97,7 @@ def serve(
             worker_project = project
     else:
         settings = default_settings()
-        engine = Engine(chosen_database(settings, database), worker=False)
+        engine = Engine(chosen_database(settings, database), worker=False, blob_store=settings.blob_store)
     start_logging(log_level, log_format, settings)
     run(
         run_serve(

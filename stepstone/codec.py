@@ -222,6 +222,8 @@ def encode(value: object, *, what: str) -> str:
             NaN, a cycle) or a string or key with a lone surrogate, e.g. ``step "fetch-1" result cannot be
             stored: set at $.items[2] (allowed: JSON values, bytes, datetime)``.
     """
+    if value is None:  # the result of most steps
+        return "null"
     original = value
     try:
         if _needs_rebuild(value, set()):
@@ -299,6 +301,8 @@ def decode(text: str) -> object:
     Raises:
         SerializationError: the text is not valid stored JSON.
     """
+    if text == "null":
+        return None
     try:
         value = _loads(text)
         if '"$' in text or "\\u0024" in text:

@@ -13,7 +13,7 @@ import math
 import random
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass
-from typing import Literal, TypeAlias
+from typing import Final, Literal, TypeAlias
 
 from stepstone.durations import Duration, to_millis
 from stepstone.errors import LimitExceededError, ValidationError
@@ -308,6 +308,10 @@ def _duration(value: object, prefix: str, key: str) -> float:
         raise ValidationError(f"{prefix}: {exc}") from None
 
 
+DEFAULT_STEP_CONFIG: Final = StepConfig()
+"""The config of a step given none (immutable, so one object serves every such step)."""
+
+
 def resolve_step_config(
     config: Mapping[str, object] | StepConfig | None, *, step_name: str, max_retries: int = 10_000
 ) -> StepConfig:
@@ -331,7 +335,7 @@ def resolve_step_config(
         LimitExceededError: a finite ``retries.limit`` is above ``max_retries``.
     """
     if config is None:
-        resolved = StepConfig()
+        resolved = DEFAULT_STEP_CONFIG
     elif isinstance(config, StepConfig):
         resolved = config
     elif isinstance(config, Mapping):

@@ -177,6 +177,10 @@ class TestHooks(Protocol):
         ...
 
 
+ATTEMPT_MARK_S: Final = 0.05
+"""How long an attempt runs before it is recorded as started (see :meth:`RunState.mark_start_later`)."""
+
+
 current_run: contextvars.ContextVar[RunState | None] = contextvars.ContextVar("stepstone_current_run", default=None)
 """The run whose ``run()`` (or step) is executing in this context: set by the executor for its run task, read by
 the log filter and the stdout wrapper in ``stepstone.observe.logs``."""
@@ -265,6 +269,10 @@ class RunState:
     rolling_back: bool = False
     """The instance was terminated with ``rollback=True``: ``run()`` replays its history, then unwinds
     (:class:`RollBack`) at its first step that would run, so the executor can roll back."""
+    start_marks: deque[list[Any]] = field(default_factory=deque)
+    """Attempts to record as started once they have run :data:`ATTEMPT_MARK_S`: ``[due, step]``, in start order
+    (so in due order); an attempt that ends first clears its step. One timer serves them all."""
+    start_mark_timer: asyncio.TimerHandle | None = None
 
     def __post_init__(self) -> None:
         self.idle.set()
@@ -380,6 +388,28 @@ class RunState:
             # instance must come back at once.
             raise self.suspend(WakeReason(reason.kind, reason.name, self.clock.now()))
         self.check_open()
+
+    def mark_start_later(self, step: StepRecord, loop: asyncio.AbstractEventLoop) -> list[Any]:
+        """Record ``step`` (its attempt started) if that attempt still runs :data:`ATTEMPT_MARK_S` from now, so
+        a crash during it counts against the retry budget; quick attempts skip that write (their crash reruns
+        the attempt). Clear the returned entry's step (``entry[1] = None``) when the attempt ends."""
+        due = loop.time() + ATTEMPT_MARK_S
+        entry: list[Any] = [due, step]
+        self.start_marks.append(entry)
+        if self.start_mark_timer is None:
+            self.start_mark_timer = loop.call_at(due, self._start_marks_due, loop)
+        return entry
+
+    def _start_marks_due(self, loop: asyncio.AbstractEventLoop) -> None:
+        now, marks = loop.time(), self.start_marks
+        while marks:
+            due, step = marks[0]
+            if step is not None and due > now:
+                break
+            marks.popleft()
+            if step is not None:
+                self.write_nowait(step)
+        self.start_mark_timer = loop.call_at(marks[0][0], self._start_marks_due, loop) if marks else None
 
     def enter(self) -> None:
         """An attempt starts."""

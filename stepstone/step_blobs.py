@@ -118,7 +118,7 @@ async def store_result(state: RunState, key: str, display: str, value: object, t
     what = f'step "{display}" output'
     if not _is_stream(value, limits.step_result_bytes):
         encoded = codec.encode(value, what=f'step "{display}" result')
-        n = len(encoded.encode())
+        n = len(encoded) if encoded.isascii() else len(encoded.encode())
         check_size(n, limits.step_result_bytes, what=f'step "{display}" result')
         before = _stored_bytes(state)
         if before + n > limits.instance_state_bytes:

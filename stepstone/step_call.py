@@ -14,9 +14,13 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import contextvars
 import functools
+import heapq
 import inspect
+import math
+import threading
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any, Final
@@ -31,6 +35,75 @@ CPU_LIMIT_MESSAGE: Final[str] = "Worker exceeded CPU time limit."
 """Cloudflare's message for a Worker invocation (a step) over its ``limits.cpu_ms`` (error 1102)."""
 
 _fallback_threads: StepThreads | None = None
+_local = threading.local()
+
+
+class Deadlines:
+    """The timeouts of the async attempts running on one event loop, behind one timer at the earliest deadline.
+
+    A timer per attempt (``asyncio.timeout_at``) costs a context copy, a heap push and a cancel for a deadline
+    that almost never comes (the default is ten minutes), and the cancelled timers stay in the loop's heap until
+    it is rebuilt. Here an attempt adds ``[deadline, seq, timeout]`` to a heap of our own and clears the entry
+    when it ends; the one timer expires the timeouts that are due (``Timeout.reschedule`` to a past time, so
+    asyncio's own machinery cancels the task and raises ``TimeoutError``), and cleared entries are dropped as
+    they reach the top or when they outnumber the live ones.
+    """
+
+    __slots__ = ("_armed_at", "_heap", "_live", "_loop", "_seq", "_timer")
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._loop = loop
+        self._heap: list[list[Any]] = []
+        self._live = 0
+        self._seq = 0
+        self._timer: asyncio.TimerHandle | None = None
+        self._armed_at = math.inf
+
+    @property
+    def loop(self) -> asyncio.AbstractEventLoop:
+        return self._loop
+
+    def add(self, when: float, timeout: asyncio.Timeout) -> list[Any]:
+        """Expire ``timeout`` (entered) at loop time ``when`` unless :meth:`done` is called first."""
+        self._seq += 1
+        entry = [when, self._seq, timeout]
+        heapq.heappush(self._heap, entry)
+        self._live += 1
+        if when < self._armed_at:
+            self._arm(when)
+        return entry
+
+    def done(self, entry: list[Any]) -> None:
+        """The attempt of ``entry`` ended: its timeout must not fire."""
+        entry[2] = None
+        self._live -= 1
+        if len(self._heap) > 2 * self._live + 1024:
+            self._heap = [e for e in self._heap if e[2] is not None]
+            heapq.heapify(self._heap)
+
+    def _arm(self, when: float) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+        self._timer = self._loop.call_at(when, self._due)
+        self._armed_at = when
+
+    def _due(self) -> None:
+        self._timer, self._armed_at = None, math.inf
+        heap, now = self._heap, self._loop.time()
+        while heap and (heap[0][2] is None or heap[0][0] <= now):
+            when, _, timeout = heapq.heappop(heap)
+            if timeout is not None:
+                with contextlib.suppress(RuntimeError):  # it is exiting already
+                    timeout.reschedule(when)
+        if heap:
+            self._arm(heap[0][0])
+
+
+def _deadlines(loop: asyncio.AbstractEventLoop) -> Deadlines:
+    found: Deadlines | None = getattr(_local, "deadlines", None)
+    if found is None or found.loop is not loop:
+        found = _local.deadlines = Deadlines(loop)
+    return found
 
 
 class AttemptSlot:
@@ -154,10 +227,15 @@ async def _on_loop(state: RunState, aw: Awaitable[Any], slot: AttemptSlot, timeo
         raise _timed_out(ms)
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout_s
-    timeout = asyncio.timeout_at(deadline)
+    deadlines = _deadlines(loop)
+    timeout = asyncio.timeout(None)  # no timer of its own: the loop's Deadlines expire it
     try:
         async with timeout:
-            value = await aw
+            entry = deadlines.add(deadline, timeout)
+            try:
+                value = await aw
+            finally:
+                deadlines.done(entry)
     except TimeoutError:
         if timeout.expired():
             raise _timed_out(ms) from None

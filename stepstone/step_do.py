@@ -13,7 +13,7 @@ import inspect
 import json
 import logging
 from collections.abc import Awaitable, Callable, Mapping
-from typing import Any, Protocol
+from typing import Any, Final, Protocol
 
 from stepstone import typed
 from stepstone.durations import to_millis
@@ -27,7 +27,7 @@ from stepstone.errors import (
     is_non_retryable,
 )
 from stepstone.models import Attempt, StepKind, StepRecord, step_key
-from stepstone.retry import StepConfig, retry_delay_ms, will_retry
+from stepstone.retry import DEFAULT_STEP_CONFIG, StepConfig, retry_delay_ms, will_retry
 from stepstone.run_state import RunState, WakeReason
 from stepstone.step_blobs import StepOutputError, decode_result, store_result
 from stepstone.step_call import AttemptSlot, call_step
@@ -53,7 +53,6 @@ class StepHost(Protocol):
 log = logging.getLogger("stepstone.executor")
 
 DELAY_FN_TIMEOUT_S = 5.0
-ATTEMPT_MARK_S = 0.05
 
 
 class StepContext:
@@ -108,6 +107,8 @@ def _bind(fn: Callable[..., Any], ctx: StepContext, kwargs: dict[str, Any] | Non
 
 def _config_json(config: StepConfig) -> tuple[dict[str, object], str]:
     """A resolved config as Cloudflare's dict and as JSON, computed once per distinct config."""
+    if config is DEFAULT_STEP_CONFIG:
+        return _DEFAULT_CONFIG_JSON
     try:
         return _config_json_cached(config)
     except TypeError:  # an unhashable delay function
@@ -120,6 +121,7 @@ def _config_json_uncached(config: StepConfig) -> tuple[dict[str, object], str]:
 
 
 _config_json_cached = functools.lru_cache(maxsize=1024)(_config_json_uncached)
+_DEFAULT_CONFIG_JSON: Final = _config_json_uncached(DEFAULT_STEP_CONFIG)
 
 
 def _error_class_ref(exc: BaseException) -> str:
@@ -260,9 +262,7 @@ async def run_do(
         att = Attempt(clock.now())
         rec.attempts.append(att)
         rec.status, rec.wake_at = "running", None
-        # An attempt that is still running after ATTEMPT_MARK_S is recorded as started, so a crash during it
-        # counts against the retry budget; quick attempts skip that write (their crash reruns the attempt).
-        marker = asyncio.get_running_loop().call_later(ATTEMPT_MARK_S, state.write_nowait, rec)
+        marker = state.mark_start_later(rec, asyncio.get_running_loop())
         ctx = StepContext(attempt_no, name, count, config_dict)
         slot = AttemptSlot(display, config.timeout_ms / 1000)  # the watchdog reads it from this frame
         state.enter()
@@ -284,7 +284,7 @@ async def run_do(
                     )
                     value = await state.observed(rec, attempt_no, live)
                 finally:
-                    marker.cancel()  # the attempt is over: no start marker once its outcome is being written
+                    marker[1] = None  # the attempt is over: no start mark once its outcome is being written
                     running = slot.job
                 if declared is not None:
                     value = typed.to_plain(value)
@@ -341,7 +341,7 @@ async def run_do(
             rec.status, rec.ended_at, rec.result = "success", now, encoded
             await state.write(rec)
         finally:
-            marker.cancel()
+            marker[1] = None
             state.leave()
         return result
 

@@ -48,12 +48,17 @@ class Observers(Observer):
 
     def __init__(self, observers: Sequence[Observer] = ()) -> None:
         self.observers: list[Observer] = list(observers)
-        self._wrapping = [o for o in self.observers if type(o).attempt is not Observer.attempt]
+        self._index()
 
     def add(self, observer: Observer) -> None:
         """Add an observer (before the engine starts running instances)."""
         self.observers.append(observer)
+        self._index()
+
+    def _index(self) -> None:
+        # The per-step calls go only to the observers that override them: a step's write costs no more than that.
         self._wrapping = [o for o in self.observers if type(o).attempt is not Observer.attempt]
+        self._writes = [o.step_written for o in self.observers if type(o).step_written is not Observer.step_written]
 
     def __bool__(self) -> bool:
         return bool(self.observers)
@@ -75,8 +80,11 @@ class Observers(Observer):
             _safe(o.run_finished, claim, outcome, now=now, error=error)
 
     def step_written(self, state: RunState, step: StepRecord) -> None:
-        for o in self.observers:
-            _safe(o.step_written, state, step)
+        for written in self._writes:
+            try:
+                written(state, step)
+            except Exception:
+                _failed(written)
 
     def attempt(self, state: RunState, step: StepRecord, attempt: int, aw: Awaitable[Any]) -> Awaitable[Any]:
         for o in self._wrapping:
@@ -98,6 +106,11 @@ def _safe(fn: Any, *args: Any, **kwargs: Any) -> None:
     try:
         fn(*args, **kwargs)
     except Exception:  # an observer's bug is logged, never the run's failure
-        import logging
+        _failed(fn)
 
-        logging.getLogger("stepstone.observe").exception("observer %r failed", fn)
+
+def _failed(fn: Any) -> None:
+    """Log the exception being handled: an observer's bug, never the run's failure."""
+    import logging
+
+    logging.getLogger("stepstone.observe").exception("observer %r failed", fn)

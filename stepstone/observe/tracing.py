@@ -103,6 +103,8 @@ class TraceObserver(Observer):
         run.span.end(end_time=end)
 
     def attempt(self, state: RunState, step: StepRecord, attempt: int, aw: Awaitable[Any]) -> Awaitable[Any]:
+        if not self._runs:  # tracing is off (no SDK): nothing to look up per step
+            return aw
         run = self._runs.get(state.lease)
         if run is None:
             return aw
@@ -124,6 +126,8 @@ class TraceObserver(Observer):
         return _traced(step_span, step, attempt, aw)
 
     def step_written(self, state: RunState, step: StepRecord) -> None:
+        if not self._runs:
+            return
         run = self._runs.get(state.lease)
         if run is None:
             return

@@ -626,7 +626,10 @@ class SQLiteStorage:
             if conn.execute(_FENCED_STEP_INSERT, params).rowcount != 1:
                 raise FencedError(f"lease on instance {lease.pk} is no longer held")
             if rows:
-                conn.executemany(_EVENT_INSERT, rows)
+                if len(rows) == 1:  # a step.do write: one packed row
+                    conn.execute(_EVENT_INSERT, rows[0])
+                else:
+                    conn.executemany(_EVENT_INSERT, rows)
                 self._touched.append(pk)
 
         fut = self._writer.submit(op, wait=durable, single=True)

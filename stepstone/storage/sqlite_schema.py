@@ -397,17 +397,19 @@ def step_from_row(row: tuple[Any, ...]) -> StepRecord:
     )
 
 
+_compact = json.JSONEncoder(separators=(",", ":")).encode
+
+
 def step_to_row(pk: int, step: StepRecord) -> tuple[object, ...]:
     """The parameters to insert a step, instance key first."""
     attempts = (
-        json.dumps(
+        _compact(
             [
                 [a.start, a.end, a.success, a.error_name, a.error_message]
                 if a.traceback is None
                 else [a.start, a.end, a.success, a.error_name, a.error_message, a.traceback]
                 for a in step.attempts
-            ],
-            separators=(",", ":"),
+            ]
         )
         if step.attempts
         else None

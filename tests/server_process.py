@@ -184,6 +184,7 @@ async def _main(database: str, port: int, tokens_json: str | None, limits_json: 
         poll_interval=0.05,
         limits=engine_limits.get("limits"),
         account_limits=engine_limits.get("account_limits"),
+        blob_store=os.environ.get("STEPSTONE_TEST_BLOB_STORE"),  # the blob tests' S3 bucket (test_blobs_http)
     )
     for name, cls in WORKFLOWS.items():
         engine.register(cls, name=name, script_name="tests")

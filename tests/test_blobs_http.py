@@ -1,4 +1,5 @@
-"""A 100 MiB step output through a real server process, on SQLite and PostgreSQL: streamed into the blob store
+"""A 100 MiB step output through a real server process, on SQLite, PostgreSQL and an S3 bucket (with SQLite):
+streamed into the blob store
 and read back on the replay and over ``GET .../step`` with the process's peak memory (``VmHWM``) growing by far
 less than the output; deleting the instance deletes the blob."""
 
@@ -13,12 +14,17 @@ import pytest
 
 from tests.blob_workflows import MIB, expected_sha256
 from tests.server_process import PIDS, running_server
+from tests.test_blobs_s3 import bucket, s3_endpoint  # noqa: F401 - fixtures
 
 V4 = "/client/v4/accounts/local/workflows"
 
 
-@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
-def url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres), "sqlite+s3"])
+def url(request: pytest.FixtureRequest, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> str:
+    if request.param == "sqlite+s3":  # the bytes in an S3 bucket (moto's server), the rows in SQLite
+        blob_url, _ = request.getfixturevalue("bucket")
+        monkeypatch.setenv("STEPSTONE_TEST_BLOB_STORE", blob_url)
+        return f"sqlite:///{tmp_path / 'blobs.db'}"
     if request.param == "sqlite":
         return f"sqlite:///{tmp_path / 'blobs.db'}"
     return str(request.getfixturevalue("postgres_url"))
@@ -97,6 +103,7 @@ def test_a_100_mib_output_streams_through_the_worker_without_its_memory(url: str
 
         deleted = api.post(f"{V4}/bigout/instances/batch/delete", json={"instances": ["big", "warm"]})
         assert deleted.status_code == 200, deleted.text
+    # (the server's close waits for the background removal of the deleted blobs' objects)
     assert stored_blobs(url, tmp_path) == (0, 0)
 
 

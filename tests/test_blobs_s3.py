@@ -7,6 +7,7 @@ from __future__ import annotations
 import os
 import re
 import subprocess
+import sys
 import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -22,7 +23,8 @@ from tests.blob_workflows import MIB, PATTERN, digest_of, expected_sha256
 from tests.server_process import free_port
 
 V4 = "/client/v4/accounts/local/workflows"
-MOTO_PYTHON = os.environ.get("STEPSTONE_TEST_MOTO_PYTHON", "/root/.pyenv/versions/3.11.7/bin/python")
+# moto[server] is in the dev extra, so the test venv runs the server; CI=true makes its absence a failure.
+MOTO_PYTHON = os.environ.get("STEPSTONE_TEST_MOTO_PYTHON", sys.executable)
 
 
 @pytest.fixture(scope="module")
@@ -30,7 +32,10 @@ def s3_endpoint() -> Iterator[str]:
     """An S3 server (``python -m moto.server``) on a free loopback port; skips where moto is not installed."""
     probe = subprocess.run([MOTO_PYTHON, "-c", "import moto.server"], capture_output=True)
     if probe.returncode != 0:
-        pytest.skip(f"no moto server ({MOTO_PYTHON} cannot import moto.server); set STEPSTONE_TEST_MOTO_PYTHON")
+        message = f"no moto server ({MOTO_PYTHON} cannot import moto.server): pip install 'moto[server]'"
+        if os.environ.get("CI") == "true":
+            pytest.fail(message)
+        pytest.skip(message)
     port = free_port()
     proc = subprocess.Popen(
         [MOTO_PYTHON, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],

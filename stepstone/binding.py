@@ -22,7 +22,7 @@ from stepstone import codec, typed
 from stepstone.admission import Admission, admit
 from stepstone.clock import Clock
 from stepstone.codec import BlobRef
-from stepstone.details import instance_details
+from stepstone.details import instance_details, version_details
 from stepstone.durations import Duration, to_millis
 from stepstone.errors import InstanceNotFoundError, InvalidStateError, ValidationError
 from stepstone.limits import (
@@ -44,6 +44,7 @@ from stepstone.models import (
     StepRecord,
     StepRef,
     TriggerSource,
+    VersionRecord,
     WorkflowRecord,
 )
 from stepstone.observe import Observer, stream
@@ -205,8 +206,20 @@ class Account:
         self, name: str, *, class_name: str, script_name: str, config: str, now: float
     ) -> WorkflowRecord:
         """Create or update this account's workflow ``name`` (a new version when the class or config changes)."""
-        record = WorkflowRecord(name, class_name, script_name, str(uuid.uuid4()), now, now, None, config, self.id)
+        old = await self._rt.storage.get_workflow(self.id, name)
+        version = str(uuid.uuid4())
+        if old is not None and (old.class_name, old.script_name, old.config) == (class_name, script_name, config):
+            version = old.version_id
+        record = WorkflowRecord(name, class_name, script_name, version, now, now, None, config, self.id)
         return await self._rt.storage.put_workflow(record)
+
+    async def list_versions(self, name: str) -> list[VersionRecord]:
+        """The versions of this account's workflow ``name``, the current one first."""
+        return await self._rt.storage.list_versions(self.id, name)
+
+    async def get_version(self, name: str, version_id: str) -> VersionRecord | None:
+        """One version of this account's workflow ``name``, or None."""
+        return await self._rt.storage.get_version(self.id, name, version_id)
 
     async def delete_workflow(self, name: str) -> bool:
         """Delete this account's workflow ``name`` and all its instances; False if it did not exist."""
@@ -717,6 +730,7 @@ class WorkflowInstance:
             doc["parent"] = _linked(links.parent)
         if links.children:
             doc["children"] = [_linked(c) for c in links.children]
+        doc.update(version_details(rec, await self._rt.storage.instance_versions(rec.pk)))
         return doc
 
     async def delete(self) -> None:

@@ -9,7 +9,7 @@ from typing import Any
 
 from stepstone import codec
 from stepstone.codec import REDACTED, BlobRef, plain
-from stepstone.models import InstanceRecord, StepRecord, WorkflowRecord
+from stepstone.models import InstanceRecord, InstanceVersion, StepRecord, VersionRecord, WorkflowRecord
 
 
 def iso(ts: float | None) -> str | None:
@@ -275,3 +275,43 @@ def step_result(
     if step.kind == "wait":
         doc["event_type"] = step.event_type
     return doc
+
+
+def version_details(rec: InstanceRecord, ran: list[InstanceVersion]) -> dict[str, Any]:
+    """stepstone's fields beside Cloudflare's ``versionId`` (the version that created the instance):
+    ``ran_versions``, the versions that ran it (``{"id", "first_ran_on"}``, in that order), and ``divergence``,
+    how each version's replay left the recorded history (None when none did)."""
+    versions = [{"id": v.version_id, "first_ran_on": iso(v.first_ran_on)} for v in ran]
+    if not ran and rec.started_on is not None:  # no other version ran it: the one that created it did
+        versions.append({"id": rec.version_id, "first_ran_on": iso(rec.started_on)})
+    diverged = [{"version_id": v.version_id, **json.loads(v.divergence)} for v in ran if v.divergence is not None]
+    return {"ran_versions": versions, "divergence": diverged or None}
+
+
+def version_document(record: VersionRecord) -> dict[str, Any]:
+    """A version as Cloudflare lists it (``VersionGetResponse``), with the settings it was registered with."""
+    try:
+        config = json.loads(record.config or "{}")
+    except ValueError:
+        config = {}
+    doc: dict[str, Any] = {
+        "id": record.id,
+        "class_name": record.class_name,
+        "created_on": iso(record.created_on),
+        "modified_on": iso(record.modified_on),
+        "workflow_id": record.workflow,
+        "has_dag": record.graph is not None,
+        "language": "python",
+    }
+    if isinstance(config, dict):
+        for key in ("limits", "default_retention", "concurrency"):
+            if isinstance(config.get(key), dict):
+                doc[key] = config[key]
+    return doc
+
+
+def version_graph(record: VersionRecord) -> dict[str, Any]:
+    """``GET …/versions/{id}/graph``: the version with its diagram (``null`` when it has none)."""
+    doc = version_document(record)
+    graph = json.loads(record.graph) if record.graph else None
+    return {k: doc[k] for k in ("id", "class_name", "created_on", "modified_on", "workflow_id")} | {"graph": graph}

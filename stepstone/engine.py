@@ -6,7 +6,6 @@ import asyncio
 import importlib.util
 import json
 import logging
-import uuid
 from collections.abc import Mapping
 from types import SimpleNamespace, TracebackType
 from typing import TYPE_CHECKING, Any
@@ -15,6 +14,7 @@ from stepstone.binding import Account, Children, Runtime, Workflow
 from stepstone.clock import Clock, SystemClock
 from stepstone.errors import ValidationError, WorkflowNotFoundError
 from stepstone.executor import WorkflowDef
+from stepstone.graph import code_version, workflow_graph
 from stepstone.limits import AccountLimits, Limits, validate_workflow_name
 from stepstone.models import DEFAULT_ACCOUNT, WorkflowRecord
 from stepstone.observe import Observer, Observers
@@ -95,6 +95,7 @@ class Engine:
         self._defs: dict[str, WorkflowDef] = {}
         self._meta: dict[str, tuple[str, str, int | None]] = {}
         self._versions: dict[str, str] = {}
+        self._graphs: dict[str, str | None] = {}
         self._accounts: dict[str, Account] = {}
         self._run_worker = worker
         self._concurrency = concurrency
@@ -163,9 +164,26 @@ class Engine:
                 limits.cpu_ms,
                 "process" if isolation == "process" else "thread",
             )
-        self._defs[name] = WorkflowDef(
-            name, cls, limits, binding, self.env_for, Children(self._runtime), isolation=isolation
+        registered = json.dumps(
+            {
+                "class_name": class_name or cls.__name__,
+                "script_name": script_name,
+                "steps": limits.steps,
+                "concurrency": concurrency,
+            },
+            sort_keys=True,
         )
+        self._defs[name] = WorkflowDef(
+            name,
+            cls,
+            limits,
+            binding,
+            self.env_for,
+            Children(self._runtime),
+            isolation=isolation,
+            version_id=code_version(cls, registered),
+        )
+        self._graphs[name] = _graph(cls, class_name or cls.__name__)
         self._meta[name] = (class_name or cls.__name__, script_name, concurrency)
         self._versions.pop(name, None)
         wf = self.workflow(name)
@@ -239,8 +257,9 @@ class Engine:
         if meta[2] is not None:
             settings["concurrency"] = {"limit": meta[2]}
         config = json.dumps(settings)
+        version = self._defs[name].version_id
         record = await self.storage.put_workflow(
-            WorkflowRecord(name, meta[0], meta[1], str(uuid.uuid4()), now, now, None, config)
+            WorkflowRecord(name, meta[0], meta[1], version, now, now, None, config), graph=self._graphs.get(name)
         )
         self._versions[name] = record.version_id
         return record.version_id
@@ -317,6 +336,17 @@ class Engine:
     async def list_workflows(self, *, every_account: bool = False) -> list[WorkflowRecord]:
         """The default account's workflows the database knows (every account's with ``every_account``)."""
         return await self.storage.list_workflows(None if every_account else DEFAULT_ACCOUNT)
+
+
+def _graph(cls: type[WorkflowEntrypoint], class_name: str) -> str | None:
+    """The JSON of the workflow's diagram; None (logged) if its code cannot be drawn, which never fails
+    registering it."""
+    try:
+        graph = workflow_graph(cls, class_name=class_name)
+    except Exception:
+        log.warning("could not draw the diagram of workflow class %s", cls.__qualname__, exc_info=True)
+        return None
+    return json.dumps(graph, separators=(",", ":")) if graph is not None else None
 
 
 def _tracing() -> list[Observer]:

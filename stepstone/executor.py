@@ -60,6 +60,9 @@ class WorkflowDef:
     """Starts the child instances of ``step.run_workflow``."""
     isolation: str = "thread"
     """Where its sync steps run: ``thread`` (the worker's step threads) or ``process`` (killable child processes)."""
+    version_id: str = ""
+    """The version of its code (``stepstone.graph.code_version``); recorded on an instance it runs when that is
+    not the version that created the instance."""
 
 
 class Execution:
@@ -145,6 +148,8 @@ class Execution:
                 )
             except GaveUp:
                 return "aborted"
+        if not await self._note_version(had_history=bool(steps)):
+            return "aborted"
         state = RunState(
             storage=self.storage,
             clock=self.clock,
@@ -232,6 +237,23 @@ class Execution:
             ),
             "complete",
         )
+
+    async def _note_version(self, *, had_history: bool) -> bool:
+        """Record the version running the instance when another version created it (and, when the instance ran
+        before, that the creating version ran it first); False if the lease is gone. The usual case (the
+        version that created it runs it) writes nothing."""
+        inst = self.claim.instance
+        version = self.definition.version_id
+        if not version or version == inst.version_id:
+            return True
+        lease, now = self.lease, self.clock.now()
+
+        async def note() -> None:
+            if had_history and inst.started_on is not None:
+                await self.storage.record_version_run(lease, inst.version_id, now=inst.started_on)
+            await self.storage.record_version_run(lease, version, now=now)
+
+        return await self._guard(note, "noted") == "noted"
 
     async def _suspend(self, state: RunState) -> str:
         await state.idle.wait()

@@ -58,6 +58,35 @@ class WorkflowRecord:
 
 
 @dataclass(slots=True)
+class VersionRecord:
+    """One version of a workflow: what its code and settings were when it was registered under that id."""
+
+    account: str
+    workflow: str
+    id: str
+    class_name: str
+    created_on: float
+    """When this version was first registered."""
+    modified_on: float
+    """When it last became the workflow's current version (a revert to earlier code makes it current again)."""
+    config: str = "{}"
+    """JSON of the settings it was registered with (limits, retention, concurrency)."""
+    graph: str | None = None
+    """JSON of its diagram (``stepstone.graph``), or None when its code was not available to draw."""
+
+
+@dataclass(slots=True)
+class InstanceVersion:
+    """A version that ran an instance other than the one that created it, or one whose replay diverged."""
+
+    version_id: str
+    first_ran_on: float
+    last_ran_on: float
+    divergence: str | None = None
+    """JSON of how this version's replay left the recorded history (``stepstone.divergence``), or None."""
+
+
+@dataclass(slots=True)
 class NewInstance:
     """An instance to create."""
 

@@ -114,12 +114,18 @@ def test_versions_list_get_and_graph(client: Cloudflare) -> None:
     v = versions[0]
     assert isinstance(v.id, str) and v.class_name == "Quick" and v.workflow_id == "quick"
     assert isinstance(v.created_on, datetime) and isinstance(v.modified_on, datetime)
-    assert v.has_dag is False and v.language == "python"
+    assert v.has_dag is True and v.language == "python" and v.limits is not None
     got = client.workflows.versions.get(v.id, account_id=ACCOUNT, workflow_name="quick")
-    assert got.id == v.id and got.has_dag is False and got.language == "python"
+    assert got.id == v.id and got.has_dag is True and got.language == "python"
     graph = client.workflows.versions.graph(v.id, account_id=ACCOUNT, workflow_name="quick")
-    assert graph.id == v.id and graph.graph is None and graph.workflow_id == "quick"
+    assert graph.id == v.id and graph.workflow_id == "quick"
     assert isinstance(graph.created_on, datetime) and graph.class_name == "Quick"
+    # the diagram of Quick.run (one step.do), parsed into the SDK's own graph types
+    assert graph.graph is not None and graph.graph.version == 1
+    assert graph.graph.workflow.class_name == "Quick" and graph.graph.workflow.functions == {}
+    (node,) = graph.graph.workflow.nodes
+    assert type(node).__name__ == "GraphWorkflowNodeUnionMember1" and node.type == "step_do"
+    assert node.name == "echo" and node.config.retries.limit == 5 and node.config.timeout == "10 minutes"
     with pytest.raises(NotFoundError):
         client.workflows.versions.get("no-such-version", account_id=ACCOUNT, workflow_name="quick")
 

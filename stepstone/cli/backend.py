@@ -10,7 +10,7 @@ from typing import Any, Protocol
 
 from stepstone.binding import Account, Workflow
 from stepstone.cron import parse_cron
-from stepstone.details import instance_summary, iso, workflow_summary
+from stepstone.details import instance_summary, iso, version_document, version_graph, workflow_summary
 from stepstone.engine import Engine
 from stepstone.errors import WorkflowNotFoundError
 from stepstone.models import DEFAULT_ACCOUNT
@@ -31,6 +31,14 @@ class Backend(Protocol):
 
     async def delete_workflow(self, name: str) -> None:
         """Delete a workflow and its instances."""
+        ...
+
+    async def list_versions(self, name: str) -> list[Doc]:
+        """A workflow's versions, newest first (the first page of 100)."""
+        ...
+
+    async def version_graph(self, name: str, version_id: str) -> Doc:
+        """A version with its diagram (``graph`` null when it has none)."""
         ...
 
     async def create_instance(self, name: str, instance_id: str | None, params: Any) -> Doc:
@@ -135,6 +143,16 @@ class LocalBackend:
     async def delete_workflow(self, name: str) -> None:
         if not await self._account.delete_workflow(name):
             raise WorkflowNotFoundError(f'workflow "{name}" not found')
+
+    async def list_versions(self, name: str) -> list[Doc]:
+        await self.get_workflow(name)
+        return [version_document(v) for v in (await self._account.list_versions(name))[:100]]
+
+    async def version_graph(self, name: str, version_id: str) -> Doc:
+        version = await self._account.get_version(name, version_id)
+        if version is None:
+            raise WorkflowNotFoundError(f"version {version_id!r} not found in workflow {name!r}")
+        return version_graph(version)
 
     async def create_instance(self, name: str, instance_id: str | None, params: Any) -> Doc:
         wf = await self._workflow(name)

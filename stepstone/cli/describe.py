@@ -159,6 +159,11 @@ def render_instance(doc: dict[str, Any], name: str, *, step_output: bool = True,
         pairs.append(("Parent", f"{parent.get('workflow')} {parent.get('id')} ({parent.get('status')})"))
     for child in doc.get("children") or []:
         pairs.append(("Child", f"{child.get('workflow')} {child.get('id')} ({child.get('status')})"))
+    ran = [v.get("id") for v in doc.get("ran_versions") or []]
+    if ran and ran != [doc.get("versionId")]:
+        pairs.append(("Ran Versions", ", ".join(str(v) for v in ran)))
+    for diverged in doc.get("divergence") or []:
+        pairs.append(("Divergence", diverged.get("message", "")))
     if doc.get("error"):
         pairs.append(("Error", _error(doc["error"])))
     rollback = doc.get("rollback")

@@ -84,6 +84,14 @@ class HttpBackend:
     async def delete_workflow(self, name: str) -> None:
         await self._call("DELETE", f"/{_q(name)}")
 
+    async def list_versions(self, name: str) -> list[Doc]:
+        result, _ = await self._call("GET", f"/{_q(name)}/versions", params={"page": 1, "per_page": 100})
+        return list(result or [])
+
+    async def version_graph(self, name: str, version_id: str) -> Doc:
+        result, _ = await self._call("GET", f"/{_q(name)}/versions/{_q(version_id)}/graph")
+        return dict(result)
+
     async def create_instance(self, name: str, instance_id: str | None, params: Any) -> Doc:
         body: Doc = {"params": params}
         if instance_id is not None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import textwrap
 from pathlib import Path
 from typing import Any
 
@@ -13,6 +14,7 @@ from stepstone.cli.common import Target, open_backend, run, target_options
 from stepstone.cli.instances import instances
 from stepstone.cli.output import echo, emit_json, info, labelled, local_time, status_label, table, warn
 from stepstone.cli.watch import carry_on_message, watch
+from stepstone.graph import graph_text
 
 FINISHED = ("complete", "errored", "terminated")
 
@@ -63,15 +65,19 @@ def list_workflows(page: int, per_page: int, target: Target) -> None:
 
 @workflows.command()
 @click.argument("name")
+@click.option("--graph", "show_graph", is_flag=True, help="Also draw the latest version's diagram (its run()).")
 @target_options
-def describe(name: str, target: Target) -> None:
-    """Describe a workflow: its class, script, version and instance counts."""
+def describe(name: str, show_graph: bool, target: Target) -> None:
+    """Describe a workflow: its class, script, latest version and instance counts."""
 
     async def go() -> None:
         async with open_backend(target) as backend:
             wf = await backend.get_workflow(name)
+            versions = await backend.list_versions(name)
+            latest = versions[0]["id"] if versions else wf.get("version_id")
+            graph = await backend.version_graph(name, str(latest)) if show_graph and latest else None
         if target.json:
-            emit_json(wf)
+            emit_json(wf | ({"versions": versions} | ({"graph": graph["graph"]} if graph else {})))
             return
         echo(
             labelled(
@@ -89,13 +95,16 @@ def describe(name: str, target: Target) -> None:
         echo(
             labelled(
                 [
-                    ("Id", wf.get("version_id")),
+                    ("Id", latest),
                     ("Created On", local_time(wf.get("created_on"))),
                     ("Modified On", local_time(wf.get("modified_on"))),
                 ],
                 indent="  ",
             )
         )
+        if len(versions) > 1:
+            echo("Earlier Versions:")
+            echo(labelled([(str(v.get("id")), local_time(v.get("modified_on"))) for v in versions[1:10]], indent="  "))
         schedules = wf.get("schedules") or []
         if schedules:
             echo("Schedules:")
@@ -104,6 +113,9 @@ def describe(name: str, target: Target) -> None:
         if counts:
             echo("Instances:")
             echo(labelled([(status_label(k), v) for k, v in counts.items()], indent="  "))
+        if graph is not None:
+            echo("Graph:")
+            echo(textwrap.indent(graph_text(graph.get("graph")), "  "))
 
     run(go())
 

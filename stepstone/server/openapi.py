@@ -522,7 +522,11 @@ def _paths() -> J:
         },
         wf + "/versions/{version_id}": {"get": _op("Get a version", _ref("Version"), params=[*aw, VERSION])},
         wf + "/versions/{version_id}/graph": {
-            "get": _op("A version's step graph (always null here)", _ref("VersionGraph"), params=[*aw, VERSION])
+            "get": _op(
+                "A version's step graph (drawn from its run(); null without its source)",
+                _ref("VersionGraph"),
+                params=[*aw, VERSION],
+            )
         },
         wf + "/instances": {
             "post": _op("Create an instance", _ref("InstanceCreated"), params=aw, body=_ref("InstanceCreate")),

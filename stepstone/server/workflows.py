@@ -4,23 +4,26 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from typing import Any
 
 from starlette.requests import Request
 from starlette.responses import Response
 
 from stepstone.cron import CronError, parse_cron
-from stepstone.details import iso, workflow_summary
+from stepstone.details import iso, version_document, workflow_summary
+from stepstone.details import version_graph as graph_document
 from stepstone.durations import to_millis
 from stepstone.errors import ValidationError
 from stepstone.limits import MAX_STEPS
-from stepstone.models import WorkflowRecord
+from stepstone.models import VersionRecord, WorkflowRecord
 from stepstone.server.body import json_object, only_keys, query_int, read_json
 from stepstone.server.envelope import ApiError, bad_request, ok
 from stepstone.server.state import Scope, scope_of
 from stepstone.text import check_text
 
 MAX_PER_PAGE = 1000
+_VERSION_ID = re.compile(r"[A-Za-z0-9-]{1,64}\Z")
 VERSION_NOT_FOUND = 10201
 
 
@@ -156,56 +159,40 @@ async def delete_workflow(request: Request) -> Response:
     return ok({"status": "ok", "success": True})
 
 
-def version_document(record: WorkflowRecord) -> dict[str, Any]:
-    """The workflow's current version (stepstone keeps one version per workflow: the latest)."""
-    try:
-        config = json.loads(record.config or "{}")
-    except ValueError:
-        config = {}
-    doc: dict[str, Any] = {
-        "id": record.version_id,
-        "class_name": record.class_name,
-        "created_on": iso(record.modified_on),
-        "modified_on": iso(record.modified_on),
-        "workflow_id": record.name,
-        "has_dag": False,
-        "language": "python",
-    }
-    if isinstance(config, dict):
-        for key in ("limits", "default_retention", "concurrency"):
-            if isinstance(config.get(key), dict):
-                doc[key] = config[key]
-    return doc
-
-
 async def list_versions(request: Request) -> Response:
-    """``GET /workflows/{name}/versions``: newest first (here: the one current version)."""
-    record = await scope_of(request).workflow_record(request.path_params["workflow_name"])
+    """``GET /workflows/{name}/versions``: newest first (the one that most recently became current)."""
+    scope = scope_of(request)
+    record = await scope.workflow_record(request.path_params["workflow_name"])
     page = query_int(request, "page", 1, low=1, high=1_000_000)
     per_page = query_int(request, "per_page", 50, low=1, high=MAX_PER_PAGE)
-    result = [version_document(record)] if page == 1 else []
-    return ok(result, result_info=page_info(page, per_page, len(result), 1))
+    versions = await scope.account.list_versions(record.name)
+    chosen = versions[(page - 1) * per_page : page * per_page]
+    result = [version_document(v) for v in chosen]
+    return ok(result, result_info=page_info(page, per_page, len(result), len(versions)))
 
 
-async def _version(request: Request) -> dict[str, Any]:
-    record = await scope_of(request).workflow_record(request.path_params["workflow_name"])
+async def _version(request: Request) -> VersionRecord:
+    scope = scope_of(request)
+    record = await scope.workflow_record(request.path_params["workflow_name"])
     version_id = request.path_params["version_id"]
-    if version_id != record.version_id:
+    # ids are UUIDs: anything else (a NUL, a path of a kilobyte) is no version, without asking the database
+    version = await scope.account.get_version(record.name, version_id) if _VERSION_ID.match(version_id) else None
+    if version is None:
         raise ApiError(
             404,
             VERSION_NOT_FOUND,
             f"version {version_id[:80]!r} not found in workflow {record.name!r}: "
             f"its current version is {record.version_id!r}",
         )
-    return version_document(record)
+    return version
 
 
 async def get_version(request: Request) -> Response:
     """``GET /workflows/{name}/versions/{version_id}``."""
-    return ok(await _version(request))
+    return ok(version_document(await _version(request)))
 
 
 async def version_graph(request: Request) -> Response:
-    """``GET /workflows/{name}/versions/{version_id}/graph``: stepstone draws no graph (``null``)."""
-    doc = await _version(request)
-    return ok({k: doc[k] for k in ("id", "class_name", "created_on", "modified_on", "workflow_id")} | {"graph": None})
+    """``GET /workflows/{name}/versions/{version_id}/graph``: the diagram drawn from the version's ``run()``
+    (``stepstone.graph``), or ``null`` when its code could not be read."""
+    return ok(graph_document(await _version(request)))

@@ -22,12 +22,14 @@ from stepstone.models import (
     HistoryEvent,
     InstanceLinks,
     InstanceRecord,
+    InstanceVersion,
     Lease,
     LeaseState,
     NewEvent,
     NewInstance,
     StepRecord,
     StepRef,
+    VersionRecord,
     WorkflowRecord,
 )
 from stepstone.storage.bell import StreamWaiter
@@ -122,9 +124,29 @@ class Storage(Protocol):
         ...
 
     # -- workflows ------------------------------------------------------------------------------------
-    async def put_workflow(self, record: WorkflowRecord) -> WorkflowRecord:
-        """Create or update a workflow of ``record.account``; keeps ``created_on``, bumps the version when the
-        class changes."""
+    async def put_workflow(self, record: WorkflowRecord, *, graph: str | None = None) -> WorkflowRecord:
+        """Create or update a workflow of ``record.account``; keeps ``created_on``. A change of class, script,
+        config or ``version_id`` makes ``record.version_id`` the current version and records it (with its
+        diagram ``graph``, JSON, or the previous version's when None and the class is the same)."""
+        ...
+
+    async def list_versions(self, account: str, workflow: str) -> list[VersionRecord]:
+        """The workflow's versions, the one that most recently became current first."""
+        ...
+
+    async def get_version(self, account: str, workflow: str, version_id: str) -> VersionRecord | None:
+        """One version of the workflow, or None."""
+        ...
+
+    async def record_version_run(
+        self, lease: Lease, version_id: str, *, now: float, divergence: str | None = None
+    ) -> None:
+        """Record that ``version_id`` ran the leased instance, with how its replay diverged (JSON) if it did;
+        a divergence once recorded stays. Raises FencedError when the lease is gone."""
+        ...
+
+    async def instance_versions(self, pk: int) -> list[InstanceVersion]:
+        """The versions recorded by :meth:`record_version_run` for the instance, in the order they first ran it."""
         ...
 
     async def get_workflow(self, account: str, name: str) -> WorkflowRecord | None:

@@ -40,15 +40,18 @@ from stepstone.models import (
     HistoryEvent,
     InstanceLinks,
     InstanceRecord,
+    InstanceVersion,
     Lease,
     LeaseState,
     NewEvent,
     NewInstance,
     StepRecord,
     StepRef,
+    VersionRecord,
     WorkflowRecord,
 )
 from stepstone.storage import postgres_control as control
+from stepstone.storage import versions_sql as versions
 from stepstone.storage.base import ROLLING_BACK, ClaimResult, InstancePage, page_window, redact_url
 from stepstone.storage.bell import Bell, StreamWaiter
 from stepstone.storage.blobs import BlobStore
@@ -296,11 +299,11 @@ class PostgresStorage:
         return await self._tx.run(fn, idempotent=idempotent, single=single)
 
     # -- workflows ------------------------------------------------------------------------------------
-    async def put_workflow(self, record: WorkflowRecord) -> WorkflowRecord:
-        """Create or update a workflow."""
+    async def put_workflow(self, record: WorkflowRecord, *, graph: str | None = None) -> WorkflowRecord:
+        """Create or update a workflow (and the row of its version)."""
 
         async def op(conn: Conn) -> WorkflowRecord:
-            await conn.execute(
+            cur = await conn.execute(
                 f"INSERT INTO workflows ({WORKFLOW_COLUMNS}) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s) "
                 "ON CONFLICT (account, name) DO NOTHING",
                 (
@@ -323,8 +326,17 @@ class PostgresStorage:
                     record.name,
                 )
             )
-            if (old.class_name, old.script_name, old.config) == (record.class_name, record.script_name, record.config):
+            if cur.rowcount == 1:
+                await versions.put_version_pg(conn, record, graph, None)
                 return old
+            if (old.class_name, old.script_name, old.config, old.version_id) == (
+                record.class_name,
+                record.script_name,
+                record.config,
+                record.version_id,
+            ):
+                return old
+            await versions.put_version_pg(conn, record, graph, old.version_id)
             row = await fetch_one(
                 conn,
                 "UPDATE workflows SET class_name = %s, script_name = %s, version_id = %s, modified_on = %s, "
@@ -371,12 +383,41 @@ class PostgresStorage:
                 name,
             )
             await control.delete_pks(conn, [r[0] for r in rows])
+            await conn.execute(versions.pg(versions.DELETE_OF_WORKFLOW), (account, name))
             cur = await conn.execute("DELETE FROM workflows WHERE account = %s AND name = %s", (account, name))
             return cur.rowcount > 0
 
         deleted = await self._run(op)
         self.blobs.collect_soon()
         return deleted
+
+    async def list_versions(self, account: str, workflow: str) -> list[VersionRecord]:
+        """The workflow's versions, the current one first."""
+        rows = await self._run(lambda c: fetch_all(c, versions.pg(versions.LIST), account, workflow))
+        return [versions.version_from_row(r) for r in rows]
+
+    async def get_version(self, account: str, workflow: str, version_id: str) -> VersionRecord | None:
+        """One version of the workflow, or None."""
+        row = await self._run(lambda c: fetch_maybe(c, versions.pg(versions.GET), account, workflow, version_id))
+        return versions.version_from_row(row) if row else None
+
+    async def record_version_run(
+        self, lease: Lease, version_id: str, *, now: float, divergence: str | None = None
+    ) -> None:
+        """Record that ``version_id`` ran the leased instance (and how its replay diverged); fenced."""
+
+        async def op(conn: Conn) -> None:
+            params = versions.ran_params(lease.pk, lease.token, version_id, now, divergence)
+            cur = await conn.execute(versions.pg(versions.RAN), params)
+            if cur.rowcount == 0:
+                raise FencedError(f"lease on instance {lease.pk} is no longer held")
+
+        await self._run(op)
+
+    async def instance_versions(self, pk: int) -> list[InstanceVersion]:
+        """The versions recorded as having run the instance, in the order they first ran it."""
+        rows = await self._run(lambda c: fetch_all(c, versions.pg(versions.OF_INSTANCE), pk))
+        return [versions.instance_version_from_row(r) for r in rows]
 
     async def count_by_status(self, account: str, workflow: str) -> dict[str, int]:
         """Instances of the account's workflow per status."""

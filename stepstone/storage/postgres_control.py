@@ -117,6 +117,7 @@ async def restart(
         await conn.execute("DELETE FROM steps WHERE instance_pk = %s", (pk,))
         await conn.execute("DELETE FROM events WHERE instance_pk = %s", (pk,))
         await conn.execute("DELETE FROM instance_events WHERE instance_pk = %s", (pk,))
+        await conn.execute("DELETE FROM instance_versions WHERE instance_pk = %s", (pk,))
     else:
         rows = await fetch_all(
             conn,
@@ -306,6 +307,7 @@ async def delete_pks(conn: Conn, pks: Sequence[int]) -> None:
         await conn.execute("DELETE FROM steps WHERE instance_pk = ANY(%s)", (list(pks),))
         await conn.execute("DELETE FROM events WHERE instance_pk = ANY(%s)", (list(pks),))
         await conn.execute("DELETE FROM instance_events WHERE instance_pk = ANY(%s)", (list(pks),))
+        await conn.execute("DELETE FROM instance_versions WHERE instance_pk = ANY(%s)", (list(pks),))
         await conn.execute("DELETE FROM instances WHERE pk = ANY(%s)", (list(pks),))
 
 

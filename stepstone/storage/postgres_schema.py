@@ -17,6 +17,7 @@ from stepstone.storage.sqlite_schema import (
     EXISTING_EVENTS,
     FINISHED_SQL,
     TAKEOVER,
+    VERSION_TABLES,
     migration_statements,
     status_event,
 )
@@ -256,6 +257,8 @@ MIGRATIONS: Final[tuple[str | tuple[str, ...], ...]] = (
         "CREATE TRIGGER blobs_step_deleted AFTER DELETE ON steps FOR EACH ROW "
         f"WHEN (OLD.result LIKE '{BLOB_RESULT_LIKE}') EXECUTE FUNCTION stepstone_blobs_step_deleted()",
     ),
+    # version 9: workflow versions and the versions that ran an instance, as SQLite's version 10.
+    VERSION_TABLES,
 )
 SCHEMA_VERSION: Final = len(MIGRATIONS)
 

@@ -29,15 +29,18 @@ from stepstone.models import (
     HistoryEvent,
     InstanceLinks,
     InstanceRecord,
+    InstanceVersion,
     Lease,
     LeaseState,
     NewEvent,
     NewInstance,
     StepRecord,
     StepRef,
+    VersionRecord,
     WorkflowRecord,
 )
 from stepstone.storage import sqlite_control as control
+from stepstone.storage import versions_sql as versions
 from stepstone.storage.base import ClaimResult, InstancePage
 from stepstone.storage.bell import Bell, StreamWaiter
 from stepstone.storage.blobs import BlobStore
@@ -301,8 +304,8 @@ class SQLiteStorage:
             self._own_signals.add(seq)
 
     # -- workflows ------------------------------------------------------------------------------------
-    async def put_workflow(self, record: WorkflowRecord) -> WorkflowRecord:
-        """Create or update a workflow of ``record.account``."""
+    async def put_workflow(self, record: WorkflowRecord, *, graph: str | None = None) -> WorkflowRecord:
+        """Create or update a workflow of ``record.account`` (and the row of its version)."""
 
         def op(conn: Conn) -> WorkflowRecord:
             row = conn.execute(
@@ -324,10 +327,17 @@ class SQLiteStorage:
                         record.account,
                     ),
                 )
+                versions.put_version(conn, record, graph, None)
                 return record
             old = workflow_from_row(row)
-            if (old.class_name, old.script_name, old.config) == (record.class_name, record.script_name, record.config):
+            if (old.class_name, old.script_name, old.config, old.version_id) == (
+                record.class_name,
+                record.script_name,
+                record.config,
+                record.version_id,
+            ):
                 return old
+            versions.put_version(conn, record, graph, old.version_id)
             updated = conn.execute(
                 "UPDATE workflows SET class_name = ?, script_name = ?, version_id = ?, modified_on = ?, "
                 f"config = ? WHERE account = ? AND name = ? RETURNING {WORKFLOW_COLUMNS}",
@@ -373,11 +383,39 @@ class SQLiteStorage:
                 for r in conn.execute("SELECT pk FROM instances WHERE account = ? AND workflow = ?", (account, name))
             ]
             control.delete_pks(conn, pks)
+            conn.execute(versions.DELETE_OF_WORKFLOW, (account, name))
             return conn.execute("DELETE FROM workflows WHERE account = ? AND name = ?", (account, name)).rowcount > 0
 
         deleted = await self._write(op)
         await self.blobs.collect()
         return deleted
+
+    async def list_versions(self, account: str, workflow: str) -> list[VersionRecord]:
+        """The workflow's versions, the current one first."""
+        rows = await self._read(lambda c: c.execute(versions.LIST, (account, workflow)).fetchall())
+        return [versions.version_from_row(r) for r in rows]
+
+    async def get_version(self, account: str, workflow: str, version_id: str) -> VersionRecord | None:
+        """One version of the workflow, or None."""
+        row = await self._read(lambda c: c.execute(versions.GET, (account, workflow, version_id)).fetchone())
+        return versions.version_from_row(row) if row else None
+
+    async def record_version_run(
+        self, lease: Lease, version_id: str, *, now: float, divergence: str | None = None
+    ) -> None:
+        """Record that ``version_id`` ran the leased instance (and how its replay diverged); fenced."""
+
+        def op(conn: Conn) -> None:
+            params = versions.ran_params(lease.pk, lease.token, version_id, now, divergence)
+            if conn.execute(versions.RAN, params).rowcount == 0:
+                raise FencedError(f"lease on instance {lease.pk} is no longer held")
+
+        await self._write(op)
+
+    async def instance_versions(self, pk: int) -> list[InstanceVersion]:
+        """The versions recorded as having run the instance, in the order they first ran it."""
+        rows = await self._read(lambda c: c.execute(versions.OF_INSTANCE, (pk,)).fetchall())
+        return [versions.instance_version_from_row(r) for r in rows]
 
     async def count_by_status(self, account: str, workflow: str) -> dict[str, int]:
         """Instances of the account's workflow per status."""

@@ -127,6 +127,7 @@ def restart(
         conn.execute("DELETE FROM steps WHERE instance_pk = ?", (pk,))
         conn.execute("DELETE FROM events WHERE instance_pk = ?", (pk,))
         conn.execute("DELETE FROM instance_events WHERE instance_pk = ?", (pk,))
+        conn.execute("DELETE FROM instance_versions WHERE instance_pk = ?", (pk,))
     else:
         rows = conn.execute(
             "SELECT seq FROM steps WHERE instance_pk = ? AND kind = ? AND name = ? ORDER BY seq",
@@ -429,4 +430,5 @@ def delete_pks(conn: Conn, pks: Sequence[int]) -> None:
         conn.execute(f"DELETE FROM steps WHERE instance_pk IN ({marks})", chunk)
         conn.execute(f"DELETE FROM events WHERE instance_pk IN ({marks})", chunk)
         conn.execute(f"DELETE FROM instance_events WHERE instance_pk IN ({marks})", chunk)
+        conn.execute(f"DELETE FROM instance_versions WHERE instance_pk IN ({marks})", chunk)
         conn.execute(f"DELETE FROM instances WHERE pk IN ({marks})", chunk)

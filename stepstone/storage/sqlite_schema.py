@@ -63,6 +63,35 @@ def child_wake(child: str, status: str, cond: str = "") -> str:
             INSERT INTO signals (instance_pk, kind, at) SELECT parent_pk, 'new', {child}.modified_on {link};"""
 
 
+VERSION_TABLES: Final = (
+    """CREATE TABLE workflow_versions (
+        account TEXT NOT NULL,
+        workflow TEXT NOT NULL,
+        id TEXT NOT NULL,
+        class_name TEXT NOT NULL,
+        created_on DOUBLE PRECISION NOT NULL,
+        modified_on DOUBLE PRECISION NOT NULL,
+        config TEXT NOT NULL DEFAULT '{}',
+        graph TEXT,
+        PRIMARY KEY (account, workflow, id)
+    )""",
+    "INSERT INTO workflow_versions (account, workflow, id, class_name, created_on, modified_on, config) "
+    "SELECT account, name, version_id, class_name, created_on, modified_on, config FROM workflows",
+    """CREATE TABLE instance_versions (
+        instance_pk BIGINT NOT NULL,
+        version_id TEXT NOT NULL,
+        first_ran_on DOUBLE PRECISION NOT NULL,
+        last_ran_on DOUBLE PRECISION NOT NULL,
+        divergence TEXT,
+        PRIMARY KEY (instance_pk, version_id)
+    )""",
+)
+"""The version tables (both backends: the same statements)."""
+
+VERSION_COLUMNS: Final = "account, workflow, id, class_name, created_on, modified_on, config, graph"
+INSTANCE_VERSION_COLUMNS: Final = "version_id, first_ran_on, last_ran_on, divergence"
+
+
 MIGRATIONS: Final[tuple[str | tuple[str, ...], ...]] = (
     # version 1
     """
@@ -305,6 +334,9 @@ MIGRATIONS: Final[tuple[str | tuple[str, ...], ...]] = (
             UPDATE blobs SET state = 'deleted' WHERE instance_pk = old.instance_pk AND step_key = old.key;
         END""",
     ),
+    # version 10: workflow versions (one row per version id a workflow was registered under, with its diagram),
+    # and the versions that ran an instance other than the one that created it, or whose replay diverged.
+    VERSION_TABLES,
 )
 SCHEMA_VERSION: Final = len(MIGRATIONS)
 

@@ -9,10 +9,10 @@ Wrangler's keys are read as they are (``name``, ``main``, ``[vars]``, ``[[workfl
 ``class_name``, ``script_name``, ``limits.steps``, ``schedules``, ``default_retention``, ``concurrency.limit``, and
 ``[exports.ClassName]`` with ``type = "workflow"``: :mod:`stepstone.config_workflows`), and each workflow may add
 ``concurrency`` (at most that many of its instances run at once), ``retention = {success, error}``, ``isolation``
-(``"thread"`` or ``"process"``: where its sync steps run) and ``limits.max_queued_instances`` /
-``limits.creation_rate``; our own settings sit in a ``[stepstone]`` table: ``database``, ``concurrency``, ``host``,
-``port``, ``retention = {success, error}``, ``lease_seconds``, ``api_tokens``, ``log_level``, ``log_format`` and
-``[stepstone.limits]``.
+(``"thread"`` or ``"process"``: where its sync steps run), ``on_divergence`` (``"record"`` or ``"fail"``) and
+``limits.max_queued_instances`` / ``limits.creation_rate``; our own settings sit in a ``[stepstone]`` table:
+``database``, ``concurrency``, ``host``, ``port``, ``retention = {success, error}``, ``lease_seconds``,
+``api_tokens``, ``log_level``, ``log_format`` and ``[stepstone.limits]``.
 """
 
 from __future__ import annotations

@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from typing import Any, Final
 
 from stepstone.config_check import Checker
+from stepstone.divergence import ON_DIVERGENCE
 from stepstone.limits import ID_PATTERN, MAX_STEPS
 
 MAX_CPU_MS: Final[int] = 300_000
@@ -21,9 +22,10 @@ _SETTING_KEYS: Final[tuple[str, ...]] = (
     "retention",
     "default_retention",
     "isolation",
+    "on_divergence",
 )
 """What a ``[[workflows]]`` binding and a workflow export both accept (Cloudflare's ``limits``, ``schedules``,
-``default_retention`` and ``concurrency``; stepstone's ``retention`` and ``isolation``)."""
+``default_retention`` and ``concurrency``; stepstone's ``retention``, ``isolation`` and ``on_divergence``)."""
 _WORKFLOW_KEYS: Final[frozenset[str]] = frozenset({"name", "binding", "class_name", "script_name", *_SETTING_KEYS})
 _EXPORT_KEYS: Final[frozenset[str]] = frozenset({"type", "name", *_SETTING_KEYS})
 _LIMIT_KEYS: Final[frozenset[str]] = frozenset({"steps", "cpu_ms", "max_queued_instances", "creation_rate"})
@@ -59,6 +61,8 @@ class WorkflowConfig:
     """``limits.cpu_ms`` (or the top-level ``[limits] cpu_ms``): CPU time per sync step attempt; None: no limit."""
     isolation: str = "thread"
     """``isolation``: where sync steps run, ``thread`` or ``process`` (killed on a timeout)."""
+    on_divergence: str | None = None
+    """``on_divergence``: ``record`` or ``fail`` (None: the class's own, else ``record``)."""
     limits: dict[str, Any] = field(default_factory=dict)
     """``limits.max_queued_instances`` and ``limits.creation_rate`` when given (None: off)."""
     exported: bool = False
@@ -113,6 +117,11 @@ def _settings(c: Checker, entry: dict[str, Any], key: str, warnings: list[str]) 
         if isolation not in ("thread", "process"):
             raise c.fail(f"{key}.isolation", '"thread" or "process"', isolation)
         out["isolation"] = isolation
+    if "on_divergence" in entry:
+        on_divergence = c.string(entry["on_divergence"], f"{key}.on_divergence")
+        if on_divergence not in ON_DIVERGENCE:
+            raise c.fail(f"{key}.on_divergence", '"record" or "fail"', on_divergence)
+        out["on_divergence"] = on_divergence
     return out
 
 

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 from stepstone.binding import Account, Children, Runtime, Workflow
 from stepstone.clock import Clock, SystemClock
+from stepstone.divergence import check_on_divergence
 from stepstone.errors import ValidationError, WorkflowNotFoundError
 from stepstone.executor import WorkflowDef
 from stepstone.graph import code_version, workflow_graph
@@ -134,13 +135,16 @@ class Engine:
         script_name: str = "",
         concurrency: int | None = None,
         isolation: str = "thread",
+        on_divergence: str | None = None,
     ) -> Workflow:
         """Register a workflow class under ``name`` (and ``env.<binding>``); returns its binding.
 
         ``concurrency`` caps how many instances of this workflow run at once across every worker on the
         database (Cloudflare's ``concurrency.limit``); waiting instances do not count. ``isolation="process"``
         runs its sync steps in child processes that a timeout kills (``stepstone.step_process``), instead of
-        threads that run on past it.
+        threads that run on past it. ``on_divergence="fail"`` (or the class attribute ``on_divergence``) errors an
+        instance whose replay no longer reaches its recorded steps (its code changed under it) before a new step
+        runs; the default, ``"record"``, records and logs it and goes on (``stepstone.divergence``).
         """
         if not (isinstance(cls, type) and issubclass(cls, WorkflowEntrypoint)):
             raise ValidationError(f"register() expects a WorkflowEntrypoint subclass, got {cls!r}")
@@ -150,6 +154,10 @@ class Engine:
             raise ValidationError(f"workflow {name!r}: concurrency must be a positive integer, got {concurrency!r}")
         validate_workflow_name(name, self.limits)
         check_isolation(isolation, what=f"workflow {name!r}")
+        divergence = check_on_divergence(
+            on_divergence if on_divergence is not None else getattr(cls, "on_divergence", "record"),
+            what=f"workflow {name!r}",
+        )
         check_text(class_name or cls.__name__, what="class_name")
         check_text(script_name, what="script_name")
         if isinstance(limits, Mapping):
@@ -181,6 +189,7 @@ class Engine:
             self.env_for,
             Children(self._runtime),
             isolation=isolation,
+            on_divergence=divergence,
             version_id=code_version(cls, registered),
         )
         self._graphs[name] = _graph(cls, class_name or cls.__name__)
@@ -338,7 +347,7 @@ class Engine:
         return await self.storage.list_workflows(None if every_account else DEFAULT_ACCOUNT)
 
 
-def _graph(cls: type[WorkflowEntrypoint], class_name: str) -> str | None:
+def _graph(cls: type[WorkflowEntrypoint[Any]], class_name: str) -> str | None:
     """The JSON of the workflow's diagram; None (logged) if its code cannot be drawn, which never fails
     registering it."""
     try:

@@ -19,6 +19,7 @@ The tree::
         ├── EventLoopBlockedError             an async step attempt blocked the event loop too long
         ├── StepProcessError                  a sync step's process (isolation="process") was killed or died
         ├── WorkflowFatalError                the instance cannot go on (step limit, bad value)
+        │   └── ReplayDivergenceError         on_divergence="fail": the code no longer reaches recorded steps
         ├── StepFailedError                   a replayed step failure whose class cannot be rebuilt
         └── StorageError                      the database failed or refused
             ├── StorageUnavailableError       it cannot take writes now (disk full, I/O error, unreachable)
@@ -127,6 +128,12 @@ class StepProcessError(StepstoneError):
 
 class WorkflowFatalError(StepstoneError):
     """The instance cannot continue: a limit was reached or a value cannot be stored. Never retried."""
+
+
+class ReplayDivergenceError(WorkflowFatalError):
+    """A replay called a step that history does not hold before reaching every recorded step (the code changed
+    under the instance), and its workflow was registered with ``on_divergence="fail"``: the instance errors
+    before the new step runs."""
 
 
 class StepFailedError(StepstoneError):

@@ -7,6 +7,7 @@ import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from functools import partial
 from typing import Any
 
 from stepstone import codec, typed
@@ -60,6 +61,8 @@ class WorkflowDef:
     """Starts the child instances of ``step.run_workflow``."""
     isolation: str = "thread"
     """Where its sync steps run: ``thread`` (the worker's step threads) or ``process`` (killable child processes)."""
+    on_divergence: str = "record"
+    """What a replay that no longer reaches the recorded steps does: ``record`` it, or ``fail`` the instance."""
     version_id: str = ""
     """The version of its code (``stepstone.graph.code_version``); recorded on an instance it runs when that is
     not the version that created the instance."""
@@ -103,6 +106,7 @@ class Execution:
         self._drained = False
         self._run_task: asyncio.Future[Any] | None = None
         self._watcher: asyncio.Task[None] | None = None
+        self._divergence_noted = False
 
     # -- signals from the worker ------------------------------------------------------------------------
     def request_pause(self) -> None:
@@ -168,6 +172,7 @@ class Execution:
             account=inst.account,
             children=self.definition.children,
             processes=self.processes,
+            on_divergence=self.definition.on_divergence,
         )
         state.rolling_back = any(e.type == ROLLBACK_EVENT for e in events)
         self.state = state
@@ -255,6 +260,22 @@ class Execution:
 
         return await self._guard(note, "noted") == "noted"
 
+    async def _note_divergence(self) -> None:
+        """Record how this run's replay diverged (with the version that ran it) before its final write."""
+        state = self.state
+        report = state.divergence_report() if state is not None else None
+        if report is None or self._divergence_noted:
+            return
+        self._divergence_noted = True
+        version = self.definition.version_id or self.claim.instance.version_id
+        make = partial(self.storage.record_version_run, self.lease, version, now=report.detected_at)
+        try:
+            await make(divergence=report.to_json())
+        except StorageUnavailableError as exc:
+            await retry_unavailable(
+                lambda: make(divergence=report.to_json()), exc, window=self.lease_window, what=self._what("divergence")
+            )
+
     async def _suspend(self, state: RunState) -> str:
         await state.idle.wait()
         if state.aborted:
@@ -335,6 +356,7 @@ class Execution:
         """Make a run's final write: ``outcome`` (or, when None, what the write returns) once it is stored;
         "aborted" when the lease is gone, or when the database took no writes while the lease held."""
         try:
+            await self._note_divergence()
             try:
                 result = await make()
             except StorageUnavailableError as exc:
@@ -352,6 +374,7 @@ _WHAT = {
     "errored": "writing its error",
     "paused": "writing its pause",
     "suspension": "writing its suspension",
+    "divergence": "writing how its replay diverged",
 }
 
 

@@ -169,6 +169,7 @@ class Project:
                     limits=_workflow_limits(wf) or None,
                     concurrency=wf.concurrency,
                     isolation=wf.isolation,
+                    on_divergence=wf.on_divergence,
                 )
             elif wf.binding:  # a workflow only in exports has no env binding
                 setattr(engine.env, wf.binding, engine.workflow(wf.name))

@@ -18,7 +18,8 @@ from dataclasses import dataclass, field
 from typing import Any, Final, Protocol, TypeVar
 
 from stepstone.clock import Clock
-from stepstone.errors import FencedError, StorageUnavailableError, WorkflowFatalError
+from stepstone.divergence import Divergence, StepId, recorded_id
+from stepstone.errors import FencedError, ReplayDivergenceError, StorageUnavailableError, WorkflowFatalError
 from stepstone.history import Mark, RollbackPass, mark, rollback_lifecycle, step_events
 from stepstone.limits import Limits
 from stepstone.models import (
@@ -273,6 +274,20 @@ class RunState:
     """Attempts to record as started once they have run :data:`ATTEMPT_MARK_S`: ``[due, step]``, in start order
     (so in due order); an attempt that ends first clears its step. One timer serves them all."""
     start_mark_timer: asyncio.TimerHandle | None = None
+    on_divergence: str = "record"
+    """``record`` or ``fail``: what a replay that no longer reaches the recorded steps does
+    (:mod:`stepstone.divergence`)."""
+    recorded: dict[str, StepRecord] = field(default_factory=dict)
+    """The steps of the history as loaded that ``run()`` calls (not undo handlers): new steps of this run are
+    added to :attr:`history`, not here."""
+    reached: set[str] = field(default_factory=set)
+    """Keys of recorded steps this run has called."""
+    first_run: list[StepId] = field(default_factory=list)
+    """Steps this run called that history does not hold, in call order."""
+    divergence: Divergence | None = None
+    """How this run's replay diverged, once judged so."""
+    _judge_next: bool = False
+    _judgement: asyncio.Future[None] | None = None
 
     def __post_init__(self) -> None:
         self.idle.set()
@@ -280,19 +295,78 @@ class RunState:
         self.replaying = bool(self.history)  # run() ran before: it re-runs until the first step not settled
         self.seq = max((s.seq for s in self.history.values()), default=0)
         self.marks = {key: mark(step) for key, step in self.history.items()}
+        self.recorded = {key: step for key, step in self.history.items() if step.kind in ("do", "sleep", "wait")}
         for event in self.events:
             self.buffered.setdefault(event.type, deque()).append(event)
 
-    def next_count(self, counter_key: str) -> int:
-        """The next occurrence number for a counter key (first is 1), assigned at call time."""
+    def next_count(self, counter_key: str, name: str | None = None) -> int:
+        """The next occurrence number for a counter key (first is 1), assigned at call time. ``name`` is the
+        step's name as written (the counter key of a sleep adds its length)."""
         count = self.counters.get(counter_key, 0) + 1
         self.counters[counter_key] = count
+        if not self.replaying and not self.recorded:  # a run with no history: nothing to serve or to judge
+            return count
+        prefix, _, rest = counter_key.partition("-")
+        key = step_key(_KINDS[prefix], rest, count)
         if self.replaying:
-            prefix, _, rest = counter_key.partition("-")
-            settled = self.history.get(step_key(_KINDS[prefix], rest, count))
+            settled = self.history.get(key)
             if settled is None or settled.status not in _SETTLED:
                 self.replaying = False
+        if key in self.recorded:
+            self.reached.add(key)
+        elif self.recorded:
+            self.first_run.append(StepId(prefix, name if name is not None else rest, count))
+            self._judge_next = self._judgement is None
         return count
+
+    def judged(self, make: Callable[[], Awaitable[T]]) -> Awaitable[T]:
+        """The step just counted, started once the replay is judged (when it is the first step history does
+        not hold; otherwise at once). Raises the divergence error of an ``on_divergence="fail"`` run."""
+        if isinstance(self.fatal, ReplayDivergenceError):
+            raise self.fatal
+        if not self._judge_next and (self._judgement is None or self._judgement.done()):
+            return make()
+        self._judge_next = False
+        return self._judge_then(make)
+
+    async def _judge_then(self, make: Callable[[], Awaitable[T]]) -> T:
+        if self._judgement is None:
+            self._judgement = asyncio.ensure_future(self._judge())
+        await asyncio.shield(self._judgement)
+        if isinstance(self.fatal, ReplayDivergenceError):
+            raise self.fatal
+        return await make()
+
+    async def _judge(self) -> None:
+        # Other branches (asyncio.gather) may not have reached their recorded steps yet: replayed steps return
+        # without yielding, so a few turns of the loop in which nothing more is reached let them catch up.
+        quiet, seen = 0, len(self.reached)
+        for _ in range(100):
+            await asyncio.sleep(0)
+            quiet = quiet + 1 if len(self.reached) == seen else 0
+            seen = len(self.reached)
+            if quiet >= 3:
+                break
+        missing = sorted((s for k, s in self.recorded.items() if k not in self.reached), key=lambda s: s.seq)
+        if not missing:
+            return
+        failed = self.on_divergence == "fail"
+        found = Divergence([recorded_id(s) for s in missing], list(self.first_run), self.clock.now(), failed=failed)
+        self.divergence = found
+        message = found.message()
+        log.warning("instance %s/%s: replay diverged: %s", self.workflow, self.instance_id, message)
+        if failed:
+            self.fatal = ReplayDivergenceError(f"{message} (on_divergence='fail')")
+
+    def divergence_report(self) -> Divergence | None:
+        """The divergence as the run ends: every step it ran first, and which missing steps it reached later."""
+        if self.divergence is None:
+            return None
+        ids = {recorded_id(s): k for k, s in self.recorded.items()}
+        self.divergence.reached_late = [s for s in self.divergence.not_reached if ids.get(s) in self.reached]
+        if not self.divergence.failed:
+            self.divergence.first_run = list(self.first_run)
+        return self.divergence
 
     def observed(self, step: StepRecord, attempt: int, aw: Awaitable[Any]) -> Awaitable[Any]:
         """One live attempt, wrapped by the hooks (a trace span) when there are any."""

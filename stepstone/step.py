@@ -123,8 +123,8 @@ class WorkflowStep:
         count = state.next_count("do-" + name)
         state.check_live()
         if undo is None:
-            return run_do(state, name, count, resolved, fn, kwargs)
-        return run_with_undo(state, name, count, resolved, fn, kwargs, undo[0], undo_config)
+            return state.judged(lambda: run_do(state, name, count, resolved, fn, kwargs))
+        return state.judged(lambda: run_with_undo(state, name, count, resolved, fn, kwargs, undo[0], undo_config))
 
     # -- saga rollbacks -----------------------------------------------------------------------------------
     def with_rollback(
@@ -196,9 +196,9 @@ class WorkflowStep:
         ms = to_millis(duration, what=f'sleep "{name}"')
         validate_sleep_ms(ms, state.limits, name=name)
         extra = str(int(ms)) if ms == int(ms) else repr(ms)
-        count = state.next_count("sleep-" + name + extra)
+        count = state.next_count("sleep-" + name + extra, name)
         state.check_live()
-        return self._sleep(name, count, extra, ms / 1000)
+        return state.judged(lambda: self._sleep(name, count, extra, ms / 1000))
 
     def sleep_until(self, name: str, when: datetime | float | int) -> Awaitable[None]:
         """Hibernate until ``when``: an aware ``datetime`` (naive means UTC) or epoch milliseconds."""
@@ -217,9 +217,9 @@ class WorkflowStep:
         if remaining_ms > 0:
             validate_sleep_ms(remaining_ms, state.limits, name=name)
         extra = f"@{int(target * 1000)}"
-        count = state.next_count("sleep-" + name + extra)
+        count = state.next_count("sleep-" + name + extra, name)
         state.check_live()
-        return self._sleep(name, count, extra, None, until=target)
+        return state.judged(lambda: self._sleep(name, count, extra, None, until=target))
 
     async def _sleep(
         self, name: str, count: int, extra: str, seconds: float | None, until: float | None = None
@@ -296,7 +296,7 @@ class WorkflowStep:
         validate_event_timeout_ms(ms, state.limits, name=name)
         count = state.next_count("waitForEvent-" + name)
         state.check_live()
-        return self._wait(name, count, kind, ms)
+        return state.judged(lambda: self._wait(name, count, kind, ms))
 
     # -- step.run_workflow -------------------------------------------------------------------------------
     def run_workflow(
@@ -351,15 +351,17 @@ class WorkflowStep:
         codec.encode(params, what=f'params of the child of run_workflow "{workflow}"')
         count = state.next_count("waitForEvent-" + workflow)
         state.check_live()
-        return run_child(
-            state,
-            workflow,
-            count,
-            workflow=workflow,
-            params={} if params is None else params,
-            instance_id=id,
-            timeout_ms=timeout_ms,
-            terminate_with_parent=cascade,
+        return state.judged(
+            lambda: run_child(
+                state,
+                workflow,
+                count,
+                workflow=workflow,
+                params={} if params is None else params,
+                instance_id=id,
+                timeout_ms=timeout_ms,
+                terminate_with_parent=cascade,
+            )
         )
 
     async def _wait(self, name: str, count: int, event_type: str, ms: float) -> WorkflowStepEvent:

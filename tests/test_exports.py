@@ -22,6 +22,7 @@ EXPECTED = [
     "Limits",
     "NonRetryableError",
     "RateLimitedError",
+    "ReplayDivergenceError",
     "RetryConfig",
     "SerializationError",
     "StepConfig",

@@ -77,6 +77,12 @@ async def test_trigger_then_the_instance_page(ui: httpx.AsyncClient) -> None:
     assert bad.status_code == 400 and "params is not valid JSON" in bad.text
 
 
+async def test_the_workflow_page_shows_its_version_and_diagram(ui: httpx.AsyncClient) -> None:
+    html = unescape((await ui.get(f"{UI}/sleeper")).text)
+    assert '<details class="diagram" id="diagram">' in html and "Sleeper.run:" in html
+    assert re.search(r"Version [0-9a-f-]{36}: diagram", html) and "sleep 'nap'" in html
+
+
 async def test_bad_filters_are_400_pages_naming_the_field(ui: httpx.AsyncClient) -> None:
     for query, field in (("status=nope", "status"), ("since=yesterday", "since"), ("cursor=x:y", "cursor")):
         answer = await ui.get(f"{UI}/quick?{query}")

@@ -16,6 +16,7 @@ from starlette.responses import RedirectResponse, Response
 from stepstone.binding import WorkflowInstance
 from stepstone.cron import CronError, parse_cron
 from stepstone.errors import InstanceNotFoundError, ValidationError
+from stepstone.graph import graph_text
 from stepstone.models import DEFAULT_ACCOUNT, FINISHED, STATUSES, InstanceRecord, WorkflowRecord
 from stepstone.server.dashboard.live import change_stream
 from stepstone.server.dashboard.timeline import build_timeline, parse_iso, show_duration, show_time
@@ -192,9 +193,12 @@ async def instances_page(view: View) -> Response:
     counts = await view.scope.account.count_by_status(record.name)
     live = rows["cursor"] is None and not filters["search"]
     fragment = view.request.query_params.get("fragment") == "rows"
+    version = None if fragment else await view.scope.account.get_version(record.name, record.version_id)
     return view.render(
         "_instances.html" if fragment else "instances.html",
         workflow=record,
+        version=version,
+        diagram=graph_text(json.loads(version.graph)) if version is not None and version.graph else None,
         filters=filters,
         rows=rows,
         counts={s: counts.get(s, 0) for s in STATUSES},

@@ -327,7 +327,16 @@ class RunState:
         if not self._judge_next and (self._judgement is None or self._judgement.done()):
             return make()
         self._judge_next = False
+        if self._judgement is None and not self._unreached():
+            # every recorded step was reached already: no divergence, and no turn of the loop given away (a
+            # sibling's hibernation must not overtake this step's start)
+            self._judgement = asyncio.get_running_loop().create_future()
+            self._judgement.set_result(None)
+            return make()
         return self._judge_then(make)
+
+    def _unreached(self) -> list[StepRecord]:
+        return sorted((s for k, s in self.recorded.items() if k not in self.reached), key=lambda s: s.seq)
 
     async def _judge_then(self, make: Callable[[], Awaitable[T]]) -> T:
         if self._judgement is None:
@@ -347,7 +356,7 @@ class RunState:
             seen = len(self.reached)
             if quiet >= 3:
                 break
-        missing = sorted((s for k, s in self.recorded.items() if k not in self.reached), key=lambda s: s.seq)
+        missing = self._unreached()
         if not missing:
             return
         failed = self.on_divergence == "fail"

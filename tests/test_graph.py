@@ -260,6 +260,42 @@ def test_the_decorator_forms_dependencies_are_edges() -> None:
     )
 
 
+SAGA_RETRIES = {"retries": {"limit": 2, "delay": "1 second", "backoff": "constant"}}
+
+
+def book_step(step: Any, what: str) -> Any:
+    @step.with_rollback(f"book {what}", SAGA_RETRIES)
+    async def book() -> str:
+        return what
+
+    @book.undo
+    async def cancel(error: Any, booking: str) -> None:
+        return None
+
+    return book
+
+
+class Saga(WorkflowEntrypoint):
+    async def run(self, event: Any, step: Any) -> Any:
+        try:
+            await book_step(step, "flight")()
+        except Exception as exc:
+            await step.rollback_all(exc)
+            raise
+
+
+def test_saga_steps_from_a_factory_and_rollback_all() -> None:
+    retries = {"retries": {"limit": 2, "delay": "1 second", "backoff": "constant"}, "timeout": "10 minutes"}
+    assert nodes(Saga) == [
+        {
+            "type": "try",
+            "try_block": {"type": "block", "nodes": [do("book {what}", retries, rollback=True)]},
+            "catch_block": {"type": "block", "nodes": [{"type": "function_call", "name": "rollback_all"}]},
+        }
+    ]
+    assert "do 'book {what}'  (retries 2, timeout 10 minutes)  with rollback" in graph_text(workflow_graph(Saga))
+
+
 def _example_classes() -> list[type]:
     found: list[type] = []
     for path in sorted((ROOT / "examples").glob("*/*.py")):

@@ -48,6 +48,8 @@ class _Declared:
     config: dict[str, Any]
     depends: list[str]
     concurrent: bool
+    rollback: bool = False
+    """Declared with ``step.with_rollback``: it has an undo handler."""
 
 
 @dataclass
@@ -114,10 +116,23 @@ class _Builder:
         self.cls = cls
         self.module_defs = {n.name: n for n in tree.body if isinstance(n, ast.FunctionDef | ast.AsyncFunctionDef)}
         self.methods = {n.name: n for n in class_node.body if isinstance(n, ast.FunctionDef | ast.AsyncFunctionDef)}
+        self.constants = {
+            n.targets[0].id: n.value
+            for n in tree.body
+            if isinstance(n, ast.Assign) and len(n.targets) == 1 and isinstance(n.targets[0], ast.Name)
+        }
         self.functions: dict[str, Node] = {}
+        self.factories: dict[str, _Declared] = {}
+        """Functions that declare a decorated step and return it (``make_step(step, ...)()`` runs it)."""
         self._drawing: set[str] = set()
         self.payload_fields: dict[str, Node] = {}
         self.event_vars: set[str] = set()
+
+    def constant(self, node: ast.expr | None) -> ast.expr | None:
+        """A module-level constant's value in place of its name (``RETRIES = {...}``), else the node itself."""
+        if isinstance(node, ast.Name) and node.id in self.constants:
+            return self.constants[node.id]
+        return node
 
     # -- functions ----------------------------------------------------------------------------------------
     def function(self, name: str, fn: ast.FunctionDef | ast.AsyncFunctionDef, step_vars: set[str]) -> bool:
@@ -134,6 +149,13 @@ class _Builder:
         }
         scope = _Scope(step_vars=step_vars | annotated)
         nodes = self.body(fn.body, scope) if scope.step_vars else []
+        for statement in fn.body:
+            if (
+                isinstance(statement, ast.Return)
+                and isinstance(statement.value, ast.Name)
+                and statement.value.id in scope.declared
+            ):
+                self.factories[name] = scope.declared[statement.value.id]
         self._drawing.discard(name)
         if not nodes:
             return False
@@ -200,10 +222,17 @@ class _Builder:
     ) -> _Declared | None:
         call = deco if isinstance(deco, ast.Call) else None
         target = call.func if call is not None else deco
-        if not (isinstance(target, ast.Attribute) and target.attr == "do" and self.is_step(target.value, scope)):
+        if not (
+            isinstance(target, ast.Attribute)
+            and target.attr in ("do", "with_rollback")
+            and self.is_step(target.value, scope)
+        ):
             return None
         name = _text(call.args[0]) if call is not None and call.args else fn.name
-        config = _config(_kwarg(call, "config") if call is not None else None)
+        config_node = _kwarg(call, "config") if call is not None else None
+        if config_node is None and call is not None and target.attr == "with_rollback" and len(call.args) > 1:
+            config_node = call.args[1]
+        config = _config(self.constant(config_node))
         depends: list[str] = []
         given = _kwarg(call, "depends") if call is not None else None
         if isinstance(given, ast.List | ast.Tuple):
@@ -212,7 +241,9 @@ class _Builder:
             params = [a.arg for a in (*fn.args.posonlyargs, *fn.args.args) if a.arg != "ctx"]
             depends = [p for p in params if p in scope.by_step_name or p in scope.declared]
         concurrent = _kwarg(call, "concurrent") if call is not None else None
-        return _Declared(name, config, depends, isinstance(concurrent, ast.Constant) and concurrent.value is True)
+        declared = _Declared(name, config, depends, isinstance(concurrent, ast.Constant) and concurrent.value is True)
+        declared.rollback = target.attr == "with_rollback"
+        return declared
 
     def if_node(self, s: ast.If, scope: _Scope) -> list[Node]:
         head: list[Node] = []
@@ -332,6 +363,20 @@ class _Builder:
             return self.step_call(func.attr, c, scope)
         if isinstance(func, ast.Name) and func.id in scope.declared:
             return self.await_declared(func.id, scope)
+        if isinstance(func, ast.Call):  # make_step(step, ...)(): the step a factory function declares
+            maker = self.call_target(func.func, scope)
+            if maker is not None:
+                head = [n for a in func.args for n in self.expr(a, scope)]
+                drawn = self.function(maker[0], maker[1], self.passed_step(func, maker, scope))
+                made = self.factories.get(maker[0])
+                if made is not None:
+                    step_node: Node = {"type": "step_do", "name": made.name, "config": made.config, "nodes": []}
+                    if made.rollback:
+                        step_node["rollback"] = True
+                    return [*head, step_node]
+                if drawn:
+                    return [*head, {"type": "function_call", "name": maker[0]}]
+                return head
         dotted = ast.unparse(func)
         if dotted in ("asyncio.gather", "gather"):
             kind = "all_settled" if _is_true(_kwarg(c, "return_exceptions")) else "all"
@@ -386,6 +431,8 @@ class _Builder:
         node: Node = {"type": "step_do", "name": declared.name, "config": declared.config, "nodes": []}
         if dep_names:
             node["depends"] = dep_names
+        if declared.rollback:
+            node["rollback"] = True
         nodes.append(node)
         return nodes
 
@@ -397,7 +444,7 @@ class _Builder:
             if len(args) == 1 and not c.keywords and isinstance(args[0], ast.Name) and args[0].id in scope.local_defs:
                 name = args[0].id  # step.do(fn): named after the function
             config_node = args[1] if len(args) >= 3 else _kwarg(c, "config")
-            return [{"type": "step_do", "name": name, "config": _config(config_node), "nodes": []}]
+            return [{"type": "step_do", "name": name, "config": _config(self.constant(config_node)), "nodes": []}]
         if method == "sleep":
             duration = args[1] if len(args) > 1 else _kwarg(c, "duration")
             return [*head, {"type": "step_sleep", "name": name, "duration": _duration(duration)}]
@@ -408,6 +455,8 @@ class _Builder:
             return [*head, _wait(name, c)]
         if method == "run_workflow":
             return [*head, {"type": "function_call", "name": f"run_workflow({name})"}]
+        if method == "rollback_all":
+            return [*head, {"type": "function_call", "name": "rollback_all"}]
         return head
 
 

@@ -21,6 +21,8 @@ def _node(node: dict[str, Any], indent: int, out: list[str]) -> None:
         line += f"{_value(node.get('config', {}).get('timeout'))})"
         if node.get("depends"):
             line += "  after " + ", ".join(repr(d) for d in node["depends"])
+        if node.get("rollback"):
+            line += "  with rollback"
         out.append(line)
     elif kind == "step_sleep":
         out.append(f"{pad}sleep {node.get('name')!r}  {_value(node.get('duration'))}")

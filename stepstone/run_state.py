@@ -11,6 +11,7 @@ import asyncio
 import contextvars
 import json
 import logging
+import threading
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable
@@ -182,6 +183,44 @@ ATTEMPT_MARK_S: Final = 0.05
 """How long an attempt runs before it is recorded as started (see :meth:`RunState.mark_start_later`)."""
 
 
+_local = threading.local()
+
+
+class StartMarks:
+    """The attempts of every run on one event loop waiting to be recorded as started, behind one timer.
+
+    Entries ``[due, state, step]`` are added in start order, so in due order: a deque, its head the next due.
+    An attempt that ends first clears its step; cleared entries are dropped as they reach the head. One timer
+    for the loop, not one per attempt or per run, whatever the number of instances running.
+    """
+
+    __slots__ = ("_marks", "_timer", "loop")
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.loop = loop
+        self._marks: deque[list[Any]] = deque()
+        self._timer: asyncio.TimerHandle | None = None
+
+    def add(self, state: RunState, step: StepRecord) -> list[Any]:
+        due = self.loop.time() + ATTEMPT_MARK_S
+        entry: list[Any] = [due, state, step]
+        self._marks.append(entry)
+        if self._timer is None:
+            self._timer = self.loop.call_at(due, self._due)
+        return entry
+
+    def _due(self) -> None:
+        now, marks = self.loop.time(), self._marks
+        while marks:
+            due, state, step = marks[0]
+            if step is not None and due > now:
+                break
+            marks.popleft()
+            if step is not None:
+                state.write_nowait(step)
+        self._timer = self.loop.call_at(marks[0][0], self._due) if marks else None
+
+
 current_run: contextvars.ContextVar[RunState | None] = contextvars.ContextVar("stepstone_current_run", default=None)
 """The run whose ``run()`` (or step) is executing in this context: set by the executor for its run task, read by
 the log filter and the stdout wrapper in ``stepstone.observe.logs``."""
@@ -270,10 +309,6 @@ class RunState:
     rolling_back: bool = False
     """The instance was terminated with ``rollback=True``: ``run()`` replays its history, then unwinds
     (:class:`RollBack`) at its first step that would run, so the executor can roll back."""
-    start_marks: deque[list[Any]] = field(default_factory=deque)
-    """Attempts to record as started once they have run :data:`ATTEMPT_MARK_S`: ``[due, step]``, in start order
-    (so in due order); an attempt that ends first clears its step. One timer serves them all."""
-    start_mark_timer: asyncio.TimerHandle | None = None
     on_divergence: str = "record"
     """``record`` or ``fail``: what a replay that no longer reaches the recorded steps does
     (:mod:`stepstone.divergence`)."""
@@ -475,24 +510,11 @@ class RunState:
     def mark_start_later(self, step: StepRecord, loop: asyncio.AbstractEventLoop) -> list[Any]:
         """Record ``step`` (its attempt started) if that attempt still runs :data:`ATTEMPT_MARK_S` from now, so
         a crash during it counts against the retry budget; quick attempts skip that write (their crash reruns
-        the attempt). Clear the returned entry's step (``entry[1] = None``) when the attempt ends."""
-        due = loop.time() + ATTEMPT_MARK_S
-        entry: list[Any] = [due, step]
-        self.start_marks.append(entry)
-        if self.start_mark_timer is None:
-            self.start_mark_timer = loop.call_at(due, self._start_marks_due, loop)
-        return entry
-
-    def _start_marks_due(self, loop: asyncio.AbstractEventLoop) -> None:
-        now, marks = loop.time(), self.start_marks
-        while marks:
-            due, step = marks[0]
-            if step is not None and due > now:
-                break
-            marks.popleft()
-            if step is not None:
-                self.write_nowait(step)
-        self.start_mark_timer = loop.call_at(marks[0][0], self._start_marks_due, loop) if marks else None
+        the attempt). Clear the returned entry's step (``entry[2] = None``) when the attempt ends."""
+        marks: StartMarks | None = getattr(_local, "start_marks", None)
+        if marks is None or marks.loop is not loop:
+            marks = _local.start_marks = StartMarks(loop)
+        return marks.add(self, step)
 
     def enter(self) -> None:
         """An attempt starts."""

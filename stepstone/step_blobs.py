@@ -96,7 +96,13 @@ def _over_limit(state: RunState, what: str, nbytes: int, before: int) -> StepOut
     return StepOutputError(state_limit_message(what, nbytes, before, limit))
 
 
+_PLAIN: frozenset[type] = frozenset((type(None), bool, int, float, str, dict, list, tuple))
+"""Results that are never streams (most of them): no ABC check for those."""
+
+
 def _is_stream(value: object, limit: int) -> bool:
+    if type(value) in _PLAIN:
+        return False
     if isinstance(value, _BYTES_LIKE):
         n = value.nbytes if isinstance(value, memoryview) else len(value)
         return 4 * ((n + 2) // 3) + 13 > limit  # its stored form {"$bytes":"<base64>"} would be over the limit

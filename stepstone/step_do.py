@@ -284,7 +284,7 @@ async def run_do(
                     )
                     value = await state.observed(rec, attempt_no, live)
                 finally:
-                    marker[1] = None  # the attempt is over: no start mark once its outcome is being written
+                    marker[2] = None  # the attempt is over: no start mark once its outcome is being written
                     running = slot.job
                 if declared is not None:
                     value = typed.to_plain(value)
@@ -341,7 +341,7 @@ async def run_do(
             rec.status, rec.ended_at, rec.result = "success", now, encoded
             await state.write(rec)
         finally:
-            marker[1] = None
+            marker[2] = None
             state.leave()
         return result
 

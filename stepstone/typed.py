@@ -73,7 +73,19 @@ def return_type(fn: Callable[..., Any]) -> object | None:
             _RESOLVED.clear()
         _RESOLVED[key] = resolved if is_typed(resolved) else None
         return _RESOLVED[key]
-    return hint if is_typed(hint) else None
+    try:
+        typed = _TYPED_HINTS.get(hint)
+    except TypeError:  # an unhashable annotation
+        return hint if is_typed(hint) else None
+    if typed is None:
+        if len(_TYPED_HINTS) > 4096:
+            _TYPED_HINTS.clear()
+        typed = _TYPED_HINTS[hint] = is_typed(hint)
+    return hint if typed else None
+
+
+_TYPED_HINTS: dict[object, bool] = {}
+"""Whether each annotation seen is typed (every step call asks; ``-> None`` and ``-> dict`` are the common ones)."""
 
 
 def _name(tp: object) -> str:

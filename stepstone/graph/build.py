@@ -29,6 +29,8 @@ import textwrap
 from dataclasses import dataclass, field
 from typing import Any, Final
 
+from stepstone import pysource
+
 GRAPH_VERSION: Final = 1
 DEFAULT_CONFIG: Final[dict[str, Any]] = {
     "retries": {"limit": 5, "delay": 10000, "backoff": "exponential"},
@@ -515,7 +517,7 @@ def _class_node(cls: type) -> tuple[ast.Module, ast.ClassDef] | None:
     except (OSError, TypeError):
         return None
     try:
-        tree = ast.parse(textwrap.dedent("".join(lines)))
+        tree = pysource.parse(textwrap.dedent("".join(lines)))
     except SyntaxError:
         return None
     node = next((n for n in tree.body if isinstance(n, ast.ClassDef)), None)
@@ -523,7 +525,7 @@ def _class_node(cls: type) -> tuple[ast.Module, ast.ClassDef] | None:
         return None
     module = inspect.getmodule(cls)
     try:
-        module_tree = ast.parse(inspect.getsource(module)) if module is not None else ast.Module([], [])
+        module_tree = pysource.parse(inspect.getsource(module)) if module is not None else ast.Module([], [])
     except (OSError, TypeError, SyntaxError):
         module_tree = ast.Module([], [])
     return module_tree, node

@@ -24,6 +24,8 @@ import types
 import uuid
 from typing import Final
 
+from stepstone import pysource
+
 NAMESPACE: Final = uuid.UUID("5f1d6a52-3c3e-4d55-9a51-7e0a8a7c2b11")
 """The namespace of stepstone's version ids (UUID 5 of the code's digest)."""
 
@@ -85,7 +87,7 @@ def _imported(path: str, module: types.ModuleType) -> list[str]:
     ``rates.RATE`` in case it is a submodule); relative imports resolved against the module's package."""
     try:
         with open(path, "rb") as f:
-            tree = ast.parse(f.read())
+            tree = pysource.parse(f.read(), path)
     except (OSError, SyntaxError, ValueError):
         return []
     names: list[str] = []

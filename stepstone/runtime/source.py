@@ -10,6 +10,8 @@ from __future__ import annotations
 import ast
 from pathlib import Path
 
+from stepstone import pysource
+
 _NAMES = frozenset({"Default", "on_fetch"})
 
 
@@ -19,7 +21,7 @@ def declares_worker(main: Path) -> bool:
     A file that cannot be read or parsed declares nothing (the worker child reports the real error).
     """
     try:
-        tree = ast.parse(main.read_text(encoding="utf-8"), filename=str(main))
+        tree = pysource.parse(main.read_text(encoding="utf-8"), str(main))
     except (OSError, SyntaxError, UnicodeDecodeError, ValueError):
         return False
     for node in tree.body:

@@ -1,0 +1,23 @@
+"""Parsing Python source safely from any thread: ``ast.parse`` behind one lock, retried once on CPython's race.
+
+CPython 3.11 keeps the AST converter's recursion counter in interpreter-wide state, so two threads parsing at
+once (a garbage collection inside one conversion can switch threads) fail with ``SystemError: AST constructor
+recursion depth mismatch`` (CPython gh-106905, fixed in 3.12). stepstone parses user code when a workflow is
+registered (its version and diagram) and when a Worker project is loaded; every such parse goes through here.
+"""
+
+from __future__ import annotations
+
+import ast
+import threading
+
+_LOCK = threading.Lock()
+
+
+def parse(source: str | bytes, filename: str = "<unknown>") -> ast.Module:
+    """``ast.parse(source, filename)``, serialized, and retried once if another parser raced it."""
+    with _LOCK:
+        try:
+            return ast.parse(source, filename=filename)
+        except SystemError:  # a parse outside stepstone's lock (a test runner's, a user's) raced this one
+            return ast.parse(source, filename=filename)

@@ -57,6 +57,7 @@ from stepstone.storage.bell import Bell, StreamWaiter
 from stepstone.storage.blobs import BlobStore
 from stepstone.storage.blobs_postgres import PostgresBlobStore
 from stepstone.storage.blocking_renew import BlockingRenewer
+from stepstone.storage.counts_sql import FOLD_AT, counted_total
 from stepstone.storage.postgres_control import RELEASE, fetch_all, fetch_maybe, fetch_one
 from stepstone.storage.postgres_schema import migrate
 from stepstone.storage.postgres_writer import EVENTS_INSERT, Conn, GroupWriter, StepWrite, Transactor, Write
@@ -421,27 +422,18 @@ class PostgresStorage:
 
     async def count_by_status(self, account: str, workflow: str) -> dict[str, int]:
         """Instances of the account's workflow per status."""
-        rows = await self._run(
-            lambda c: fetch_all(
-                c,
-                "SELECT status, COUNT(*) FROM instances WHERE account = %s AND workflow = %s GROUP BY status",
-                account,
-                workflow,
-            )
-        )
-        return {status: int(count) for status, count in rows}
+        counts, deltas = await self._run(lambda c: control.status_counts(c, account, workflow))
+        await self._fold_if(deltas, account, workflow)
+        return counts
+
+    async def _fold_if(self, deltas: int, account: str, workflow: str) -> None:
+        """Fold the workflow's count deltas when a read summed many of them."""
+        if deltas > FOLD_AT:
+            await self._run(lambda c: control.fold_counts(c, account, workflow))
 
     async def count_queued(self, account: str, workflow: str) -> int:
         """Queued instances of the account's workflow."""
-        (count,) = await self._run(
-            lambda c: fetch_one(
-                c,
-                "SELECT COUNT(*) FROM instances WHERE account = %s AND workflow = %s AND status = 'queued'",
-                account,
-                workflow,
-            )
-        )
-        return int(count)
+        return (await self.count_by_status(account, workflow)).get("queued", 0)
 
     # -- instances ------------------------------------------------------------------------------------
     async def create_instances(self, rows: Sequence[NewInstance], *, skip_existing: bool) -> list[InstanceRecord]:
@@ -543,6 +535,7 @@ class PostgresStorage:
         """A page of the account's workflow's instances by creation time."""
         where = ["account = %s", "workflow = %s"]
         params: list[object] = [account, workflow]
+        counted = counted_total(status, created_after, created_before)
         if status == "rollingBack":  # a status REST shows, not one stored: see ROLLING_BACK
             where.append(ROLLING_BACK)
             status = None
@@ -555,9 +548,15 @@ class PostgresStorage:
                 where.append(clause)
                 params.append(value)
         cond = " AND ".join(where)
+        deltas = 0
 
         async def read(c: Conn) -> InstancePage:
-            total = int((await fetch_one(c, f"SELECT COUNT(*) FROM instances WHERE {cond}", *params))[0])
+            nonlocal deltas
+            if counted:
+                counts, deltas = await control.status_counts(c, account, workflow)
+                total = sum(counts.values()) if status is None else counts.get(status, 0)
+            else:
+                total = int((await fetch_one(c, f"SELECT COUNT(*) FROM instances WHERE {cond}", *params))[0])
             desc, n, skip, reverse = page_window(total, limit, offset, newest_first)
             order = "DESC" if desc else "ASC"
             rows = await fetch_all(
@@ -572,7 +571,9 @@ class PostgresStorage:
                 rows.reverse()
             return InstancePage([instance_from_row(r) for r in rows], total)
 
-        return await self._run(read)
+        page = await self._run(read)
+        await self._fold_if(deltas, account, workflow)
+        return page
 
     async def load_history(self, pk: int) -> tuple[list[StepRecord], list[EventRecord]]:
         """Steps by first start and unconsumed events: one statement, so one snapshot and one round trip."""
@@ -866,6 +867,7 @@ class PostgresStorage:
             if n < self.purge_batch:
                 if total:
                     self.blobs.collect_soon()
+                    await self._run(control.fold_counts)  # the batches' count deltas, one fold
                 return total
 
     @property

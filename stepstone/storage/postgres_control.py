@@ -15,6 +15,7 @@ from typing import Any
 from stepstone.errors import InstanceNotFoundError, InvalidStateError
 from stepstone.models import FINISHED, ROLLBACK_EVENT, EventRecord, InstanceRecord, StepRef
 from stepstone.storage.base import concurrency_limit
+from stepstone.storage.counts_sql import FOLD_LOCK, POSTGRES_BY_STATUS, POSTGRES_FOLD
 from stepstone.storage.postgres_writer import Conn
 from stepstone.storage.sqlite_schema import INSTANCE_COLUMNS, instance_from_row
 from stepstone.storage.stream_sql import RESTART_FORGETS
@@ -350,3 +351,23 @@ async def set_paused(conn: Conn, pk: int, now: float) -> None:
         "modified_on = %s WHERE pk = %s",
         (now, now, pk),
     )
+
+
+async def status_counts(conn: Conn, account: str, workflow: str) -> tuple[dict[str, int], int]:
+    """The workflow's instances per status (folded counts plus unfolded deltas, one snapshot), and how many
+    delta rows were summed (see :mod:`stepstone.storage.counts_sql`)."""
+    rows = await fetch_all(conn, POSTGRES_BY_STATUS, account, workflow, account, workflow)
+    counts = {status: int(n) for status, n, _ in rows if int(n)}
+    return counts, sum(int(d) for _, _, d in rows)
+
+
+async def fold_counts(conn: Conn, account: str | None = None, workflow: str | None = None) -> None:
+    """Move delta rows (one workflow's, or all) into the folded counts; skipped while another fold runs."""
+    cur = await conn.execute("SELECT pg_try_advisory_xact_lock(%s)", (FOLD_LOCK,))
+    row = await cur.fetchone()
+    if not row or not row[0]:
+        return
+    if workflow is None:
+        await conn.execute(POSTGRES_FOLD.format(where=""))
+    else:
+        await conn.execute(POSTGRES_FOLD.format(where="WHERE account = %s AND workflow = %s"), (account, workflow))

@@ -12,6 +12,7 @@ from psycopg import AsyncConnection, sql
 
 from stepstone.errors import SchemaVersionError
 from stepstone.models import CHILD_EVENT
+from stepstone.storage.counts_sql import POSTGRES_MIGRATION as POSTGRES_COUNTS
 from stepstone.storage.sqlite_schema import (
     BLOB_RESULT_LIKE,
     EXISTING_EVENTS,
@@ -259,6 +260,9 @@ MIGRATIONS: Final[tuple[str | tuple[str, ...], ...]] = (
     ),
     # version 9: workflow versions and the versions that ran an instance, as SQLite's version 10.
     VERSION_TABLES,
+    # version 10: instance counts by (account, workflow, status), as SQLite's version 11 but kept as delta rows
+    # the triggers append (no hot counter row) and a fold moves into the counts (stepstone.storage.counts_sql)
+    POSTGRES_COUNTS,
 )
 SCHEMA_VERSION: Final = len(MIGRATIONS)
 

@@ -46,6 +46,7 @@ from stepstone.storage.bell import Bell, StreamWaiter
 from stepstone.storage.blobs import BlobStore
 from stepstone.storage.blobs_sqlite import SQLiteBlobStore
 from stepstone.storage.blocking_renew import BlockingRenewer
+from stepstone.storage.counts_sql import SQLITE_BY_STATUS, SQLITE_ONE_STATUS
 from stepstone.storage.sqlite_schema import (
     INSTANCE_COLUMNS,
     LINK_INSERT,
@@ -419,23 +420,13 @@ class SQLiteStorage:
 
     async def count_by_status(self, account: str, workflow: str) -> dict[str, int]:
         """Instances of the account's workflow per status."""
-        rows = await self._read(
-            lambda c: c.execute(
-                "SELECT status, COUNT(*) FROM instances WHERE account = ? AND workflow = ? GROUP BY status",
-                (account, workflow),
-            ).fetchall()
-        )
+        rows = await self._read(lambda c: c.execute(SQLITE_BY_STATUS, (account, workflow)).fetchall())
         return {status: count for status, count in rows}
 
     async def count_queued(self, account: str, workflow: str) -> int:
         """Queued instances of the account's workflow."""
-        rows = await self._read(
-            lambda c: c.execute(
-                "SELECT COUNT(*) FROM instances WHERE account = ? AND workflow = ? AND status = 'queued'",
-                (account, workflow),
-            ).fetchall()
-        )
-        return int(rows[0][0])
+        rows = await self._read(lambda c: c.execute(SQLITE_ONE_STATUS, (account, workflow, "queued")).fetchall())
+        return int(rows[0][0]) if rows else 0
 
     # -- instances ------------------------------------------------------------------------------------
     async def create_instances(self, rows: Sequence[NewInstance], *, skip_existing: bool) -> list[InstanceRecord]:

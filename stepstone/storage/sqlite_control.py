@@ -16,6 +16,7 @@ from typing import Any
 from stepstone.errors import FencedError, InstanceNotFoundError, InvalidStateError
 from stepstone.models import FINISHED, ROLLBACK_EVENT, Claim, EventRecord, InstanceRecord, Lease, StepRef
 from stepstone.storage.base import ROLLING_BACK, ClaimResult, InstancePage, concurrency_limit, page_window
+from stepstone.storage.counts_sql import SQLITE_BY_STATUS, SQLITE_ONE_STATUS, counted_total
 from stepstone.storage.sqlite_schema import INSTANCE_COLUMNS, instance_from_row
 from stepstone.storage.stream_sql import RESTART_FORGETS
 
@@ -295,6 +296,7 @@ def list_instances(
     """A page of the account's workflow's instances by creation time, and how many matched."""
     where = ["account = ?", "workflow = ?"]
     params: list[object] = [account, workflow]
+    counted = counted_total(status, created_after, created_before)
     if status == "rollingBack":  # a status REST shows, not one stored: see ROLLING_BACK
         where.append(ROLLING_BACK)
         status = None
@@ -307,7 +309,13 @@ def list_instances(
             where.append(clause)
             params.append(value)
     cond = " AND ".join(where)
-    total = conn.execute(f"SELECT COUNT(*) FROM instances WHERE {cond}", params).fetchone()[0]
+    if not counted:
+        total = conn.execute(f"SELECT COUNT(*) FROM instances WHERE {cond}", params).fetchone()[0]
+    elif status is None:
+        total = sum(n for _, n in conn.execute(SQLITE_BY_STATUS, (account, workflow)))
+    else:
+        row = conn.execute(SQLITE_ONE_STATUS, (account, workflow, status)).fetchone()
+        total = row[0] if row else 0
     desc, limit, offset, reverse = page_window(total, limit, offset, newest_first)
     order = "DESC" if desc else "ASC"
     rows = conn.execute(

@@ -16,6 +16,7 @@ from stepstone.models import (
     StepRecord,
     WorkflowRecord,
 )
+from stepstone.storage.counts_sql import SQLITE_MIGRATION as SQLITE_COUNTS
 
 
 def status_event(column: str) -> str:
@@ -337,6 +338,9 @@ MIGRATIONS: Final[tuple[str | tuple[str, ...], ...]] = (
     # version 10: workflow versions (one row per version id a workflow was registered under, with its diagram),
     # and the versions that ran an instance other than the one that created it, or whose replay diverged.
     VERSION_TABLES,
+    # version 11: instance counts by (account, workflow, status), kept by triggers (stepstone.storage.counts_sql):
+    # list totals and status counts read them instead of counting every index entry
+    SQLITE_COUNTS,
 )
 SCHEMA_VERSION: Final = len(MIGRATIONS)
 

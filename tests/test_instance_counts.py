@@ -22,7 +22,7 @@ from stepstone.storage.base import Storage
 from stepstone.storage.counts_sql import POSTGRES_MIGRATION, SQLITE_MIGRATION
 from stepstone.testing import wait_for_status
 from tests.crash.worker import Crashy, expected_total
-from tests.test_storage_contract import WF, A, T0, claim, create, step, workflow
+from tests.test_storage_contract import T0, WF, A, claim, create, step, workflow
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -157,7 +157,9 @@ async def test_concurrent_writers_and_folds_on_postgres(postgres_url: str) -> No
                     )
                 await s.count_by_status(A, WF)  # a read that may fold while the other writes
 
-        await asyncio.gather(*(work(s, k) for k, s in enumerate(stores)), *(work(s, k + 2) for k, s in enumerate(stores)))
+        await asyncio.gather(
+            *(work(s, k) for k, s in enumerate(stores)), *(work(s, k + 2) for k, s in enumerate(stores))
+        )
         expected = truth(postgres_url)
         assert sum(expected.values()) == 4 * 6 * 60
         for s in stores:

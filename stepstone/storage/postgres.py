@@ -867,7 +867,8 @@ class PostgresStorage:
             if n < self.purge_batch:
                 if total:
                     self.blobs.collect_soon()
-                    await self._run(control.fold_counts)  # the batches' count deltas, one fold
+                # the worker purges every minute: fold the count deltas of every workflow (the batches' too)
+                await self._run(control.fold_counts)
                 return total
 
     @property

@@ -88,6 +88,7 @@ def clone_postgres(url: str, template_pk: int, prefix: str, start: int, count: i
     t0 = time.perf_counter()
     with psycopg.connect(url, autocommit=True) as conn:
         conn.execute("SET session_replication_role = replica")
+        counted = conn.execute("SELECT to_regclass('instance_count_deltas') IS NOT NULL").fetchone()[0]  # type: ignore[index]
         icols = [c for c in _pg_columns(conn, "instances") if c != "pk"]
         scols = [c for c in _pg_columns(conn, "steps") if c != "instance_pk"]
         ecols = [c for c in _pg_columns(conn, "instance_events") if c not in ("event_id", "instance_pk")]
@@ -113,6 +114,13 @@ def clone_postgres(url: str, template_pk: int, prefix: str, start: int, count: i
                     "WHERE i.pk > %s AND e.instance_pk = %s ORDER BY i.pk, e.event_id",
                     (before, template_pk),
                 )
+                # the replica role skips the triggers that keep the status counts: add the clones' delta
+                if counted:
+                    conn.execute(
+                        "INSERT INTO instance_count_deltas (account, workflow, status, n) "
+                        "SELECT account, workflow, status, %s FROM instances WHERE pk = %s",
+                        (hi - lo + 1, template_pk),
+                    )
         conn.execute("ANALYZE instances")
     return time.perf_counter() - t0
 

@@ -6,6 +6,7 @@ Only these dataclasses (and plain values) pass between the engine and a storage 
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
 from typing import Final, Literal
 
@@ -180,26 +181,118 @@ class Attempt:
     """The Python traceback of a failed attempt (user frames first, engine frames trimmed, capped)."""
 
 
-@dataclass(slots=True)
 class StepRecord:
-    """One step of an instance's history, keyed by kind, name and occurrence count."""
+    """One step of an instance's history, keyed by kind, name and occurrence count.
 
-    key: str
-    kind: StepKind
-    name: str
-    count: int
-    seq: int
-    status: StepStatus
-    started_at: float
-    ended_at: float | None = None
-    wake_at: float | None = None
-    """Sleep end, next retry, or event-wait deadline."""
-    result: str | None = None
-    error_name: str | None = None
-    error_message: str | None = None
-    config: str | None = None
-    attempts: list[Attempt] = field(default_factory=list)
-    event_type: str | None = None
+    ``attempts`` is decoded from its stored JSON (``attempts_json``) when first read: a replay serves a settled
+    step without reading its attempts, so loading a long history decodes none of them. Reading, assigning or
+    appending to ``attempts`` works as on a plain list attribute.
+    """
+
+    __slots__ = (
+        "_attempts",
+        "_attempts_json",
+        "config",
+        "count",
+        "ended_at",
+        "error_message",
+        "error_name",
+        "event_type",
+        "key",
+        "kind",
+        "name",
+        "result",
+        "seq",
+        "started_at",
+        "status",
+        "wake_at",
+    )
+
+    def __init__(
+        self,
+        key: str,
+        kind: StepKind,
+        name: str,
+        count: int,
+        seq: int,
+        status: StepStatus,
+        started_at: float,
+        ended_at: float | None = None,
+        wake_at: float | None = None,
+        result: str | None = None,
+        error_name: str | None = None,
+        error_message: str | None = None,
+        config: str | None = None,
+        attempts: list[Attempt] | None = None,
+        event_type: str | None = None,
+        *,
+        attempts_json: str | None = None,
+    ) -> None:
+        self.key = key
+        self.kind: StepKind = kind
+        self.name = name
+        self.count = count
+        self.seq = seq
+        self.status: StepStatus = status
+        self.started_at = started_at
+        self.ended_at = ended_at
+        self.wake_at = wake_at  # sleep end, next retry, or event-wait deadline
+        self.result = result
+        self.error_name = error_name
+        self.error_message = error_message
+        self.config = config
+        self.event_type = event_type
+        self._attempts: list[Attempt] | None
+        if attempts is None and attempts_json:
+            self._attempts, self._attempts_json = None, attempts_json
+        else:
+            self._attempts, self._attempts_json = ([] if attempts is None else attempts), None
+
+    @property
+    def attempts(self) -> list[Attempt]:
+        """The step's attempts, in order (decoded from the stored JSON on first read)."""
+        attempts = self._attempts
+        if attempts is None:
+            raw = self._attempts_json
+            attempts = [Attempt(*a) for a in json.loads(raw)] if raw else []
+            self._attempts, self._attempts_json = attempts, None
+        return attempts
+
+    @attempts.setter
+    def attempts(self, value: list[Attempt]) -> None:
+        self._attempts, self._attempts_json = value, None
+
+    def _fields(self) -> tuple[object, ...]:
+        return (
+            self.key,
+            self.kind,
+            self.name,
+            self.count,
+            self.seq,
+            self.status,
+            self.started_at,
+            self.ended_at,
+            self.wake_at,
+            self.result,
+            self.error_name,
+            self.error_message,
+            self.config,
+            self.attempts,
+            self.event_type,
+        )
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, StepRecord):
+            return NotImplemented
+        return self._fields() == other._fields()
+
+    __hash__ = None  # type: ignore[assignment]  # mutable, as the dataclass it replaces
+
+    def __repr__(self) -> str:
+        names = ("key", "kind", "name", "count", "seq", "status", "started_at", "ended_at", "wake_at", "result")
+        names += ("error_name", "error_message", "config", "attempts", "event_type")
+        shown = ", ".join(f"{n}={v!r}" for n, v in zip(names, self._fields(), strict=True))
+        return f"StepRecord({shown})"
 
 
 @dataclass(slots=True)

@@ -300,7 +300,11 @@ class RunState:
     first records a result in this run (-1 until then), against ``limits.instance_state_bytes``."""
     marks: dict[str, Mark] = field(default_factory=dict)
     """How far each step's stored record got, so a write adds only the events it is the first to tell of
-    (:mod:`stepstone.history`); taken from the history as loaded, before any step changes it."""
+    (:mod:`stepstone.history`); taken from the history as loaded, before any step changes it. A step loaded
+    settled has none here: it is served as recorded and never changes, so its mark is taken from it if it is
+    ever written (which reads its attempts; a replay reads none)."""
+    loaded_seq: int = 0
+    """The largest ``seq`` of the history as loaded: a step at or below it was loaded, a later one is new."""
     undo: list[Any] = field(default_factory=list)
     """The undo handlers of the ``step.with_rollback`` steps completed in this run and not yet rolled back
     (:class:`stepstone.step_rollback.Undo`), in completion order."""
@@ -328,8 +332,8 @@ class RunState:
         self.idle.set()
         self.unpaused.set()
         self.replaying = bool(self.history)  # run() ran before: it re-runs until the first step not settled
-        self.seq = max((s.seq for s in self.history.values()), default=0)
-        self.marks = {key: mark(step) for key, step in self.history.items()}
+        self.seq = self.loaded_seq = max((s.seq for s in self.history.values()), default=0)
+        self.marks = {key: mark(step) for key, step in self.history.items() if step.status not in _SETTLED}
         self.recorded = {key: step for key, step in self.history.items() if step.kind in ("do", "sleep", "wait")}
         for event in self.events:
             self.buffered.setdefault(event.type, deque()).append(event)
@@ -544,6 +548,8 @@ class RunState:
 
     def _events(self, step: StepRecord) -> list[NewEvent]:
         prev = self.marks.get(step.key)
+        if prev is None and step.seq <= self.loaded_seq and step.status in _SETTLED:
+            prev = mark(step)  # loaded settled, so unchanged since (see ``marks``)
         events, self.marks[step.key] = step_events(prev, step)
         if step.kind == "rollback":
             before, after = rollback_lifecycle(prev, step, self.rollback)

@@ -82,10 +82,11 @@ def _stored_bytes(state: RunState) -> int:
     if state.stored_bytes < 0:
         total = 0
         for rec in state.history.values():
-            if rec.result:
-                total += len(rec.result.encode())
-                if rec.status == "success" and rec.result.startswith('{"$blob":'):
-                    value = codec.decode(rec.result)
+            result = rec.result
+            if result:
+                total += len(result) if result.isascii() else len(result.encode())
+                if rec.status == "success" and result.startswith('{"$blob":'):
+                    value = codec.decode(result)
                     total += value.size if isinstance(value, BlobRef) else 0
         state.stored_bytes = total
     return state.stored_bytes

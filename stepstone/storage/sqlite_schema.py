@@ -9,7 +9,6 @@ from typing import Any, Final, cast
 from stepstone.errors import SchemaVersionError
 from stepstone.models import (
     CHILD_EVENT,
-    Attempt,
     EventRecord,
     InstanceRecord,
     LinkedInstance,
@@ -412,25 +411,8 @@ def workflow_from_row(row: tuple[Any, ...]) -> WorkflowRecord:
 
 
 def step_from_row(row: tuple[Any, ...]) -> StepRecord:
-    """Map a row selected with :data:`STEP_COLUMNS`."""
-    attempts = [Attempt(*a) for a in json.loads(row[13])] if row[13] else []
-    return StepRecord(
-        key=row[0],
-        kind=row[1],
-        name=row[2],
-        count=row[3],
-        seq=row[4],
-        status=row[5],
-        started_at=row[6],
-        ended_at=row[7],
-        wake_at=row[8],
-        result=row[9],
-        error_name=row[10],
-        error_message=row[11],
-        config=row[12],
-        attempts=attempts,
-        event_type=row[14],
-    )
+    """Map a row selected with :data:`STEP_COLUMNS` (its attempts are decoded when first read)."""
+    return StepRecord(*row[:13], None, row[14], attempts_json=row[13])
 
 
 _compact = json.JSONEncoder(separators=(",", ":")).encode

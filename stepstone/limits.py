@@ -283,6 +283,8 @@ def validate_step_name(value: object, limits: Limits, *, what: str = "step name"
         raise LimitExceededError(f"{what} {_show(value)} is {len(value)} characters, over the limit of {n}")
     if _CONTROL_RE.search(value):
         raise ValidationError(f"{what} {_show(value)} is invalid: control characters (\\x00-\\x1f) are not allowed")
+    if value.isascii():  # no surrogate, and the NUL check_text refuses is a control character, refused above
+        return value
     return check_text(value, what=what)
 
 

@@ -198,18 +198,19 @@ async def run_do(
     step's name and count; ``bind`` makes each attempt's call from its context instead of ``fn``'s parameters.
     """
     key = step_key(kind, name, count)
-    display = f"{name}-{count}"
-    clock = state.clock
     rec = state.history.get(key)
     declared = typed.return_type(fn)
     if rec is not None:
-        if rec.status == "success":
+        if rec.status == "success":  # replayed: the recorded value, as the live call returned it
             stored = decode_result(state, rec.result or "null")
             if declared is None:
                 return stored
-            return typed.convert(declared, stored, what=f'step "{display}" result')
+            return typed.convert(declared, stored, what=f'step "{name}-{count}" result')
         if rec.status == "error":
             raise rebuild_error(rec)
+    display = f"{name}-{count}"
+    clock = state.clock
+    if rec is not None:
         if rec.config and config.retries.delay_fn is None and config.retries.retry_if is None:
             config = StepConfig.from_dict(json.loads(rec.config))
         last = rec.attempts[-1] if rec.attempts else None

@@ -243,6 +243,7 @@ class StepRecord:
         self.config = config
         self.event_type = event_type
         self._attempts: list[Attempt] | None
+        self._attempts_json: str | None
         if attempts is None and attempts_json:
             self._attempts, self._attempts_json = None, attempts_json
         else:
@@ -289,10 +290,27 @@ class StepRecord:
     __hash__ = None  # type: ignore[assignment]  # mutable, as the dataclass it replaces
 
     def __repr__(self) -> str:
-        names = ("key", "kind", "name", "count", "seq", "status", "started_at", "ended_at", "wake_at", "result")
-        names += ("error_name", "error_message", "config", "attempts", "event_type")
-        shown = ", ".join(f"{n}={v!r}" for n, v in zip(names, self._fields(), strict=True))
+        shown = ", ".join(f"{n}={v!r}" for n, v in zip(_FIELD_NAMES, self._fields(), strict=True))
         return f"StepRecord({shown})"
+
+
+_FIELD_NAMES: Final = (
+    "key",
+    "kind",
+    "name",
+    "count",
+    "seq",
+    "status",
+    "started_at",
+    "ended_at",
+    "wake_at",
+    "result",
+    "error_name",
+    "error_message",
+    "config",
+    "attempts",
+    "event_type",
+)
 
 
 @dataclass(slots=True)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import operator
 import os
 import sqlite3
 import threading
@@ -67,6 +68,7 @@ from stepstone.storage.stream_sql import STREAM_EVENTS, first_row, history_event
 
 T = TypeVar("T")
 Conn = sqlite3.Connection
+_BY_SEQ = operator.itemgetter(4)  # a STEP_COLUMNS row's seq
 _STEP_INSERT = f"INSERT OR REPLACE INTO steps (instance_pk, {STEP_COLUMNS}) VALUES ({', '.join('?' * 16)})"
 # The lease check and the write in one statement: nothing is written unless the token still matches.
 _FENCED_STEP_INSERT = (
@@ -544,9 +546,8 @@ class SQLiteStorage:
         def read(c: Conn) -> tuple[list[StepRecord], list[EventRecord]]:
             c.execute("BEGIN")
             try:
-                steps = c.execute(
-                    f"SELECT {STEP_COLUMNS} FROM steps WHERE instance_pk = ? ORDER BY seq", (pk,)
-                ).fetchall()
+                # In key order, sorted by seq here: ORDER BY seq would sort the whole rows in a temp B-tree.
+                steps = c.execute(f"SELECT {STEP_COLUMNS} FROM steps WHERE instance_pk = ?", (pk,)).fetchall()
                 events = c.execute(
                     "SELECT pk, type, payload, received_at, consumed_by FROM events "
                     "WHERE instance_pk = ? AND consumed_by IS NULL ORDER BY pk",
@@ -554,6 +555,7 @@ class SQLiteStorage:
                 ).fetchall()
             finally:
                 c.execute("COMMIT")
+            steps.sort(key=_BY_SEQ)
             return [step_from_row(r) for r in steps], [event_from_row(r) for r in events]
 
         return await self._read(read)

@@ -412,7 +412,25 @@ def workflow_from_row(row: tuple[Any, ...]) -> WorkflowRecord:
 
 def step_from_row(row: tuple[Any, ...]) -> StepRecord:
     """Map a row selected with :data:`STEP_COLUMNS` (its attempts are decoded when first read)."""
-    return StepRecord(*row[:13], None, row[14], attempts_json=row[13])
+    key, kind, name, count, seq, status, started, ended, wake, result, error, message, config, attempts, event = row
+    return StepRecord(
+        key,
+        kind,
+        name,
+        count,
+        seq,
+        status,
+        started,
+        ended,
+        wake,
+        result,
+        error,
+        message,
+        config,
+        None,
+        event,
+        attempts_json=attempts,
+    )
 
 
 _compact = json.JSONEncoder(separators=(",", ":")).encode

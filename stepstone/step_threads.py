@@ -127,7 +127,10 @@ class StepThreads:
         """``job`` timed out: if it is still running, its thread stops counting and a new one takes its place;
         if it has not started, it never will."""
         job.cancelled = True
-        if job.started is None or job.done.done() or job.abandoned:
+        if job.done.done():  # it ended as the run did: nobody reads its outcome (no "never retrieved" log)
+            _retrieve(job.done)
+            return
+        if job.started is None or job.abandoned:
             return
         job.abandoned = True
         job.done.add_done_callback(_retrieve)  # nobody may await it any more

@@ -358,6 +358,15 @@ class RunState:
             self._judge_next = self._judgement is None
         return count
 
+    def must_judge(self) -> bool:
+        """Whether the step just counted must go through :meth:`judged` (most do not: no history, or a replay
+        already judged); a step that need not is started directly, with no closure to build."""
+        return (
+            self._judge_next
+            or (self._judgement is not None and not self._judgement.done())
+            or isinstance(self.fatal, ReplayDivergenceError)
+        )
+
     def judged(self, make: Callable[[], Awaitable[T]]) -> Awaitable[T]:
         """The step just counted, started once the replay is judged (when it is the first step history does
         not hold; otherwise at once). Raises the divergence error of an ``on_divergence="fail"`` run."""

@@ -123,6 +123,8 @@ class WorkflowStep:
         count = state.next_count("do-" + name)
         state.check_live()
         if undo is None:
+            if not state.must_judge():
+                return run_do(state, name, count, resolved, fn, kwargs)
             return state.judged(lambda: run_do(state, name, count, resolved, fn, kwargs))
         return state.judged(lambda: run_with_undo(state, name, count, resolved, fn, kwargs, undo[0], undo_config))
 

@@ -1,9 +1,11 @@
 """Parsing Python source safely from any thread: ``ast.parse`` behind one lock, retried once on CPython's race.
 
-CPython 3.11 keeps the AST converter's recursion counter in interpreter-wide state, so two threads parsing at
-once (a garbage collection inside one conversion can switch threads) fail with ``SystemError: AST constructor
-recursion depth mismatch`` (CPython gh-106905, fixed in 3.12). stepstone parses user code when a workflow is
-registered (its version and diagram) and when a Worker project is loaded; every such parse goes through here.
+CPython 3.11 keeps the AST converter's recursion counter in interpreter-wide state, so a parse that starts while
+another one converts (in another thread, or in this one: a garbage collection inside the conversion runs a
+finalizer that formats a traceback, and 3.11's traceback module parses source for its carets) fails with
+``SystemError: AST constructor recursion depth mismatch`` (CPython gh-106905, fixed in 3.12). stepstone parses
+user code when a workflow is registered (its version and diagram) and when a Worker project is loaded; every
+such parse goes through here.
 """
 
 from __future__ import annotations
@@ -11,7 +13,7 @@ from __future__ import annotations
 import ast
 import threading
 
-_LOCK = threading.Lock()
+_LOCK = threading.RLock()  # re-entrant: a parse inside a parse (a finalizer formatting a traceback) in one thread
 
 
 def parse(source: str | bytes, filename: str = "<unknown>") -> ast.Module:

@@ -97,6 +97,7 @@ class Engine:
         self._meta: dict[str, tuple[str, str, int | None]] = {}
         self._versions: dict[str, str] = {}
         self._graphs: dict[str, str | None] = {}
+        self._registering: set[asyncio.Task[str]] = set()
         self._accounts: dict[str, Account] = {}
         self._run_worker = worker
         self._concurrency = concurrency
@@ -199,8 +200,23 @@ class Engine:
         if binding:
             setattr(self.env, binding, wf)
         if self._started:
-            self.wake()
+            # record the workflow and this version now (as start() does for what was registered before it), then
+            # let the worker look for its instances: a version that runs an instance is one GET …/versions lists
+            try:
+                loop = asyncio.get_running_loop()
+            except RuntimeError:  # not on the engine's loop: recorded at the first create(), as before
+                self.wake()
+                return wf
+            task = loop.create_task(self._ensure_workflow(DEFAULT_ACCOUNT, name))
+            self._registering.add(task)
+            task.add_done_callback(self._registered)
         return wf
+
+    def _registered(self, task: asyncio.Task[str]) -> None:
+        self._registering.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.warning("could not record a workflow registered on a running engine", exc_info=task.exception())
+        self.wake()
 
     def workflow(self, name: str) -> Workflow:
         """The binding for a workflow of the default account (registered here, or only known to the database)."""
@@ -326,6 +342,8 @@ class Engine:
         """Stop the worker and close the database. Running instances continue at the next start."""
         if not self._started:
             return
+        if self._registering:
+            await asyncio.gather(*self._registering, return_exceptions=True)
         if self.worker is not None:
             await self.worker.stop()
             self.worker = None

@@ -97,6 +97,16 @@ async def _check_migrated(storage: Storage) -> None:
         "v-old",
     )
     assert (workflow.created_on, workflow.triggered_on, workflow.config) == (10.0, 12.0, '{"limits": {"steps": 7}}')
+    # the versions migration made the workflow's current version its first version (no diagram: no code read)
+    (version,) = await storage.list_versions(DEFAULT_ACCOUNT, "orders")
+    assert (version.id, version.class_name, version.created_on, version.modified_on, version.graph) == (
+        "v-old",
+        "Orders",
+        10.0,
+        11.0,
+        None,
+    )
+    assert version.config == '{"limits": {"steps": 7}}'
     waiting = await storage.get_instance(DEFAULT_ACCOUNT, "orders", "o-1")
     done = await storage.get_instance(DEFAULT_ACCOUNT, "orders", "o-2")
     assert waiting is not None and done is not None
@@ -140,3 +150,10 @@ async def test_the_engine_runs_a_migrated_instance_on(old_database: str) -> None
             await asyncio.sleep(0.025)
         assert (await handle.status()).output == {"charged": "charged", "paid": {"amount": 3}}
         assert [w.name for w in await engine.list_workflows()] == ["orders"]
+        # registered code is a new version; the migrated instance says the old one created it and the new one ran
+        # it, and its replay (the recorded "charge", then the new wait) did not diverge
+        versions = await engine.storage.list_versions("local", "orders")
+        assert [v.id for v in versions][1:] == ["v-old"] and versions[0].graph is not None
+        doc = await handle.describe()
+        assert doc["versionId"] == "v-old" and doc["ran_versions"][-1]["id"] == versions[0].id
+        assert doc["divergence"] is None

@@ -5,7 +5,7 @@ Write a :class:`WorkflowEntrypoint` with ``async def run(self, event, step)``; r
 event waits hibernate without holding a process.
 """
 
-from stepstone.binding import BatchResult, InstanceError, InstanceStatus, Workflow, WorkflowInstance
+from stepstone.binding import BatchResult, Workflow
 from stepstone.durations import Duration
 from stepstone.engine import Engine
 from stepstone.errors import (
@@ -28,6 +28,7 @@ from stepstone.errors import (
     WorkflowNotFoundError,
     WorkflowTimeoutError,
 )
+from stepstone.instance import InstanceError, InstanceStatus, WorkflowInstance
 from stepstone.limits import AccountLimits, Limits
 from stepstone.retry import RetryConfig, StepConfig
 from stepstone.step import WorkflowStep

@@ -18,9 +18,10 @@ from typing import Any, Final
 from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 
-from stepstone.binding import Workflow, WorkflowInstance
+from stepstone.binding import Workflow
 from stepstone.details import instance_summary, iso, step_blob, step_result
 from stepstone.errors import InstanceNotFoundError, InvalidStateError, StorageError
+from stepstone.instance import WorkflowInstance
 from stepstone.models import FINISHED, STATUSES, InstanceRecord
 from stepstone.observe.tracing import valid_traceparent
 from stepstone.server.body import json_object, only_keys, query_choice, query_int, query_time, read_json

@@ -12,9 +12,10 @@ from typing import Final, cast
 from starlette.requests import Request
 from starlette.responses import Response
 
-from stepstone.binding import Account, Workflow, WorkflowInstance
+from stepstone.binding import Account, Workflow
 from stepstone.engine import Engine
 from stepstone.errors import InstanceNotFoundError, ValidationError
+from stepstone.instance import WorkflowInstance
 from stepstone.limits import validate_workflow_name
 from stepstone.models import DEFAULT_ACCOUNT, InstanceRecord, WorkflowRecord
 from stepstone.server.auth import Authenticator

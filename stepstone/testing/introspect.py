@@ -15,8 +15,9 @@ from collections.abc import Awaitable, Callable
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Self
 
-from stepstone.binding import InstanceError, InstanceStatus, Workflow, WorkflowInstance
+from stepstone.binding import Workflow
 from stepstone.errors import InstanceNotFoundError, InvalidStateError
+from stepstone.instance import InstanceError, InstanceStatus, WorkflowInstance
 from stepstone.models import FINISHED
 from stepstone.testing import waits
 from stepstone.testing.mocks import InstanceMocks, Modifier

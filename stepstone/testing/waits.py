@@ -12,9 +12,9 @@ from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any, Final, Literal, TypedDict
 
 from stepstone import codec
-from stepstone.binding import InstanceError, InstanceStatus, WorkflowInstance
 from stepstone.codec import BlobRef
 from stepstone.errors import ValidationError, WorkflowTimeoutError
+from stepstone.instance import InstanceError, InstanceStatus, WorkflowInstance
 from stepstone.models import FINISHED, StepKind, StepRecord
 from stepstone.step_do import rebuild_error
 

@@ -17,8 +17,9 @@ from urllib.parse import parse_qsl, urlencode
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, RedirectResponse, Response
 
-from stepstone.binding import Workflow, WorkflowInstance
+from stepstone.binding import Workflow
 from stepstone.errors import InstanceNotFoundError, InvalidStateError, StepstoneError
+from stepstone.instance import WorkflowInstance
 from stepstone.server.body import read_body
 from stepstone.server.dashboard.pages import filter_query, instance_filters
 from stepstone.server.dashboard.session import COOKIE

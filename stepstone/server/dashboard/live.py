@@ -18,8 +18,8 @@ from typing import Any, Final
 
 from starlette.responses import Response, StreamingResponse
 
-from stepstone.binding import WorkflowInstance
 from stepstone.errors import InstanceNotFoundError
+from stepstone.instance import WorkflowInstance
 
 COALESCE_S: Final = 0.05
 """Events closer together than this become one ``change`` notice."""

@@ -13,10 +13,10 @@ from typing import Any, Final
 from starlette.requests import Request
 from starlette.responses import RedirectResponse, Response
 
-from stepstone.binding import WorkflowInstance
 from stepstone.cron import CronError, parse_cron
 from stepstone.errors import InstanceNotFoundError, ValidationError
 from stepstone.graph import graph_text
+from stepstone.instance import WorkflowInstance
 from stepstone.models import DEFAULT_ACCOUNT, FINISHED, STATUSES, InstanceRecord, WorkflowRecord
 from stepstone.server.dashboard.live import change_stream
 from stepstone.server.dashboard.timeline import build_timeline, parse_iso, show_duration, show_time

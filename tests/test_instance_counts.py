@@ -54,6 +54,16 @@ def truth(url: str, wf: str = WF, account: str = A) -> dict[str, int]:
         return {s: int(n) for s, n in pg.execute(query.format(m="%s"), (account, wf)).fetchall()}
 
 
+def counts_rows(url: str) -> set[str]:
+    """The workflows with a row in the counts (and, on PostgreSQL, the deltas)."""
+    if url.startswith("sqlite"):
+        with sqlite3.connect(url.removeprefix("sqlite:///")) as conn:
+            return {r[0] for r in conn.execute("SELECT workflow FROM instance_counts")}
+    with psycopg.connect(url) as pg:
+        query = "SELECT workflow FROM instance_counts UNION SELECT workflow FROM instance_count_deltas"
+        return {r[0] for r in pg.execute(query).fetchall()}
+
+
 async def agrees(db: Storage, url: str, wf: str = WF) -> dict[str, int]:
     """Every read of the counts equals the truth; returns it."""
     expected = truth(url, wf)
@@ -103,6 +113,7 @@ async def test_counts_follow_every_change(db: Storage, url: str) -> None:
     assert await agrees(db, url, "other") == {"queued": 2}
     assert await db.delete_workflow(A, WF)
     assert await agrees(db, url) == {}
+    assert counts_rows(url) == {"other"}  # the deleted workflow's zero rows (and its deltas) are gone
     assert await agrees(db, url, "other") == {"queued": 2}
     # a workflow of the same name made again starts from zero
     await db.put_workflow(workflow())

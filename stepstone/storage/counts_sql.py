@@ -106,6 +106,9 @@ POSTGRES_BY_STATUS: Final = (
 )
 """Per status: the count, and how many delta rows made it (a read that sees many folds them)."""
 
+ZERO_COUNTS: Final = "DELETE FROM instance_counts WHERE account = ? AND workflow = ? AND n = 0"
+"""A deleted workflow's rows that count nothing (no sum changes: only zeros go; ``?`` is ``%s`` on PostgreSQL)."""
+
 FOLD_AT: Final = 256
 """Delta rows of one workflow above which a read folds them."""
 

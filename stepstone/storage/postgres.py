@@ -57,7 +57,7 @@ from stepstone.storage.bell import Bell, StreamWaiter
 from stepstone.storage.blobs import BlobStore
 from stepstone.storage.blobs_postgres import PostgresBlobStore
 from stepstone.storage.blocking_renew import BlockingRenewer
-from stepstone.storage.counts_sql import FOLD_AT, counted_total
+from stepstone.storage.counts_sql import FOLD_AT, ZERO_COUNTS, counted_total
 from stepstone.storage.postgres_control import RELEASE, fetch_all, fetch_maybe, fetch_one
 from stepstone.storage.postgres_schema import migrate
 from stepstone.storage.postgres_writer import EVENTS_INSERT, Conn, GroupWriter, StepWrite, Transactor, Write
@@ -384,6 +384,8 @@ class PostgresStorage:
                 name,
             )
             await control.delete_pks(conn, [r[0] for r in rows])
+            await control.fold_counts(conn, account, name)
+            await conn.execute(ZERO_COUNTS.replace("?", "%s"), (account, name))
             await conn.execute(versions.pg(versions.DELETE_OF_WORKFLOW), (account, name))
             cur = await conn.execute("DELETE FROM workflows WHERE account = %s AND name = %s", (account, name))
             return cur.rowcount > 0

@@ -47,7 +47,7 @@ from stepstone.storage.bell import Bell, StreamWaiter
 from stepstone.storage.blobs import BlobStore
 from stepstone.storage.blobs_sqlite import SQLiteBlobStore
 from stepstone.storage.blocking_renew import BlockingRenewer
-from stepstone.storage.counts_sql import SQLITE_BY_STATUS, SQLITE_ONE_STATUS
+from stepstone.storage.counts_sql import SQLITE_BY_STATUS, SQLITE_ONE_STATUS, ZERO_COUNTS
 from stepstone.storage.sqlite_schema import (
     INSTANCE_COLUMNS,
     LINK_INSERT,
@@ -386,6 +386,7 @@ class SQLiteStorage:
                 for r in conn.execute("SELECT pk FROM instances WHERE account = ? AND workflow = ?", (account, name))
             ]
             control.delete_pks(conn, pks)
+            conn.execute(ZERO_COUNTS, (account, name))
             conn.execute(versions.DELETE_OF_WORKFLOW, (account, name))
             return conn.execute("DELETE FROM workflows WHERE account = ? AND name = ?", (account, name)).rowcount > 0
 

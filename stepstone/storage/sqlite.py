@@ -80,6 +80,39 @@ _EVENT_INSERT = (
 )
 
 
+_INSERT_CHUNK = 100
+"""Instances inserted per statement (13 parameters each, far below SQLite's limit)."""
+
+
+@functools.lru_cache(maxsize=8)
+def _insert_instances(n: int) -> str:
+    """Insert ``n`` instances, runnable now; RETURNING the rows created (an id in use returns nothing)."""
+    values = ", ".join(["(?, ?, ?, 'queued', ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"] * n)
+    return (
+        "INSERT INTO instances (account, workflow, id, status, params, created_on, modified_on, runnable_at, "
+        "trigger_source, version_id, schedule, success_retention_ms, error_retention_ms, traceparent) "
+        f"VALUES {values} ON CONFLICT (account, workflow, id) DO NOTHING RETURNING {INSTANCE_COLUMNS}"
+    )
+
+
+def _insert_values(new: NewInstance) -> tuple[object, ...]:
+    return (
+        new.account,
+        new.workflow,
+        new.id,
+        new.params,
+        new.created_on,
+        new.created_on,
+        new.created_on,
+        new.trigger_source,
+        new.version_id,
+        new.schedule,
+        new.success_retention_ms,
+        new.error_retention_ms,
+        new.traceparent,
+    )
+
+
 class SQLiteStorage:
     """Storage on a SQLite file.
 
@@ -450,39 +483,27 @@ class SQLiteStorage:
                     (account, workflow, *ids, rows[0].created_on),
                 ).fetchall()
                 control.delete_pks(conn, [r[0] for r in expired])
+            inserted: dict[tuple[str, str, str], InstanceRecord] = {}
+            for i in range(0, len(rows), _INSERT_CHUNK):  # one statement per chunk: ~4 x less per instance
+                chunk = rows[i : i + _INSERT_CHUNK]
+                params = [value for new in chunk for value in _insert_values(new)]
+                for row in conn.execute(_insert_instances(len(chunk)), params).fetchall():
+                    made = instance_from_row(row)
+                    inserted[(made.account, made.workflow, made.id)] = made
             for new in rows:
-                row = conn.execute(
-                    "INSERT INTO instances (account, workflow, id, status, params, created_on, modified_on, "
-                    "runnable_at, trigger_source, version_id, schedule, success_retention_ms, "
-                    "error_retention_ms, traceparent) VALUES (?, ?, ?, 'queued', ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
-                    f"ON CONFLICT (account, workflow, id) DO NOTHING RETURNING {INSTANCE_COLUMNS}",
-                    (
-                        new.account,
-                        new.workflow,
-                        new.id,
-                        new.params,
-                        new.created_on,
-                        new.created_on,
-                        new.created_on,
-                        new.trigger_source,
-                        new.version_id,
-                        new.schedule,
-                        new.success_retention_ms,
-                        new.error_retention_ms,
-                        new.traceparent,
-                    ),
-                ).fetchone()
-                if row is None:
+                key = (new.account, new.workflow, new.id)
+                record = inserted.pop(key) if key in inserted else None  # an id repeated in rows: its first
+                if record is None:
                     if not skip_existing:
                         raise InstanceExistsError(
                             f"instance {new.id!r} already exists in workflow {new.workflow!r}; "
                             "use restart() to run it again"
                         )
                     continue
-                created.append(instance_from_row(row))
-                self._touched.append(created[-1].pk)
+                created.append(record)
+                self._touched.append(record.pk)
                 if new.parent_pk is not None:
-                    conn.execute(LINK_INSERT, (created[-1].pk, new.parent_pk, int(new.terminate_with_parent)))
+                    conn.execute(LINK_INSERT, (record.pk, new.parent_pk, int(new.terminate_with_parent)))
                 touched.add((new.account, new.workflow))
             if created:
                 self._signal(conn, 0, "new", rows[0].created_on)

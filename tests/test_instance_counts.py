@@ -194,11 +194,14 @@ def start_worker(url: str, log: Path) -> subprocess.Popen[bytes]:
 
 @pytest.mark.slow
 async def test_sigkilled_worker_leaves_exact_counts(url: str, tmp_path: Path) -> None:
+    """A worker SIGKILLed mid-run (on PostgreSQL two worker processes, both killed) leaves the counts exact."""
     log = tmp_path / "executions.log"
     async with Engine(url, worker=False) as client:
         wf = client.register(Crashy, name="crashy")
         await wf.create_batch({"instances": [{"id": f"i{n}", "params": {"n": n}} for n in range(12)]})
         storage = client.storage
+        # PostgreSQL: a second worker process writes at the same time
+        other = start_worker(url, log) if url.startswith("postgres") else None
         proc = start_worker(url, log)
         try:
             # kill it mid-run: once some instances run
@@ -206,18 +209,23 @@ async def test_sigkilled_worker_leaves_exact_counts(url: str, tmp_path: Path) ->
                 if (await storage.count_by_status(A, "crashy")).get("running", 0) >= 3:
                     break
                 await asyncio.sleep(0.05)
-            proc.send_signal(signal.SIGKILL)
-            proc.wait()
+            for p in (proc, other):  # both at once: nothing writes while the counts are compared
+                if p is not None:
+                    p.send_signal(signal.SIGKILL)
+                    p.wait()
             mid = truth(url, "crashy")
             assert mid.get("running", 0) >= 3
             assert await storage.count_by_status(A, "crashy") == mid
             proc = start_worker(url, log)
+            other = start_worker(url, log) if other is not None else None
             for n in range(12):
                 status = await wait_for_status(await wf.get(f"i{n}"), "complete", timeout=120)
                 assert status.output == {"n": n, "total": expected_total(n)}
         finally:
-            proc.send_signal(signal.SIGKILL)
-            proc.wait()
+            for p in (proc, other):
+                if p is not None:
+                    p.send_signal(signal.SIGKILL)
+                    p.wait()
         assert await storage.count_by_status(A, "crashy") == truth(url, "crashy") == {"complete": 12}
         assert (await storage.list_instances(A, "crashy", limit=1)).total == 12
 

@@ -10,9 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import random
-import signal
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -21,44 +19,17 @@ from stepstone import Engine
 from stepstone.binding import Workflow
 from stepstone.testing import wait_for_status
 from tests.crash.child_worker import Family, Kid, expected
-
-ROOT = Path(__file__).resolve().parent.parent
+from tests.crash.harness import backend_url, kill, logged, until
+from tests.crash.harness import start_worker as harness_start_worker
 
 
 @pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
 def url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
-    if request.param == "sqlite":
-        return f"sqlite:///{tmp_path / 'children.db'}"
-    return str(request.getfixturevalue("postgres_url"))
+    return backend_url(request, tmp_path, "children.db")
 
 
 def start_worker(url: str, log: Path, gates: Path | None = None) -> subprocess.Popen[bytes]:
-    args = [sys.executable, "-m", "tests.crash.child_worker", url, str(log)]
-    if gates is not None:
-        args.append(str(gates))
-    return subprocess.Popen(args, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-
-
-def kill(proc: subprocess.Popen[bytes]) -> None:
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-
-
-async def until(what: str, check: object) -> None:
-    for _ in range(6000):
-        result = check() if callable(check) else None  # type: ignore[operator]
-        if asyncio.iscoroutine(result):
-            result = await result
-        if result:
-            return
-        await asyncio.sleep(0.01)
-    raise AssertionError(f"never: {what}")
-
-
-def logged(log: Path, instance_id: str, key: str) -> bool:
-    return log.exists() and any(
-        line.split()[2:] == [instance_id, key] for line in log.read_text().splitlines() if line.strip()
-    )
+    return harness_start_worker("child_worker", url, log, gates)
 
 
 async def check_once(client: Engine, log: Path, parents: list[int]) -> None:

@@ -25,7 +25,7 @@ from stepstone.models import Lease
 from stepstone.storage.blobs import CHUNK_BYTES, ORPHAN_GRACE_S
 
 if TYPE_CHECKING:
-    from stepstone.storage.sqlite import SQLiteStorage
+    from stepstone.storage.sqlite_core import SQLiteCore
 
 T = TypeVar("T")
 log = logging.getLogger("stepstone.storage.blobs")
@@ -42,7 +42,7 @@ _ORPHANS = (
 class SQLiteBlobStore:
     """Blobs of a :class:`~stepstone.storage.sqlite.SQLiteStorage`, as files beside its database."""
 
-    def __init__(self, storage: SQLiteStorage) -> None:
+    def __init__(self, storage: SQLiteCore) -> None:
         self._storage = storage
         self.root = os.path.abspath(storage.path) + ".blobs"
         self._collector: asyncio.Task[None] | None = None

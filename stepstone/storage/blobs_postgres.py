@@ -25,7 +25,7 @@ from stepstone.models import Lease
 from stepstone.storage.blobs import CHUNK_BYTES, ORPHAN_GRACE_S
 
 if TYPE_CHECKING:
-    from stepstone.storage.postgres import PostgresStorage
+    from stepstone.storage.postgres_core import PostgresCore
     from stepstone.storage.postgres_writer import Conn
 
 _ORPHANS = (
@@ -40,7 +40,7 @@ _READ_AHEAD = 2
 class PostgresBlobStore:
     """Blobs of a :class:`~stepstone.storage.postgres.PostgresStorage`, in its chunk table."""
 
-    def __init__(self, storage: PostgresStorage) -> None:
+    def __init__(self, storage: PostgresCore) -> None:
         self._storage = storage
 
     async def write(self, lease: Lease, step_key: str, chunks: AsyncIterator[bytes]) -> tuple[str, int]:

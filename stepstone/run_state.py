@@ -11,7 +11,6 @@ import asyncio
 import contextvars
 import json
 import logging
-import threading
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable
@@ -177,48 +176,6 @@ class TestHooks(Protocol):
     def mocked_event(self, state: RunState, event_type: str) -> tuple[Any] | None:
         """A mocked event's payload for a wait of this type (consumed), or None."""
         ...
-
-
-ATTEMPT_MARK_S: Final = 0.05
-"""How long an attempt runs before it is recorded as started (see :meth:`RunState.mark_start_later`)."""
-
-
-_local = threading.local()
-
-
-class StartMarks:
-    """The attempts of every run on one event loop waiting to be recorded as started, behind one timer.
-
-    Entries ``[due, state, step]`` are added in start order, so in due order: a deque, its head the next due.
-    An attempt that ends first clears its step; cleared entries are dropped as they reach the head. One timer
-    for the loop, not one per attempt or per run, whatever the number of instances running.
-    """
-
-    __slots__ = ("_marks", "_timer", "loop")
-
-    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
-        self.loop = loop
-        self._marks: deque[list[Any]] = deque()
-        self._timer: asyncio.TimerHandle | None = None
-
-    def add(self, state: RunState, step: StepRecord) -> list[Any]:
-        due = self.loop.time() + ATTEMPT_MARK_S
-        entry: list[Any] = [due, state, step]
-        self._marks.append(entry)
-        if self._timer is None:
-            self._timer = self.loop.call_at(due, self._due)
-        return entry
-
-    def _due(self) -> None:
-        now, marks = self.loop.time(), self._marks
-        while marks:
-            due, state, step = marks[0]
-            if step is not None and due > now:
-                break
-            marks.popleft()
-            if step is not None:
-                state.write_nowait(step)
-        self._timer = self.loop.call_at(marks[0][0], self._due) if marks else None
 
 
 current_run: contextvars.ContextVar[RunState | None] = contextvars.ContextVar("stepstone_current_run", default=None)
@@ -519,15 +476,6 @@ class RunState:
             # instance must come back at once.
             raise self.suspend(WakeReason(reason.kind, reason.name, self.clock.now()))
         self.check_open()
-
-    def mark_start_later(self, step: StepRecord, loop: asyncio.AbstractEventLoop) -> list[Any]:
-        """Record ``step`` (its attempt started) if that attempt still runs :data:`ATTEMPT_MARK_S` from now, so
-        a crash during it counts against the retry budget; quick attempts skip that write (their crash reruns
-        the attempt). Clear the returned entry's step (``entry[2] = None``) when the attempt ends."""
-        marks: StartMarks | None = getattr(_local, "start_marks", None)
-        if marks is None or marks.loop is not loop:
-            marks = _local.start_marks = StartMarks(loop)
-        return marks.add(self, step)
 
     def enter(self) -> None:
         """An attempt starts."""

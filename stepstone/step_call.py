@@ -23,11 +23,13 @@ import math
 import threading
 import time
 import types
+from collections import deque
 from collections.abc import Awaitable, Callable
 from typing import Any, Final
 
 from stepstone.clock import SystemClock
 from stepstone.errors import CPUTimeLimitError, EventLoopBlockedError, WorkflowTimeoutError
+from stepstone.models import StepRecord
 from stepstone.run_state import RunState
 from stepstone.step_process import ProcessCall
 from stepstone.step_threads import Job, StepThreads
@@ -98,6 +100,55 @@ class Deadlines:
                     timeout.reschedule(when)
         if heap:
             self._arm(heap[0][0])
+
+
+ATTEMPT_MARK_S: Final = 0.05
+"""How long an attempt runs before it is recorded as started (see :func:`mark_start_later`)."""
+
+
+class StartMarks:
+    """The attempts of every run on one event loop waiting to be recorded as started, behind one timer.
+
+    Entries ``[due, state, step]`` are added in start order, so in due order: a deque, its head the next due.
+    An attempt that ends first clears its step; cleared entries are dropped as they reach the head. One timer
+    for the loop, not one per attempt or per run, whatever the number of instances running.
+    """
+
+    __slots__ = ("_marks", "_timer", "loop")
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.loop = loop
+        self._marks: deque[list[Any]] = deque()
+        self._timer: asyncio.TimerHandle | None = None
+
+    def add(self, state: RunState, step: StepRecord) -> list[Any]:
+        due = self.loop.time() + ATTEMPT_MARK_S
+        entry: list[Any] = [due, state, step]
+        self._marks.append(entry)
+        if self._timer is None:
+            self._timer = self.loop.call_at(due, self._due)
+        return entry
+
+    def _due(self) -> None:
+        now, marks = self.loop.time(), self._marks
+        while marks:
+            due, state, step = marks[0]
+            if step is not None and due > now:
+                break
+            marks.popleft()
+            if step is not None:
+                state.write_nowait(step)
+        self._timer = self.loop.call_at(marks[0][0], self._due) if marks else None
+
+
+def mark_start_later(state: RunState, step: StepRecord, loop: asyncio.AbstractEventLoop) -> list[Any]:
+    """Record ``step`` (its attempt started) if that attempt still runs :data:`ATTEMPT_MARK_S` from now, so a
+    crash during it counts against the retry budget; quick attempts skip that write (their crash reruns the
+    attempt). Clear the returned entry's step (``entry[2] = None``) when the attempt ends."""
+    marks: StartMarks | None = getattr(_local, "start_marks", None)
+    if marks is None or marks.loop is not loop:
+        marks = _local.start_marks = StartMarks(loop)
+    return marks.add(state, step)
 
 
 def _deadlines(loop: asyncio.AbstractEventLoop) -> Deadlines:

@@ -30,7 +30,7 @@ from stepstone.models import Attempt, StepKind, StepRecord, step_key
 from stepstone.retry import DEFAULT_STEP_CONFIG, StepConfig, retry_delay_ms, will_retry
 from stepstone.run_state import RunState, WakeReason
 from stepstone.step_blobs import StepOutputError, decode_result, store_result
-from stepstone.step_call import AttemptSlot, call_step
+from stepstone.step_call import AttemptSlot, call_step, mark_start_later
 from stepstone.step_threads import Job
 from stepstone.text import error_text, storable
 from stepstone.tracebacks import format_failure
@@ -263,7 +263,7 @@ async def run_do(
         att = Attempt(clock.now())
         rec.attempts.append(att)
         rec.status, rec.wake_at = "running", None
-        marker = state.mark_start_later(rec, asyncio.get_running_loop())
+        marker = mark_start_later(state, rec, asyncio.get_running_loop())
         ctx = StepContext(attempt_no, name, count, config_dict)
         slot = AttemptSlot(display, config.timeout_ms / 1000)  # the watchdog reads it from this frame
         state.enter()

@@ -15,7 +15,7 @@ import uuid
 import warnings
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Final, overload
+from typing import Any, Final, Protocol, overload
 
 from stepstone import codec, typed
 from stepstone.admission import Admission, admit
@@ -44,6 +44,13 @@ from stepstone.storage.base import InstancePage, Storage
 from stepstone.text import check_text
 
 
+class Notify(Protocol):
+    """How a binding tells the local worker of a change: ``(pk, kind)``; an ``abort`` with ``generation`` stops
+    only a run older than it (a restart's or a rolling-back terminate's own new run must go on)."""
+
+    def __call__(self, pk: int, kind: str, generation: int | None = None) -> None: ...
+
+
 @dataclass(slots=True)
 class Runtime:
     """What a binding needs from its engine."""
@@ -53,7 +60,7 @@ class Runtime:
     limits_for: Callable[[str], Limits]
     ensure_workflow: Callable[[str, str], Awaitable[str]]
     """Makes sure the workflow ``(account, name)`` is in the database; returns its version id."""
-    notify: Callable[[int, str], None]
+    notify: Notify
     """Tells the local worker about a change: ``new``, ``pause``, ``resume`` or ``abort``."""
     observer: Observer | None = None
     """Told of the instances created here."""

@@ -289,13 +289,13 @@ class Engine:
         self._versions[name] = record.version_id
         return record.version_id
 
-    def _notify(self, pk: int, kind: str) -> None:
+    def _notify(self, pk: int, kind: str, generation: int | None = None) -> None:
         if self.worker is None:
             return
         if kind == "new":
             self.worker.wake()
         else:
-            self.worker.signal(pk, kind)
+            self.worker.signal(pk, kind, generation)
 
     def wake(self) -> None:
         """Make the local worker look for work now."""

@@ -186,7 +186,7 @@ class WorkflowInstance:
             retention_ms=limits.error_retention_ms,
             rollback=rollback,
         )
-        self._rt.notify(rec.pk, "abort")
+        self._rt.notify(rec.pk, "abort", rec.generation)
         if rec.status != "terminated":
             self._rt.notify(rec.pk, "new")  # a worker replays it to roll it back, then terminates it
         elif self._rt.observer is not None:
@@ -215,7 +215,8 @@ class WorkflowInstance:
         rec = await self._rt.storage.restart(
             self.workflow.account, self.workflow.name, self.id, now=self._rt.clock.now(), from_step=ref
         )
-        self._rt.notify(rec.pk, "abort")
+        # Only runs of the previous generation stop: a worker may have claimed the new one already.
+        self._rt.notify(rec.pk, "abort", rec.generation)
         self._rt.notify(rec.pk, "new")
 
     async def send_event(self, type: str | Mapping[str, Any] | None = None, payload: Any = None) -> None:

@@ -196,8 +196,10 @@ class Worker:
             check.add_done_callback(self._checks.discard)
         self._wake.set()
 
-    def signal(self, pk: int, kind: str) -> None:
-        """A control operation touched instance ``pk`` in this process: pause, resume or abort its run."""
+    def signal(self, pk: int, kind: str, generation: int | None = None) -> None:
+        """A control operation touched instance ``pk`` in this process: pause, resume or abort its run. An abort
+        with ``generation`` (a restart's, a terminate's) stops only a run of an older generation: this worker
+        may have claimed the instance's new run between the change's commit and this call."""
         entry = self.running.get(pk)
         if entry is not None:
             execution, task = entry
@@ -205,7 +207,7 @@ class Worker:
                 execution.request_pause()
             elif kind == "resume":
                 execution.cancel_pause()
-            elif kind == "abort":
+            elif kind == "abort" and (generation is None or execution.lease.generation < generation):
                 task.cancel()
         self._wake.set()
 

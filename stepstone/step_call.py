@@ -9,6 +9,9 @@
   and replaced. With ``limits.cpu_ms`` its thread's CPU time is bounded too (Cloudflare's per-step CPU limit).
   Under ``isolation="process"`` that thread waits for a child process (:mod:`stepstone.step_process`), which
   is killed on a timeout, so the attempt really stops.
+- The attempts' timers are shared per event loop, not armed per attempt: :class:`Deadlines` (async attempts'
+  timeouts, one heap behind one timer) and :class:`StartMarks` (the write that records an attempt still running
+  after :data:`ATTEMPT_MARK_S`). A timer per attempt was a tenth of a step's cost for deadlines that rarely come.
 """
 
 from __future__ import annotations

@@ -99,8 +99,20 @@ class LogObserver(Observer):
                 logging.INFO, inst.workflow, inst.id, f"errored after {duration_text(took)}: {name}: {message}",
                 event="errored", duration_ms=round(took * 1000, 3), error=f"{name}: {message}",
             )  # fmt: skip
+        elif outcome == "terminated":  # a terminate(rollback=True) that this run rolled back
+            self._emit(
+                logging.INFO, inst.workflow, inst.id, f"terminated after rolling back, {duration_text(took)} after "
+                "it was created", event="terminated", duration_ms=round(took * 1000, 3),
+            )  # fmt: skip
         else:
             self._emit(logging.DEBUG, inst.workflow, inst.id, f"run ended: {outcome}", event=f"run_{outcome}")
+
+    def instance_terminated(self, record: InstanceRecord, *, now: float) -> None:
+        took = now - record.created_on
+        self._emit(
+            logging.INFO, record.workflow, record.id, f"terminated {duration_text(took)} after it was created",
+            event="terminated", duration_ms=round(took * 1000, 3),
+        )  # fmt: skip
 
     def step_written(self, state: RunState, step: StepRecord) -> None:
         if not self.log.isEnabledFor(logging.INFO):

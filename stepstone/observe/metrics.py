@@ -160,7 +160,9 @@ class Metrics(Observer):
         inst = claim.instance
         self.running.labels(inst.workflow).dec()
         self.runs.labels(inst.workflow, outcome).inc()
-        if outcome in ("complete", "errored"):
+        # "terminated": a run that rolled back a terminate(rollback=True) ended it (a plain terminate is counted
+        # by instance_terminated, where the API ends it)
+        if outcome in ("complete", "errored", "terminated"):
             self.finished.labels(inst.workflow, outcome).inc()
             self.instance_seconds.labels(inst.workflow, outcome).observe(max(now - inst.created_on, 0.0))
 

@@ -50,7 +50,8 @@ def clone_sqlite(path: str, template_pk: int, prefix: str, start: int, count: in
         conn.execute("PRAGMA cache_size = -262144")  # 256 MiB: the indexes of a million rows stay in memory
         icols = [c for c in _sqlite_columns(conn, "instances") if c != "pk"]
         scols = [c for c in _sqlite_columns(conn, "steps") if c != "instance_pk"]
-        ecols = [c for c in _sqlite_columns(conn, "instance_events") if c not in ("event_id", "instance_pk")]
+        # event ids are per instance on SQLite: a clone's copies keep the template's (its own queued row is id 1)
+        ecols = [c for c in _sqlite_columns(conn, "instance_events") if c != "instance_pk"]
         exprs = _instance_exprs(icols, "?", "printf('%08d', s.n)")
         for lo in range(start, start + count, chunk):
             hi = min(start + count, lo + chunk) - 1

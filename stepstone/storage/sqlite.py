@@ -38,8 +38,10 @@ _FENCED_STEP_INSERT = (
     f"INSERT OR REPLACE INTO steps (instance_pk, {STEP_COLUMNS}) SELECT {', '.join('?' * 16)} "
     "WHERE EXISTS (SELECT 1 FROM instances WHERE pk = ? AND lease_token = ?)"
 )
+# An event row takes its instance's next id (the rows are clustered by instance: one page per write).
 _EVENT_INSERT = (
-    "INSERT INTO instance_events (instance_pk, type, at, step_key, attempt, detail, since) VALUES (?, ?, ?, ?, ?, ?, ?)"
+    "INSERT INTO instance_events (instance_pk, event_id, type, at, step_key, attempt, detail, since) VALUES "
+    "(?1, (SELECT COALESCE(MAX(event_id), 0) + 1 FROM instance_events WHERE instance_pk = ?1), ?2, ?3, ?4, ?5, ?6, ?7)"
 )
 
 

@@ -18,13 +18,25 @@ from stepstone.models import FINISHED, ROLLBACK_EVENT, Claim, EventRecord, Insta
 from stepstone.storage.base import ROLLING_BACK, ClaimResult, InstancePage, concurrency_limit, page_window
 from stepstone.storage.counts_sql import SQLITE_BY_STATUS, SQLITE_ONE_STATUS, counted_total
 from stepstone.storage.sqlite_schema import INSTANCE_COLUMNS, instance_from_row
-from stepstone.storage.stream_sql import RESTART_FORGETS
+from stepstone.storage.stream_sql import GAP, RESTART_FORGETS
 
 Conn = sqlite3.Connection
 Signal = Callable[[Conn, int, str, float], None]
 """Record a cross-process signal (``pk``, ``kind``, ``now``) in the caller's transaction."""
 
 RELEASE = "lease_owner = NULL, lease_token = NULL, lease_expires_at = NULL"
+
+
+def forget_events(conn: sqlite3.Connection, pk: int, delete: str, params: tuple[object, ...], now: float) -> None:
+    """Delete some of an instance's event rows (``delete``); if its highest id went with them, a ``gap`` row keeps
+    that id, so the next event's id is higher than every id a subscriber may hold as its cursor."""
+    (highest,) = conn.execute("SELECT MAX(event_id) FROM instance_events WHERE instance_pk = ?", (pk,)).fetchone()
+    conn.execute(delete, params)
+    if highest is not None:
+        conn.execute(
+            "INSERT OR IGNORE INTO instance_events (instance_pk, event_id, type, at) VALUES (?, ?, ?, ?)",
+            (pk, highest, GAP, now),
+        )
 
 
 def pause(conn: Conn, signal: Signal, account: str, workflow: str, instance_id: str, *, now: float) -> InstanceRecord:
@@ -127,7 +139,7 @@ def restart(
     if from_step is None:
         conn.execute("DELETE FROM steps WHERE instance_pk = ?", (pk,))
         conn.execute("DELETE FROM events WHERE instance_pk = ?", (pk,))
-        conn.execute("DELETE FROM instance_events WHERE instance_pk = ?", (pk,))
+        forget_events(conn, pk, "DELETE FROM instance_events WHERE instance_pk = ?", (pk,), now)
         conn.execute("DELETE FROM instance_versions WHERE instance_pk = ?", (pk,))
     else:
         rows = conn.execute(
@@ -140,7 +152,7 @@ def restart(
                 f"(type {from_step.type}, count {from_step.count}) not found in execution history"
             )
         seq = rows[from_step.count - 1][0]
-        conn.execute(RESTART_FORGETS.replace("%s", "?"), (pk, pk, seq))
+        forget_events(conn, pk, RESTART_FORGETS.replace("%s", "?"), (pk, pk, seq), now)
         conn.execute("DELETE FROM steps WHERE instance_pk = ? AND seq >= ?", (pk, seq))
     conn.execute(
         "UPDATE instances SET status = 'queued', generation = generation + 1, runnable_at = ?, "

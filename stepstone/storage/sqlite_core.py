@@ -199,17 +199,26 @@ class SQLiteCore:
             self._stream_watcher = asyncio.create_task(self._poll_stream(), name="stepstone-sqlite-stream")
 
     async def _poll_stream(self) -> None:
-        """While anyone reads a stream, look every ``signal_poll_s`` whether any process added events."""
+        """While anyone reads a stream, look every ``signal_poll_s`` whether another connection (another process,
+        or this one's writer) committed: ``PRAGMA data_version`` of a connection of the poll's own (event ids are
+        per instance, so no one id tells that events were added)."""
         last = None
-        while self._open and self._bell.waiting:
-            try:
-                seq = await self._read(_last_event_id)
-            except StorageError:
-                seq = None
-            if last is not None and seq != last:
-                self._bell.ring(None)
-            last = seq
-            await asyncio.sleep(self.signal_poll_s)
+        conn: Conn | None = None
+        try:
+            while self._open and self._bell.waiting:
+                try:
+                    if conn is None:
+                        conn = self._connect()
+                    version = conn.execute("PRAGMA data_version").fetchone()[0]
+                except sqlite3.Error:
+                    version = None
+                if last is not None and version != last:
+                    self._bell.ring(None)
+                last = version
+                await asyncio.sleep(self.signal_poll_s)
+        finally:
+            if conn is not None:
+                conn.close()
 
     async def read_stream(
         self, account: str, workflow: str, instance_id: str, *, after: int, limit: int
@@ -271,8 +280,3 @@ class SQLiteCore:
     def commit_stats(self) -> tuple[int, int]:
         """(commits, writes) made by the writer so far: writes per commit shows group commit at work."""
         return self._writer.commits, self._writer.writes
-
-
-def _last_event_id(conn: Conn) -> int | None:
-    row = conn.execute("SELECT seq FROM sqlite_sequence WHERE name = 'instance_events'").fetchone()
-    return None if row is None else int(row[0])

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import sqlite3
 from typing import Any, Final, cast
 
@@ -90,6 +91,35 @@ VERSION_TABLES: Final = (
 
 VERSION_COLUMNS: Final = "account, workflow, id, class_name, created_on, modified_on, config, graph"
 INSTANCE_VERSION_COLUMNS: Final = "version_id, first_ran_on, last_ran_on, divergence"
+
+
+_EVENTS_CREATED: Final = """CREATE TRIGGER instance_events_created AFTER INSERT ON instances BEGIN
+            INSERT INTO instance_events (instance_pk, type, at) VALUES (new.pk, 'workflow_queued', new.created_on);
+        END"""
+_EVENTS_CHANGED: Final = f"""CREATE TRIGGER instance_events_changed
+        AFTER UPDATE OF status, generation, started_on, lease_token ON instances
+        WHEN old.status IS NOT new.status OR old.generation IS NOT new.generation
+            OR (old.started_on IS NULL AND new.started_on IS NOT NULL) OR ({TAKEOVER.format(old="old", new="new")})
+        BEGIN
+            INSERT INTO instance_events (instance_pk, type, at) SELECT new.pk, 'workflow_started', new.modified_on
+                WHERE old.started_on IS NULL AND new.started_on IS NOT NULL;
+            INSERT INTO instance_events (instance_pk, type, at)
+                SELECT new.pk, {status_event("new.status")}, new.modified_on
+                WHERE old.status IS NOT new.status OR old.generation IS NOT new.generation
+                    OR ({TAKEOVER.format(old="old", new="new")});
+        END"""
+_NEXT_EVENT_ID: Final = "(SELECT COALESCE(MAX(event_id), 0) + 1 FROM instance_events WHERE instance_pk = new.pk)"
+
+
+def _per_instance_ids(trigger: str) -> str:
+    """A lifecycle trigger of version 6, giving each row the instance's next event id (version 12 on)."""
+    out = re.sub(
+        r"INSERT INTO instance_events \(instance_pk, type, at\)(\s+)(VALUES \(new\.pk,|SELECT new\.pk,)",
+        lambda m: f"INSERT INTO instance_events (instance_pk, event_id, type, at){m[1]}{m[2]} {_NEXT_EVENT_ID},",
+        trigger,
+    )
+    assert "(instance_pk, type, at)" not in out, "a lifecycle insert left without an event id"
+    return out
 
 
 MIGRATIONS: Final[tuple[str | tuple[str, ...], ...]] = (
@@ -272,22 +302,9 @@ MIGRATIONS: Final[tuple[str | tuple[str, ...], ...]] = (
             detail TEXT
         )""",
         "CREATE INDEX instance_events_by_instance ON instance_events (instance_pk, event_id)",
-        """CREATE TRIGGER instance_events_created AFTER INSERT ON instances BEGIN
-            INSERT INTO instance_events (instance_pk, type, at) VALUES (new.pk, 'workflow_queued', new.created_on);
-        END""",
+        _EVENTS_CREATED,
         # a claim that takes a running instance over from a dead worker (a new lease token) resumes it: running
-        f"""CREATE TRIGGER instance_events_changed
-        AFTER UPDATE OF status, generation, started_on, lease_token ON instances
-        WHEN old.status IS NOT new.status OR old.generation IS NOT new.generation
-            OR (old.started_on IS NULL AND new.started_on IS NOT NULL) OR ({TAKEOVER.format(old="old", new="new")})
-        BEGIN
-            INSERT INTO instance_events (instance_pk, type, at) SELECT new.pk, 'workflow_started', new.modified_on
-                WHERE old.started_on IS NULL AND new.started_on IS NOT NULL;
-            INSERT INTO instance_events (instance_pk, type, at)
-                SELECT new.pk, {status_event("new.status")}, new.modified_on
-                WHERE old.status IS NOT new.status OR old.generation IS NOT new.generation
-                    OR ({TAKEOVER.format(old="old", new="new")});
-        END""",
+        _EVENTS_CHANGED,
         *EXISTING_EVENTS,
     ),
     # version 7: a step.do write adds one packed event row (type 'step') for all the events it tells of, from
@@ -340,6 +357,32 @@ MIGRATIONS: Final[tuple[str | tuple[str, ...], ...]] = (
     # version 11: instance counts by (account, workflow, status), kept by triggers (stepstone.storage.counts_sql):
     # list totals and status counts read them instead of counting every index entry
     SQLITE_COUNTS,
+    # version 12: the event rows clustered by instance (WITHOUT ROWID, key (instance_pk, event_id)) with ids per
+    # instance (its highest + 1): a step's event row touches one page instead of three (a rowid table, its index,
+    # and AUTOINCREMENT's sqlite_sequence row rewritten on every insert). A delete that removes an instance's
+    # highest id leaves a 'gap' row with that id (stepstone.storage.sqlite_control), so no id is handed out twice
+    # and a cursor only moves on. Existing ids are kept: they rise within each instance.
+    (
+        "DROP TRIGGER instance_events_created",
+        "DROP TRIGGER instance_events_changed",
+        """CREATE TABLE instance_events_by_pk (
+            instance_pk INTEGER NOT NULL,
+            event_id INTEGER NOT NULL,
+            type TEXT NOT NULL,
+            at REAL NOT NULL,
+            step_key TEXT,
+            attempt INTEGER,
+            detail TEXT,
+            since INTEGER,
+            PRIMARY KEY (instance_pk, event_id)
+        ) WITHOUT ROWID""",
+        "INSERT INTO instance_events_by_pk (instance_pk, event_id, type, at, step_key, attempt, detail, since) "
+        "SELECT instance_pk, event_id, type, at, step_key, attempt, detail, since FROM instance_events",
+        "DROP TABLE instance_events",
+        "ALTER TABLE instance_events_by_pk RENAME TO instance_events",
+        _per_instance_ids(_EVENTS_CREATED),
+        _per_instance_ids(_EVENTS_CHANGED),
+    ),
 )
 SCHEMA_VERSION: Final = len(MIGRATIONS)
 

@@ -22,6 +22,9 @@ STREAM_EVENTS: Final = (
     "LEFT JOIN steps s ON s.instance_pk = e.instance_pk AND s.key = e.step_key "
     "WHERE e.instance_pk = %s AND e.event_id >= %s ORDER BY e.event_id LIMIT %s"
 )
+GAP: Final = "gap"
+"""The type of a row that holds only an id: an instance's highest event id, kept when a restart deleted its events
+(SQLite, whose ids are per instance), so no later event reuses it. It stands for no event."""
 RESTART_FORGETS: Final = (
     # a restart from a step forgets the run's lifecycle events and the events of the steps it runs again
     "DELETE FROM instance_events WHERE instance_pk = %s AND (step_key IS NULL OR step_key IN "
@@ -38,6 +41,8 @@ def history_events(row: tuple[Any, ...], after: int) -> list[HistoryEvent]:
     """The events after cursor ``after`` of a row of :data:`STREAM_EVENTS`."""
     base = int(row[0]) * PER_ROW
     kind = row[1]
+    if kind == GAP:
+        return []
     if kind not in (PACKED, PACKED_ROLLBACK):
         if base <= after:
             return []

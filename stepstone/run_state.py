@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
+import functools
 import json
 import logging
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any, Final, Protocol, TypeVar
+from typing import Any, Final, ParamSpec, Protocol, TypeVar
 
 from stepstone.clock import Clock
 from stepstone.divergence import Divergence, StepId, recorded_id
@@ -50,6 +51,7 @@ up to 1 s, for as long as the run's lease window holds."""
 
 log = logging.getLogger("stepstone.executor")
 T = TypeVar("T")
+P = ParamSpec("P")
 
 
 class LeaseWindow:
@@ -315,30 +317,22 @@ class RunState:
             self._judge_next = self._judgement is None
         return count
 
-    def must_judge(self) -> bool:
-        """Whether the step just counted must go through :meth:`judged` (most do not: no history, or a replay
-        already judged); a step that need not is started directly, with no closure to build."""
-        return (
-            self._judge_next
-            or (self._judgement is not None and not self._judgement.done())
-            or isinstance(self.fatal, ReplayDivergenceError)
-        )
-
-    def judged(self, make: Callable[[], Awaitable[T]]) -> Awaitable[T]:
-        """The step just counted, started once the replay is judged (when it is the first step history does
-        not hold; otherwise at once). Raises the divergence error of an ``on_divergence="fail"`` run."""
+    def judged(self, make: Callable[P, Awaitable[T]], *args: P.args, **kwargs: P.kwargs) -> Awaitable[T]:
+        """The step just counted, ``make(*args, **kwargs)``, started once the replay is judged (when it is the
+        first step history does not hold; otherwise at once: the common case builds no closure). Raises the
+        divergence error of an ``on_divergence="fail"`` run."""
         if isinstance(self.fatal, ReplayDivergenceError):
             raise self.fatal
         if not self._judge_next and (self._judgement is None or self._judgement.done()):
-            return make()
+            return make(*args, **kwargs)
         self._judge_next = False
         if self._judgement is None and not self._unreached():
             # every recorded step was reached already: no divergence, and no turn of the loop given away (a
             # sibling's hibernation must not overtake this step's start)
             self._judgement = asyncio.get_running_loop().create_future()
             self._judgement.set_result(None)
-            return make()
-        return self._judge_then(make)
+            return make(*args, **kwargs)
+        return self._judge_then(functools.partial(make, *args, **kwargs))
 
     def _unreached(self) -> list[StepRecord]:
         return sorted((s for k, s in self.recorded.items() if k not in self.reached), key=lambda s: s.seq)

@@ -123,10 +123,8 @@ class WorkflowStep:
         count = state.next_count("do-" + name)
         state.check_live()
         if undo is None:
-            if not state.must_judge():
-                return run_do(state, name, count, resolved, fn, kwargs)
-            return state.judged(lambda: run_do(state, name, count, resolved, fn, kwargs))
-        return state.judged(lambda: run_with_undo(state, name, count, resolved, fn, kwargs, undo[0], undo_config))
+            return state.judged(run_do, state, name, count, resolved, fn, kwargs)
+        return state.judged(run_with_undo, state, name, count, resolved, fn, kwargs, undo[0], undo_config)
 
     # -- saga rollbacks -----------------------------------------------------------------------------------
     def with_rollback(
@@ -200,7 +198,7 @@ class WorkflowStep:
         extra = str(int(ms)) if ms == int(ms) else repr(ms)
         count = state.next_count("sleep-" + name + extra, name)
         state.check_live()
-        return state.judged(lambda: self._sleep(name, count, extra, ms / 1000))
+        return state.judged(self._sleep, name, count, extra, ms / 1000)
 
     def sleep_until(self, name: str, when: datetime | float | int) -> Awaitable[None]:
         """Hibernate until ``when``: an aware ``datetime`` (naive means UTC) or epoch milliseconds."""
@@ -221,7 +219,7 @@ class WorkflowStep:
         extra = f"@{int(target * 1000)}"
         count = state.next_count("sleep-" + name + extra, name)
         state.check_live()
-        return state.judged(lambda: self._sleep(name, count, extra, None, until=target))
+        return state.judged(self._sleep, name, count, extra, None, until=target)
 
     async def _sleep(
         self, name: str, count: int, extra: str, seconds: float | None, until: float | None = None
@@ -298,7 +296,7 @@ class WorkflowStep:
         validate_event_timeout_ms(ms, state.limits, name=name)
         count = state.next_count("waitForEvent-" + name)
         state.check_live()
-        return state.judged(lambda: self._wait(name, count, kind, ms))
+        return state.judged(self._wait, name, count, kind, ms)
 
     # -- step.run_workflow -------------------------------------------------------------------------------
     def run_workflow(
@@ -354,16 +352,15 @@ class WorkflowStep:
         count = state.next_count("waitForEvent-" + workflow)
         state.check_live()
         return state.judged(
-            lambda: run_child(
-                state,
-                workflow,
-                count,
-                workflow=workflow,
-                params={} if params is None else params,
-                instance_id=id,
-                timeout_ms=timeout_ms,
-                terminate_with_parent=cascade,
-            )
+            run_child,
+            state,
+            workflow,
+            count,
+            workflow=workflow,
+            params={} if params is None else params,
+            instance_id=id,
+            timeout_ms=timeout_ms,
+            terminate_with_parent=cascade,
         )
 
     async def _wait(self, name: str, count: int, event_type: str, ms: float) -> WorkflowStepEvent:

@@ -28,7 +28,7 @@ import time
 import types
 from collections import deque
 from collections.abc import Awaitable, Callable
-from typing import Any, Final
+from typing import Any, Final, TypeVar
 
 from stepstone.clock import SystemClock
 from stepstone.errors import CPUTimeLimitError, EventLoopBlockedError, WorkflowTimeoutError
@@ -55,19 +55,15 @@ class Deadlines:
     they reach the top or when they outnumber the live ones.
     """
 
-    __slots__ = ("_armed_at", "_heap", "_live", "_loop", "_seq", "_timer")
+    __slots__ = ("_armed_at", "_heap", "_live", "_seq", "_timer", "loop")
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
-        self._loop = loop
+        self.loop = loop
         self._heap: list[list[Any]] = []
         self._live = 0
         self._seq = 0
         self._timer: asyncio.TimerHandle | None = None
         self._armed_at = math.inf
-
-    @property
-    def loop(self) -> asyncio.AbstractEventLoop:
-        return self._loop
 
     def add(self, when: float, timeout: asyncio.Timeout) -> list[Any]:
         """Expire ``timeout`` (entered) at loop time ``when`` unless :meth:`done` is called first."""
@@ -90,12 +86,12 @@ class Deadlines:
     def _arm(self, when: float) -> None:
         if self._timer is not None:
             self._timer.cancel()
-        self._timer = self._loop.call_at(when, self._due)
+        self._timer = self.loop.call_at(when, self._due)
         self._armed_at = when
 
     def _due(self) -> None:
         self._timer, self._armed_at = None, math.inf
-        heap, now = self._heap, self._loop.time()
+        heap, now = self._heap, self.loop.time()
         while heap and (heap[0][2] is None or heap[0][0] <= now):
             when, _, timeout = heapq.heappop(heap)
             if timeout is not None:
@@ -148,17 +144,23 @@ def mark_start_later(state: RunState, step: StepRecord, loop: asyncio.AbstractEv
     """Record ``step`` (its attempt started) if that attempt still runs :data:`ATTEMPT_MARK_S` from now, so a
     crash during it counts against the retry budget; quick attempts skip that write (their crash reruns the
     attempt). Clear the returned entry's step (``entry[2] = None``) when the attempt ends."""
-    marks: StartMarks | None = getattr(_local, "start_marks", None)
-    if marks is None or marks.loop is not loop:
-        marks = _local.start_marks = StartMarks(loop)
-    return marks.add(state, step)
+    return _of_loop(StartMarks, loop).add(state, step)
+
+
+_Timers = TypeVar("_Timers", Deadlines, StartMarks)
+
+
+def _of_loop(kind: type[_Timers], loop: asyncio.AbstractEventLoop) -> _Timers:
+    """This thread's :class:`Deadlines` or :class:`StartMarks` for ``loop`` (a new one when the loop changed)."""
+    found: _Timers | None = getattr(_local, kind.__name__, None)
+    if found is None or found.loop is not loop:
+        found = kind(loop)
+        setattr(_local, kind.__name__, found)
+    return found
 
 
 def _deadlines(loop: asyncio.AbstractEventLoop) -> Deadlines:
-    found: Deadlines | None = getattr(_local, "deadlines", None)
-    if found is None or found.loop is not loop:
-        found = _local.deadlines = Deadlines(loop)
-    return found
+    return _of_loop(Deadlines, loop)
 
 
 class AttemptSlot:

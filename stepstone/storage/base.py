@@ -56,6 +56,32 @@ ROLLING_BACK: Final = (
 request pending (``models.ROLLBACK_EVENT``) or an undo handler running; ``list_instances(status="rollingBack")``."""
 
 
+def instance_filter(
+    account: str,
+    workflow: str,
+    status: str | None,
+    created_after: float | None,
+    created_before: float | None,
+    mark: str = "%s",
+) -> tuple[str, list[object], str | None]:
+    """The ``WHERE`` of a list of the account's workflow's instances with its parameters (placeholders ``mark``),
+    and the stored status it filters by: ``rollingBack`` is no stored status but a condition (:data:`ROLLING_BACK`)."""
+    where = [f"account = {mark}", f"workflow = {mark}"]
+    params: list[object] = [account, workflow]
+    if status == "rollingBack":
+        where.append(ROLLING_BACK)
+        status = None
+    for clause, value in (
+        (f"status = {mark}", status),
+        (f"created_on >= {mark}", created_after),
+        (f"created_on <= {mark}", created_before),
+    ):
+        if value is not None:
+            where.append(clause)
+            params.append(value)
+    return " AND ".join(where), params, status
+
+
 def page_window(total: int, limit: int, offset: int, newest_first: bool) -> tuple[bool, int, int, bool]:
     """How to read rows ``offset`` … ``offset + limit`` of ``total``: ``(newest_first, limit, offset, reverse)``.
 

@@ -26,7 +26,7 @@ from stepstone.models import (
 )
 from stepstone.storage import postgres_control as control
 from stepstone.storage import versions_sql as versions
-from stepstone.storage.base import ROLLING_BACK, InstancePage, page_window
+from stepstone.storage.base import InstancePage, instance_filter, page_window
 from stepstone.storage.counts_sql import FOLD_AT, ZERO_COUNTS, counted_total
 from stepstone.storage.postgres_control import fetch_all, fetch_maybe, fetch_one
 from stepstone.storage.postgres_core import PostgresCore
@@ -317,21 +317,8 @@ class PostgresCatalog(PostgresCore):
         created_before: float | None = None,
     ) -> InstancePage:
         """A page of the account's workflow's instances by creation time."""
-        where = ["account = %s", "workflow = %s"]
-        params: list[object] = [account, workflow]
         counted = counted_total(status, created_after, created_before)
-        if status == "rollingBack":  # a status REST shows, not one stored: see ROLLING_BACK
-            where.append(ROLLING_BACK)
-            status = None
-        for clause, value in (
-            ("status = %s", status),
-            ("created_on >= %s", created_after),
-            ("created_on <= %s", created_before),
-        ):
-            if value is not None:
-                where.append(clause)
-                params.append(value)
-        cond = " AND ".join(where)
+        cond, params, status = instance_filter(account, workflow, status, created_after, created_before)
         deltas = 0
 
         async def read(c: Conn) -> InstancePage:

@@ -15,7 +15,7 @@ from typing import Any
 
 from stepstone.errors import FencedError, InstanceNotFoundError, InvalidStateError
 from stepstone.models import FINISHED, ROLLBACK_EVENT, Claim, EventRecord, InstanceRecord, Lease, StepRef
-from stepstone.storage.base import ROLLING_BACK, ClaimResult, InstancePage, concurrency_limit, page_window
+from stepstone.storage.base import ClaimResult, InstancePage, concurrency_limit, instance_filter, page_window
 from stepstone.storage.counts_sql import SQLITE_BY_STATUS, SQLITE_ONE_STATUS, counted_total
 from stepstone.storage.sqlite_schema import INSTANCE_COLUMNS, instance_from_row
 from stepstone.storage.stream_sql import GAP, RESTART_FORGETS
@@ -306,21 +306,8 @@ def list_instances(
     created_before: float | None,
 ) -> InstancePage:
     """A page of the account's workflow's instances by creation time, and how many matched."""
-    where = ["account = ?", "workflow = ?"]
-    params: list[object] = [account, workflow]
     counted = counted_total(status, created_after, created_before)
-    if status == "rollingBack":  # a status REST shows, not one stored: see ROLLING_BACK
-        where.append(ROLLING_BACK)
-        status = None
-    for clause, value in (
-        ("status = ?", status),
-        ("created_on >= ?", created_after),
-        ("created_on <= ?", created_before),
-    ):
-        if value is not None:
-            where.append(clause)
-            params.append(value)
-    cond = " AND ".join(where)
+    cond, params, status = instance_filter(account, workflow, status, created_after, created_before, "?")
     if not counted:
         total = conn.execute(f"SELECT COUNT(*) FROM instances WHERE {cond}", params).fetchone()[0]
     elif status is None:

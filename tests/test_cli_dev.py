@@ -96,7 +96,9 @@ def test_dev_restarts_the_worker_and_a_sleeping_instance_finishes_on_the_new_cod
     root, port = dev
     log = root / "dev.log"
     wait_for(lambda: log.read_text().count("ready:") == 1, 20, "the worker to start")
-    sc("workflows", "trigger", "edited", "--id", "i1")
+    # The nap must outlast the worker's restart (file watch, stop, new process, ready): the old worker must not
+    # be the one that wakes i1. 1.5 s was once too short on a clean clone's first run.
+    sc("workflows", "trigger", "edited", '{"nap": 6000}', "--id", "i1")
     wait_for(lambda: sc("workflows", "instances", "describe", "edited", "i1")["status"] == "waiting", 10, "sleep")
 
     source = (root / "app.py").read_text()
@@ -106,7 +108,7 @@ def test_dev_restarts_the_worker_and_a_sleeping_instance_finishes_on_the_new_cod
 
     doc = wait_for(
         lambda: (d := sc("workflows", "instances", "describe", "edited", "i1"))["status"] == "complete" and d,
-        15,
+        25,
         "completion",
     )
     assert doc["output"] == {"before": "old", "after": "new"}  # "before" replayed from history, "after" is new
